@@ -1,0 +1,101 @@
+"""Policy keywords: validated once, at the call, in the caller's thread."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from typing import Any
+
+SUPERVISOR_POLICY = frozenset(
+    {"timeout", "heartbeat", "grace", "retries", "retry_delay", "retry_on"}
+)
+TASK_POLICY = SUPERVISOR_POLICY | {"key", "on_conflict", "debounce"}
+JOB_POLICY = TASK_POLICY | {"overlap", "anchor", "max_runs", "until"}
+
+ON_CONFLICT = ("supersede", "queue", "drop")
+OVERLAP = ("skip", "queue", "parallel", "replace")
+ANCHOR = ("start", "end")
+
+MAX_RETRY_DELAY = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    timeout: float | None = None
+    heartbeat: float | None = None
+    grace: float | None = None
+    retries: int = 0
+    retry_delay: float = 0.0
+    retry_on: tuple[type[BaseException], ...] | None = None
+    key: str | None = None
+    on_conflict: str = "supersede"
+    debounce: float | None = None
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Policy:
+        return replace(self, **overrides) if overrides else self
+
+
+def seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
+    """A duration in seconds from a number or a timedelta; refuses NaN, inf and negatives."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or a timedelta, not {value!r}")
+    result = float(value)
+    if math.isnan(result) or math.isinf(result):
+        raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+    if result < 0 or (result == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, not {value!r}")
+    return result
+
+
+def check_keywords(given: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise TypeError(
+            f"{where} got unknown keyword(s): {', '.join(unknown)} "
+            f"(policy keywords are: {', '.join(sorted(allowed))})"
+        )
+
+
+def normalize(given: dict[str, Any]) -> dict[str, Any]:
+    """Validate the task policy keywords present in ``given``; returns clean values."""
+    out: dict[str, Any] = {}
+    for name in ("timeout", "heartbeat", "grace", "debounce"):
+        if name in given and given[name] is not None:
+            out[name] = seconds(name, given[name], allow_zero=name in ("grace", "debounce"))
+        elif name in given:
+            out[name] = None
+    if "retry_delay" in given:
+        out["retry_delay"] = seconds("retry_delay", given["retry_delay"])
+    if "retries" in given:
+        retries = given["retries"]
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
+        out["retries"] = retries
+    if "retry_on" in given:
+        retry_on = given["retry_on"]
+        if retry_on is not None:
+            if isinstance(retry_on, type):
+                retry_on = (retry_on,)
+            if not isinstance(retry_on, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
+            ):
+                raise TypeError(f"retry_on must be a tuple of exception types, not {retry_on!r}")
+        out["retry_on"] = retry_on
+    if "key" in given:
+        key = given["key"]
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key must be a str, not {key!r}")
+        out["key"] = key
+    if "on_conflict" in given:
+        if given["on_conflict"] not in ON_CONFLICT:
+            raise ValueError(
+                f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {given['on_conflict']!r}"
+            )
+        out["on_conflict"] = given["on_conflict"]
+    return out
+
+
+POLICY_FIELDS = frozenset(f.name for f in fields(Policy))

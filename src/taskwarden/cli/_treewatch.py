@@ -1,0 +1,150 @@
+"""Watching and killing one run's process tree (the script and everything it starts).
+
+``TreeSampler`` samples the resident memory of the whole tree every 20 ms,
+because ``ru_maxrss`` only knows the largest single process, not the sum of
+a script and its children alive at the same time. It also remembers every
+descendant it has seen, so that processes a script leaves behind (orphans,
+which the kernel hands to init) can still be found and killed when the run
+ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable
+
+import psutil
+
+SAMPLE_INTERVAL = 0.02
+_CHILDREN_EVERY = 5  # listing descendants scans /proc: do it every 5th sample only
+_STATS_EVERY = 0.25  # seconds between writes of the stats file
+_KILL_WAIT = 5.0  # seconds to wait for killed processes to die
+
+
+class TreeSampler:
+    """Samples a process tree's total RSS until ``stop()``; see the module docstring.
+
+    With ``stats_path``, the peak so far and the tree's CPU time are written
+    there (JSON, replaced atomically) every quarter second, so that the
+    parent can still report them if this whole process is killed.
+    """
+
+    def __init__(self, pid: int, stats_path: str | None = None) -> None:
+        self.peak_rss = 0
+        self.cpu_seconds = 0.0
+        self._root = psutil.Process(pid)
+        self._seen: dict[int, psutil.Process] = {}
+        self._reaped_cpu = 0.0
+        self._stats_path = stats_path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="taskwarden-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def descendants(self) -> list[psutil.Process]:
+        """Every descendant seen alive at some sample (some may be gone by now)."""
+        return list(self._seen.values())
+
+    def _loop(self) -> None:
+        members: list[psutil.Process] = [self._root]
+        last_stats = 0.0
+        sample = 0
+        while True:
+            if sample % _CHILDREN_EVERY == 0:
+                members = self._refresh_members(members)
+            self._sample(members)
+            now = time.monotonic()
+            if self._stats_path is not None and now - last_stats >= _STATS_EVERY:
+                last_stats = now
+                self._write_stats()
+            sample += 1
+            if self._stop.wait(SAMPLE_INTERVAL):
+                break
+        self._sample(members)
+        if self._stats_path is not None:
+            self._write_stats()
+
+    def _refresh_members(self, members: list[psutil.Process]) -> list[psutil.Process]:
+        try:
+            children = self._root.children(recursive=True)
+        except psutil.Error:
+            return members
+        for child in children:
+            self._seen.setdefault(child.pid, child)
+        return [self._root, *children]
+
+    def _sample(self, members: Iterable[psutil.Process]) -> None:
+        rss = 0
+        cpu = 0.0
+        for proc in members:
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    times = proc.cpu_times()
+            except psutil.Error:  # gone, zombie or not ours: it no longer holds memory
+                continue
+            cpu += times.user + times.system
+            if proc is self._root:
+                # Descendants the script has waited for count in its children_* times.
+                cpu += times.children_user + times.children_system
+        self.peak_rss = max(self.peak_rss, rss)
+        self.cpu_seconds = max(self.cpu_seconds, cpu)
+
+    def _write_stats(self) -> None:
+        assert self._stats_path is not None
+        tmp = f"{self._stats_path}.tmp"
+        with contextlib.suppress(OSError):
+            with open(tmp, "w") as f:
+                json.dump({"peak_rss": self.peak_rss, "cpu": self.cpu_seconds}, f)
+            os.replace(tmp, self._stats_path)
+
+
+def kill_tree(roots: Iterable[psutil.Process], *, reaped_elsewhere: int | None = None) -> None:
+    """SIGKILL every process in ``roots`` and all their descendants, then wait for them.
+
+    Processes are collected before any is killed, so that children cannot
+    slip away to init between kills. psutil checks each ``Process``'s start
+    time, so a recycled pid is never killed by mistake. The process whose pid
+    is ``reaped_elsewhere`` is killed but not waited for here: another thread
+    reaps it (with ``os.wait4``, to read its resource usage).
+    """
+    victims: dict[int, psutil.Process] = {}
+    for root in roots:
+        victims.setdefault(root.pid, root)
+        with contextlib.suppress(psutil.Error):
+            for child in root.children(recursive=True):
+                victims.setdefault(child.pid, child)
+    for proc in victims.values():
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    deadline = time.monotonic() + _KILL_WAIT
+    for pid, proc in victims.items():
+        if pid != reaped_elsewhere:
+            _wait_gone(proc, deadline)
+
+
+def _wait_gone(proc: psutil.Process, deadline: float) -> None:
+    """Wait until ``proc`` is dead: reaped if it is our child, else gone or a zombie
+    (its new parent, often init, reaps it in its own time)."""
+    with contextlib.suppress(psutil.Error):
+        if proc.ppid() == os.getpid():
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        except psutil.Error:
+            pass
+        time.sleep(0.005)

@@ -1,0 +1,631 @@
+"""The supervisor's decisions, with no threads, no pipes and no clock of its own.
+
+The driver feeds events in (a task was added, a worker is ready, a result
+came back, a worker died, time went by) together with the current
+monotonic time, and takes the resulting actions out of ``Core.actions``
+(spawn a worker, send runs to a worker, kill a worker, resolve a task).
+Tests drive it with a fake clock, in microseconds.
+
+Dispatch: at most ``workers`` processes run tasks at once; one more process
+is kept started as a spare, so that a killed worker is replaced by a process
+that is already up. A busy worker may be given a few more runs ahead of
+time (prefetch) so that it never waits for a round trip between trivial
+tasks; the head of a worker's queue is the run it is executing, the rest
+are still PENDING and are sent back to the queue if the worker dies.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import TaskCancelled, TaskSuperseded, TaskTimeout, WorkerCrashed
+from .._policy import MAX_RETRY_DELAY, Policy
+from .._states import TaskState, check_task
+
+# Heap entry kinds.
+START = 0  # a scheduled run becomes due
+DEADLINE = 1  # a running run's hard time limit
+BEAT = 2  # a running run's heartbeat deadline
+GRACE = 3  # the grace after an in-task TaskTimeout has run out
+SKIP_WAIT = 4  # a cancelled prefetched run reached the head: did the worker skip it?
+CALLBACK = 5  # an opaque timer for a higher layer (jobs)
+
+SKIP_ACK_WAIT = 0.05
+
+_S = TaskState
+
+
+class Run:
+    """One task as the core sees it. ``handle`` is the driver's object (the Task)."""
+
+    __slots__ = (
+        "attempts",
+        "cancel_pending",
+        "deadline",
+        "due",
+        "finished_at",
+        "gen",
+        "handle",
+        "hb_reason",
+        "job",
+        "last_beat",
+        "owner",
+        "payload",
+        "policy",
+        "progress",
+        "seq",
+        "started_at",
+        "state",
+        "tb",
+        "value",
+        "value_ok",
+        "worker",
+        "worker_pid",
+    )
+
+    def __init__(self, seq: int, payload: bytes, policy: Policy, handle: Any = None) -> None:
+        self.seq = seq
+        self.payload = payload
+        self.policy = policy
+        self.handle = handle
+        self.state = _S.PENDING
+        self.due = 0.0
+        self.gen = 0
+        self.worker: Worker | None = None
+        self.worker_pid: int | None = None
+        self.attempts = 0
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.deadline: float | None = None
+        self.last_beat = 0.0
+        self.progress: Any = None
+        self.value: Any = None
+        self.value_ok = False
+        self.tb: str | None = None
+        self.cancel_pending: TaskState | None = None
+        self.hb_reason: str | None = None
+        self.job: Any = None
+        self.owner: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Run {self.seq} {self.state.value}>"
+
+
+class Worker:
+    __slots__ = ("done_count", "inflight", "pid", "ready", "retiring", "wid")
+
+    def __init__(self, wid: int) -> None:
+        self.wid = wid
+        self.pid: int | None = None
+        self.ready = False
+        self.retiring = False
+        self.inflight: deque[Run] = deque()
+        self.done_count = 0
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.wid} ready={self.ready} inflight={len(self.inflight)}>"
+
+
+# Actions (the driver matches on the first element).
+@dataclass(slots=True)
+class Spawn:
+    wid: int
+
+
+@dataclass(slots=True)
+class Send:
+    wid: int
+    runs: list[Run]
+
+
+@dataclass(slots=True)
+class Skip:
+    wid: int
+    seq: int
+
+
+@dataclass(slots=True)
+class Kill:
+    wid: int
+
+
+@dataclass(slots=True)
+class Interrupt:
+    wid: int
+    seq: int
+
+
+@dataclass(slots=True)
+class Stop:
+    wid: int
+
+
+@dataclass(slots=True)
+class Resolve:
+    run: Run
+
+
+@dataclass(slots=True)
+class Started:
+    run: Run
+
+
+Action = Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | Started
+
+
+class Core:
+    """Scheduling heap, dispatch, watchdogs and retries. See the module docstring."""
+
+    def __init__(
+        self,
+        workers: int,
+        *,
+        spare: int = 1,
+        prefetch: int = 4,
+        max_tasks_per_worker: int | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.n_workers = workers
+        self.spare = spare
+        self.prefetch = max(1, prefetch)
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.actions: list[Action] = []
+        self.pending: deque[Run] = deque()
+        self.workers: dict[int, Worker] = {}
+        self.busy = 0  # workers with a non-empty inflight queue
+        self.replaced = 0
+        self.by_state: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
+        self.scheduled = 0
+        self.closing = False
+        self._heap: list[tuple[float, int, int, Any, int]] = []
+        self._counter = itertools.count()
+        self._wids = itertools.count(1)
+        self._stale = 0
+        self.broken: str | None = None
+        # Called by the core when a run ends for good (jobs and keys hook in here).
+        self.on_final: Callable[[Run, float], None] | None = None
+
+    # ------------------------------------------------------------------ setup
+    def start(self, now: float) -> None:
+        """Start the pool's processes: ``workers`` plus the spare."""
+        for _ in range(self.n_workers + self.spare):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        wid = next(self._wids)
+        self.workers[wid] = Worker(wid)
+        self.actions.append(Spawn(wid))
+
+    def _live_target(self) -> int:
+        return 0 if self.closing else self.n_workers + self.spare
+
+    # ------------------------------------------------------------- states
+    def _set(self, run: Run, new: TaskState) -> None:
+        old = run.state
+        check_task(old, new)
+        self.by_state[old] -= 1
+        self.by_state[new] += 1
+        if old is _S.SCHEDULED:
+            self.scheduled -= 1
+        if new is _S.SCHEDULED:
+            self.scheduled += 1
+        run.state = new
+
+    # --------------------------------------------------------------- timers
+    def push_timer(self, when: float, kind: int, obj: Any, gen: int) -> None:
+        heapq.heappush(self._heap, (when, next(self._counter), kind, obj, gen))
+
+    def _invalidate(self, run: Run) -> None:
+        """Make every heap entry of ``run`` stale (lazy deletion)."""
+        run.gen += 1
+        self._stale += 1
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        if self._stale > 1024 and self._stale > len(heap) // 2:
+            self._compact()
+        while heap:
+            when, _, kind, obj, gen = heap[0]
+            if kind != CALLBACK and obj.gen != gen:
+                heapq.heappop(heap)
+                self._stale = max(0, self._stale - 1)
+                continue
+            return when
+        return None
+
+    def _compact(self) -> None:
+        self._heap = [e for e in self._heap if e[2] == CALLBACK or e[3].gen == e[4]]
+        heapq.heapify(self._heap)
+        self._stale = 0
+
+    def advance(self, now: float) -> None:
+        """Fire every timer due at ``now``."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, kind, obj, gen = heapq.heappop(heap)
+            if kind == CALLBACK:
+                obj(now)
+                continue
+            if obj.gen != gen:
+                self._stale = max(0, self._stale - 1)
+                continue
+            run: Run = obj
+            if kind == START:
+                self._make_pending(run, now)
+            elif kind == DEADLINE:
+                self._expire(run, now, f"timed out after {run.policy.timeout:g} s")
+            elif kind == BEAT:
+                hb = run.policy.heartbeat
+                assert hb is not None
+                if run.last_beat + hb > now:
+                    self.push_timer(run.last_beat + hb, BEAT, run, run.gen)
+                else:
+                    silent = now - run.last_beat
+                    self._expire(run, now, f"missed its heartbeat: silent for {silent:.3f} s "
+                                 f"(heartbeat={hb:g} s)")
+            elif kind == GRACE:
+                if run.worker is not None and run.state is _S.RUNNING:
+                    self._kill_worker(run.worker, now)
+                    self._finish_timeout(run, now)
+            elif kind == SKIP_WAIT:
+                # A cancelled prefetched run is at its worker's head and the worker
+                # has not said it skipped it: it may be running, so kill.
+                w = run.worker
+                if w is not None and w.inflight and w.inflight[0] is run:
+                    self._kill_worker(w, now)
+        self._dispatch(now)
+
+    # ----------------------------------------------------------------- input
+    def add(self, run: Run, now: float, due: float | None = None) -> None:
+        """A new run: SCHEDULED until ``due`` if that is in the future, else PENDING."""
+        self.by_state[run.state] += 1
+        if due is not None and due > now:
+            run.state = _S.PENDING
+            self._schedule(run, due)
+        else:
+            run.due = now
+            self.pending.append(run)
+            self._dispatch(now)
+
+    def _schedule(self, run: Run, due: float) -> None:
+        self._set(run, _S.SCHEDULED)
+        run.due = due
+        self.push_timer(due, START, run, run.gen)
+
+    def _make_pending(self, run: Run, now: float) -> None:
+        self._set(run, _S.PENDING)
+        self.pending.append(run)
+
+    def reschedule(self, run: Run, due: float, now: float) -> bool:
+        """Move a run that has not started; False if it already started or ended."""
+        if run.state is _S.SCHEDULED:
+            self._invalidate(run)
+            run.due = due
+            if due <= now:
+                self._make_pending(run, now)
+                self._dispatch(now)
+            else:
+                self.push_timer(due, START, run, run.gen)
+            return True
+        if run.state is _S.PENDING and run.worker is None:
+            if due > now:
+                self.pending.remove(run)
+                self._schedule(run, due)
+            return True
+        return False
+
+    def cancel(self, run: Run, now: float, state: TaskState = _S.CANCELLED,
+               error: BaseException | None = None) -> bool:
+        """Cancel in any state but a final one; a running run's worker is killed."""
+        if run.state.final:
+            return False
+        if error is None:
+            error = (TaskSuperseded("superseded") if state is _S.SUPERSEDED
+                     else TaskCancelled("cancelled"))
+        w = run.worker
+        if run.state is _S.RUNNING:
+            assert w is not None
+            self._kill_worker(w, now)  # takes run off the worker, re-queues the rest
+        elif w is not None:
+            # Prefetched on a worker, not started: ask the worker to skip it.
+            run.cancel_pending = state
+            self.actions.append(Skip(w.wid, run.seq))
+        elif run.state is _S.PENDING:
+            self.pending.remove(run)
+        self._invalidate(run)
+        self._end(run, state, now, ok=False, value=error)
+        self._dispatch(now)
+        return True
+
+    def worker_ready(self, wid: int, pid: int, now: float) -> None:
+        w = self.workers.get(wid)
+        if w is None:
+            return
+        w.pid = pid
+        w.ready = True
+        if w.inflight:
+            self._start_head(w, now)
+        self._dispatch(now)
+
+    def beat(self, wid: int, seq: int, progress: Any, has_progress: bool, now: float) -> None:
+        w = self.workers.get(wid)
+        if w is None or not w.inflight or w.inflight[0].seq != seq:
+            return
+        run = w.inflight[0]
+        run.last_beat = now
+        if has_progress:
+            run.progress = progress
+
+    def skipped(self, wid: int, seq: int, now: float) -> None:
+        w = self.workers.get(wid)
+        if w is None or not w.inflight or w.inflight[0].seq != seq:
+            return
+        run = w.inflight.popleft()
+        run.worker = None
+        if run.cancel_pending is None and not run.state.final:
+            # Taken back from this worker (stolen): queue it again, first in line.
+            self.pending.appendleft(run)
+        self._after_head_change(w, now)
+        self._dispatch(now)
+
+    def done(self, wid: int, seq: int, ok: bool, value: Any, tb: str | None, now: float) -> None:
+        """A worker finished its head run: ``value`` is the result or the exception."""
+        w = self.workers.get(wid)
+        if w is None or not w.inflight or w.inflight[0].seq != seq:
+            return  # a late message from a worker that was killed
+        run = w.inflight.popleft()
+        run.worker = None
+        w.done_count += 1
+        if not run.state.final and run.hb_reason is not None:
+            self._finish_timeout(run, now)  # it ended inside its grace period
+        elif not run.state.final:
+            self._invalidate(run)
+            if ok:
+                self._end(run, _S.COMPLETED, now, ok=True, value=value)
+            elif not self._maybe_retry(run, now, value):
+                self._end(run, _S.FAILED, now, ok=False, value=value, tb=tb)
+        self._after_head_change(w, now)
+        self._dispatch(now)
+
+    def worker_exited(self, wid: int, exitcode: int | None, now: float) -> None:
+        """A worker process is gone. If it was not killed on purpose, its head run crashed."""
+        w = self.workers.pop(wid, None)
+        if w is None:
+            return  # already accounted for (we killed it)
+        if w.inflight:
+            self.busy -= 1
+            head = w.inflight.popleft()
+            head.worker = None
+            self._requeue(w)
+            if not head.state.final and head.state is _S.RUNNING:
+                self._invalidate(head)
+                err = WorkerCrashed(_describe_exit(exitcode, w.pid), exitcode)
+                if not self._maybe_retry(head, now, err):
+                    self._end(head, _S.FAILED, now, ok=False, value=err)
+            elif not head.state.final:
+                # Never started (the worker died before it was ready): try it again.
+                self.pending.appendleft(head)
+        if not w.retiring:
+            self.replaced += 1
+        self._refill()
+        self._dispatch(now)
+
+    def initializer_failed(self, tb: str, now: float) -> None:
+        """The pool's initializer raised: like ProcessPoolExecutor, the pool is broken."""
+        if self.broken is not None:
+            return
+        self.broken = "the worker initializer failed:\n" + tb
+        while self.pending:
+            run = self.pending.popleft()
+            self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
+
+    def close(self, now: float, cancel_pending: bool) -> None:
+        """Shutdown: cancel scheduled runs (and pending ones if asked); no more spawns."""
+        self.closing = True
+        for entry in list(self._heap):
+            if entry[2] == START and entry[3].gen == entry[4] and entry[3].state is _S.SCHEDULED:
+                self.cancel(entry[3], now)
+        if cancel_pending:
+            for run in list(self.pending):
+                self.cancel(run, now)
+            for w in self.workers.values():
+                for run in list(w.inflight)[1:]:
+                    self.cancel(run, now)
+        self._dispatch(now)
+        self._stop_idle()
+
+    def idle(self) -> bool:
+        """Nothing runs, nothing waits: the pool may be stopped."""
+        return self.busy == 0 and not self.pending
+
+    # ------------------------------------------------------------- internals
+    def _stop_idle(self) -> None:
+        if not self.closing or self.pending:
+            return
+        for w in self.workers.values():
+            if not w.inflight and not w.retiring:
+                w.retiring = True
+                self.actions.append(Stop(w.wid))
+
+    def _refill(self) -> None:
+        live = sum(1 for w in self.workers.values() if not w.retiring)
+        for _ in range(self._live_target() - live):
+            self._spawn()
+
+    def _requeue(self, w: Worker) -> None:
+        """Runs prefetched on a dead worker go back to the front of the queue, in order."""
+        rest = [r for r in w.inflight if not r.state.final]
+        w.inflight.clear()
+        for run in reversed(rest):
+            run.worker = None
+            self.pending.appendleft(run)
+
+    def _kill_worker(self, w: Worker, now: float) -> None:
+        self.workers.pop(w.wid, None)
+        self.actions.append(Kill(w.wid))
+        if w.inflight:
+            self.busy -= 1
+            head = w.inflight.popleft()
+            head.worker = None
+            self._requeue(w)
+        self.replaced += 1
+        self._refill()
+
+    def _expire(self, run: Run, now: float, reason: str) -> None:
+        w = run.worker
+        if w is None or run.state is not _S.RUNNING:
+            return
+        run.hb_reason = reason
+        grace = run.policy.grace
+        if grace:
+            self._invalidate(run)
+            self.actions.append(Interrupt(w.wid, run.seq))
+            self.push_timer(now + grace, GRACE, run, run.gen)
+            return
+        self._kill_worker(w, now)
+        self._finish_timeout(run, now)
+
+    def _finish_timeout(self, run: Run, now: float) -> None:
+        self._invalidate(run)
+        err = TaskTimeout(f"task {run.hb_reason}")
+        if not self._maybe_retry(run, now, err):
+            self._end(run, _S.TIMED_OUT, now, ok=False, value=err)
+
+    def _maybe_retry(self, run: Run, now: float, error: BaseException) -> bool:
+        p = run.policy
+        if run.attempts > p.retries or self.closing:
+            return False
+        if p.retry_on is not None and not isinstance(error, p.retry_on):
+            return False
+        delay = min(p.retry_delay * (2 ** (run.attempts - 1)), MAX_RETRY_DELAY)
+        if delay > 0:
+            self._schedule(run, now + delay)
+        else:
+            self._set(run, _S.PENDING)
+            self.pending.append(run)
+        return True
+
+    def _end(self, run: Run, state: TaskState, now: float, *, ok: bool, value: Any,
+             tb: str | None = None) -> None:
+        if run.state is _S.SCHEDULED:
+            self._invalidate(run)
+        self._set(run, state)
+        run.finished_at = now
+        run.value_ok = ok
+        run.value = value
+        run.tb = tb
+        self.actions.append(Resolve(run))
+        if self.on_final is not None:
+            self.on_final(run, now)
+
+    def _start_head(self, w: Worker, now: float) -> None:
+        run = w.inflight[0]
+        if run.cancel_pending is not None or run.state.final:
+            # The worker is told to skip it; if it runs it anyway, kill it.
+            self.push_timer(now + SKIP_ACK_WAIT, SKIP_WAIT, run, run.gen)
+            return
+        self._set(run, _S.RUNNING)
+        run.attempts += 1
+        run.started_at = now
+        run.last_beat = now
+        run.worker_pid = w.pid
+        run.hb_reason = None
+        p = run.policy
+        if p.timeout is not None:
+            run.deadline = now + p.timeout
+            self.push_timer(run.deadline, DEADLINE, run, run.gen)
+        if p.heartbeat is not None:
+            self.push_timer(now + p.heartbeat, BEAT, run, run.gen)
+        self.actions.append(Started(run))
+
+    def _after_head_change(self, w: Worker, now: float) -> None:
+        if w.inflight:
+            if w.ready:
+                self._start_head(w, now)
+            return
+        self.busy -= 1
+        limit = self.max_tasks_per_worker
+        if limit is not None and w.done_count >= limit and not w.retiring:
+            w.retiring = True
+            self.actions.append(Stop(w.wid))
+            self.workers.pop(w.wid, None)
+            self._refill()
+        elif self.closing:
+            self._stop_idle()
+
+    def _can_take(self, w: Worker) -> bool:
+        if w.retiring:
+            return False
+        limit = self.max_tasks_per_worker
+        return limit is None or w.done_count + len(w.inflight) < limit
+
+    def _dispatch(self, now: float) -> None:
+        pending = self.pending
+        if not pending or self.broken is not None:
+            if self.closing:
+                self._stop_idle()
+            return
+        sends: dict[int, list[Run]] = {}
+        # 1. Idle workers, ready ones first, while a slot is free.
+        if self.busy < self.n_workers:
+            idle = [w for w in self.workers.values() if not w.inflight and self._can_take(w)]
+            idle.sort(key=lambda w: not w.ready)
+            for w in idle:
+                if not pending or self.busy >= self.n_workers:
+                    break
+                run = pending.popleft()
+                run.worker = w
+                w.inflight.append(run)
+                self.busy += 1
+                sends[w.wid] = [run]
+                if w.ready:
+                    self._start_head(w, now)
+        # 2. Prefetch onto busy, ready workers so they never wait for a round trip.
+        if pending and self.prefetch > 1:
+            for w in self.workers.values():
+                if not pending:
+                    break
+                if not w.inflight or not w.ready or w.inflight[0].policy.grace:
+                    continue
+                while pending and len(w.inflight) < self.prefetch and self._can_take(w):
+                    run = pending[0]
+                    if run.policy.grace:
+                        break
+                    pending.popleft()
+                    run.worker = w
+                    w.inflight.append(run)
+                    sends.setdefault(w.wid, []).append(run)
+        for wid, runs in sends.items():
+            self.actions.append(Send(wid, runs))
+
+    # ---------------------------------------------------------------- queries
+    def stats(self) -> dict[str, Any]:
+        return {
+            "by_state": {s.value: n for s, n in self.by_state.items()},
+            "workers_alive": sum(1 for w in self.workers.values() if not w.retiring),
+            "workers_busy": self.busy,
+            "workers_replaced": self.replaced,
+            "pending": len(self.pending),
+            "scheduled": self.scheduled,
+        }
+
+
+def _describe_exit(exitcode: int | None, pid: int | None) -> str:
+    import signal
+
+    who = f"worker process {pid}" if pid else "worker process"
+    if exitcode is None:
+        return f"{who} died (exit status unknown)"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"{who} was killed by {name} (exit code {exitcode})"
+    return f"{who} exited with code {exitcode} while running the task"

@@ -1,0 +1,516 @@
+"""``Supervisor``: the public executor, and the loop thread that drives the core.
+
+Data flow::
+
+    caller threads                         | supervisor loop thread (owns all state)
+                                           |
+    submit()/schedule()  -- validate, pickle (in the caller's thread)
+          |                                |
+          +--> command deque + wake pipe --+--> Core (pure: heap, dispatch, watchdogs)
+    cancel()/get()/stats() wait for reply  |      |  actions: spawn / send / kill / resolve
+                                           |      v
+                                           |   LokyPool: one socket pair per worker
+                                           |      |  ^ results, heartbeats, exits (pidfd)
+                                           |      v  |
+                                           |   worker processes (loky context)
+
+The loop blocks in one ``epoll`` wait until the earliest deadline of the
+core's heap, a worker message, a worker's exit or a command: it never polls.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import itertools
+import math
+import pickle
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import cloudpickle
+import loky
+
+from .._errors import TaskCancelled
+from .._ids import new_base, seq_of
+from .._policy import (
+    SUPERVISOR_POLICY,
+    TASK_POLICY,
+    Policy,
+    check_keywords,
+    normalize,
+    seconds,
+)
+from .._states import TaskState
+from ..core import engine as E
+from ..pool import base as P
+from ..pool.loky_pool import LokyPool
+from .task import Task
+
+T = TypeVar("T")
+
+_supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for sup in list(_supervisors):
+        sup.shutdown(wait=True)
+
+
+class _Call:
+    """A command whose caller waits for the loop's answer."""
+
+    __slots__ = ("done", "error", "fn", "then", "value")
+
+    def __init__(self, fn: Callable[[], Any], then: Callable[[], None]) -> None:
+        self.fn = fn
+        self.then = then  # carry out the core's actions before answering
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def __call__(self) -> None:
+        try:
+            self.value = self.fn()
+            self.then()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+class Supervisor(Executor):
+    """A supervised pool of worker processes; a ``concurrent.futures.Executor``.
+
+    >>> from taskwarden import Supervisor
+    >>> with Supervisor(workers=2, timeout=60) as sup:      # doctest: +SKIP
+    ...     print(sum(sup.map(abs, range(-5, 5))))
+    25
+
+    Policy keywords (``timeout``, ``heartbeat``, ``grace``, ``retries``,
+    ``retry_delay``, ``retry_on``) are the defaults for every task.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        max_tasks_per_worker: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        keep_finished: int = 10_000,
+        **policy: Any,
+    ) -> None:
+        check_keywords(policy, SUPERVISOR_POLICY, "Supervisor()")
+        self._defaults = Policy().with_overrides(normalize(policy))
+        if workers is None:
+            workers = loky.cpu_count()
+        if not _whole(workers) or workers < 1:
+            raise ValueError(f"workers must be a whole number >= 1, not {workers!r}")
+        if max_tasks_per_worker is not None and (
+            not _whole(max_tasks_per_worker) or max_tasks_per_worker < 1
+        ):
+            raise ValueError(
+                f"max_tasks_per_worker must be a whole number >= 1, not {max_tasks_per_worker!r}"
+            )
+        if not _whole(keep_finished) or keep_finished < 0:
+            raise ValueError(f"keep_finished must be a whole number >= 0, not {keep_finished!r}")
+        init_payload = None
+        if initializer is not None:
+            if not callable(initializer):
+                raise TypeError(f"initializer must be callable, not {initializer!r}")
+            init_payload = _pickle_call(initializer, tuple(initargs), None, "initializer")
+
+        self._workers = workers
+        self._keep_finished = keep_finished
+        self._id_base = new_base()
+        self._offset = time.time() - time.monotonic()
+        self._seq = itertools.count(1)
+        self._commands: deque[Callable[[], Any]] = deque()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._core = E.Core(workers, max_tasks_per_worker=max_tasks_per_worker)
+        self._pool = LokyPool(self._id_base, init_payload)
+        self._tasks: dict[int, Task[Any]] = {}  # loop-owned: live and recently finished
+        self._finished: deque[int] = deque()
+        self._loop_ident: int | None = None
+        self._thread = threading.Thread(
+            target=self._loop, name="taskwarden-supervisor", daemon=True
+        )
+        self._thread.start()
+        _supervisors.add(self)
+
+    # ================================================================ public
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Task[T]:
+        """Run ``fn(*args, **kwargs)`` in a worker; returns its Task at once."""
+        return self._new_task(fn, args, kwargs, self._defaults, None, None, None)
+
+    def schedule(
+        self,
+        fn: Callable[..., T],
+        *,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        at: datetime | float | None = None,
+        delay: float | timedelta | None = None,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        name: str | None = None,
+        **policy: Any,
+    ) -> Task[T]:
+        """Run ``fn`` once, now, at ``at`` or after ``delay``, under the given policies.
+
+        >>> task = sup.schedule(fetch, args=(url,), timeout=10, retries=2)   # doctest: +SKIP
+        """
+        if every is not None or cron is not None:
+            raise NotImplementedError("recurring jobs (every=, cron=) are not available yet")
+        check_keywords(policy, TASK_POLICY, "schedule()")
+        pol = self._defaults.with_overrides(normalize(policy))
+        if at is not None and delay is not None:
+            raise ValueError("give at or delay, not both")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {name!r}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs must be a dict, not {kwargs!r}")
+        start_in: float | None = None
+        if delay is not None:
+            start_in = seconds("delay", delay)
+        elif at is not None:
+            start_in = max(0.0, _timestamp(at) - time.time())
+        return self._new_task(fn, tuple(args), kwargs or {}, pol, name, start_in, start_in)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like ``Executor.map``; ``chunksize`` > 1 sends items in batches, as
+        ProcessPoolExecutor does."""
+        if not _whole(chunksize) or chunksize < 1:
+            raise ValueError(f"chunksize must be a whole number >= 1, not {chunksize!r}")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = super().map(
+            functools.partial(_process_chunk, fn), _chunked(zip(*iterables, strict=False), chunksize),
+            timeout=timeout,
+        )
+        return itertools.chain.from_iterable(chunks)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work. Scheduled tasks and jobs are cancelled; due tasks run
+        to completion unless ``cancel_futures`` (then pending ones are cancelled).
+        With ``wait``, return once no task runs and no worker process is alive."""
+        with self._close_lock:
+            first = not self._closed
+            self._closed = True
+        if first:
+            self._post(lambda: self._core.close(time.monotonic(), cancel_futures))
+        elif cancel_futures:
+            self._post(lambda: self._core.close(time.monotonic(), True))
+        if wait and threading.get_ident() != self._loop_ident:
+            self._thread.join()
+
+    def get(self, task_id: str) -> Task[Any] | None:
+        """The task (or job) with this id, while it is live or among the last finished."""
+        seq = seq_of(self._id_base, task_id) if isinstance(task_id, str) else None
+        if seq is None:
+            return None
+        return self._ask(lambda: self._tasks.get(seq))  # type: ignore[no-any-return]
+
+    def tasks(self) -> list[Task[Any]]:
+        """Every task the supervisor holds: live ones and the last ``keep_finished``."""
+        return self._ask(lambda: list(self._tasks.values()))  # type: ignore[no-any-return]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by state, workers alive and replaced, pending and scheduled tasks."""
+        def read() -> dict[str, Any]:
+            s = self._core.stats()
+            s["workers_alive"] = self._pool.alive()
+            s["retained"] = len(self._tasks)
+            return s
+
+        return self._ask(read)  # type: ignore[no-any-return]
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(wait=True)
+
+    async def __aenter__(self) -> Supervisor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self.shutdown)
+
+    # ============================================================ internals
+    def _wall(self, mono: float | None) -> float | None:
+        return None if mono is None else mono + self._offset
+
+    def _new_task(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        policy: Policy,
+        name: str | None,
+        start_in: float | None,
+        delay: float | None,
+    ) -> Task[Any]:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        _check_binding(fn, args, kwargs)
+        payload = _pickle_call(fn, args, kwargs, "task")
+        run = E.Run(next(self._seq), payload, policy)
+        task: Task[Any] = Task(self, run, name, delay)
+        run.handle = task
+        with self._close_lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new tasks after shutdown")
+            self._commands.append(functools.partial(self._c_add, run, start_in))
+        self._pool.wake()
+        return task
+
+    def _c_add(self, run: E.Run, start_in: float | None) -> None:
+        self._tasks[run.seq] = run.handle
+        now = time.monotonic()
+        self._core.add(run, now, None if start_in is None else now + start_in)
+
+    def _post(self, fn: Callable[[], Any]) -> None:
+        self._commands.append(fn)
+        self._pool.wake()
+
+    def _ask(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` in the loop thread and return its answer (inline if we are it)."""
+        if threading.get_ident() == self._loop_ident or not self._thread.is_alive():
+            value = fn()
+            if threading.get_ident() == self._loop_ident:
+                self._apply()
+            return value
+        call = _Call(fn, self._apply)
+        self._post(call)
+        while not call.done.wait(1.0):
+            if not self._thread.is_alive():
+                return fn()
+        if call.error is not None:
+            raise call.error
+        return call.value
+
+    def _cancel_run(self, run: E.Run) -> bool:
+        return bool(self._ask(lambda: self._core.cancel(run, time.monotonic())))
+
+    def _postpone_run(self, run: E.Run, delay: float | timedelta | None) -> bool:
+        d = (run.handle._delay or 0.0) if delay is None else seconds("delay", delay)
+        return bool(self._ask(lambda: self._core.reschedule(run, time.monotonic() + d,
+                                                            time.monotonic())))
+
+    def _reschedule_run(
+        self, run: E.Run, at: datetime | float | None, delay: float | timedelta | None
+    ) -> bool:
+        if at is not None and delay is not None:
+            raise ValueError("give at or delay, not both")
+        if at is None and delay is None:
+            raise ValueError("give at or delay")
+        start_in = seconds("delay", delay) if delay is not None else max(
+            0.0, _timestamp(at) - time.time()  # type: ignore[arg-type]
+        )
+        return bool(self._ask(lambda: self._core.reschedule(
+            run, time.monotonic() + start_in, time.monotonic())))
+
+    # -------------------------------------------------------------- the loop
+    def _loop(self) -> None:
+        self._loop_ident = threading.get_ident()
+        core, pool, commands = self._core, self._pool, self._commands
+        core.start(time.monotonic())
+        self._apply()
+        try:
+            while True:
+                deadline = core.next_deadline()
+                if commands:
+                    timeout: float | None = 0.0
+                elif deadline is None:
+                    timeout = None
+                else:
+                    timeout = max(0.0, deadline - time.monotonic())
+                events = pool.wait(timeout)
+                now = time.monotonic()
+                for ev in events:
+                    self._on_event(ev, now)
+                while commands:
+                    commands.popleft()()
+                core.advance(time.monotonic())
+                self._apply()
+                if core.closing and not core.workers and pool.alive() == 0 and core.idle():
+                    break
+        finally:
+            pool.close()
+            # Anything still unresolved (the loop died) must not hang its callers.
+            for task in list(self._tasks.values()):
+                if not task.done():
+                    task.set_exception(TaskCancelled("the supervisor stopped"))
+
+    def _on_event(self, ev: P.Event, now: float) -> None:
+        core = self._core
+        if isinstance(ev, P.RunDone):
+            w = core.workers.get(ev.wid)
+            if w is not None and w.inflight and w.inflight[0].seq == ev.seq:
+                run = w.inflight[0]
+                if ev.has_progress:
+                    run.progress = ev.progress
+                if not ev.ok:
+                    run.handle.traceback = ev.tb
+            core.done(ev.wid, ev.seq, ev.ok, ev.value, ev.tb, now)
+        elif isinstance(ev, P.Beat):
+            core.beat(ev.wid, ev.seq, ev.progress, ev.has_progress, now)
+        elif isinstance(ev, P.WorkerReady):
+            core.worker_ready(ev.wid, ev.pid, now)
+        elif isinstance(ev, P.RunSkipped):
+            core.skipped(ev.wid, ev.seq, now)
+        elif isinstance(ev, P.WorkerExited):
+            core.worker_exited(ev.wid, ev.exitcode, now)
+        elif isinstance(ev, P.InitFailed):
+            core.initializer_failed(ev.tb, now)
+
+    def _apply(self) -> None:
+        core, pool = self._core, self._pool
+        while core.actions:
+            actions, core.actions = core.actions, []
+            for a in actions:
+                if type(a) is E.Send:
+                    pool.send(a.wid, [(r.seq, r.payload, _opts(r)) for r in a.runs])
+                elif type(a) is E.Resolve:
+                    self._resolve(a.run)
+                elif type(a) is E.Started:
+                    pass
+                elif type(a) is E.Spawn:
+                    pool.spawn(a.wid)
+                elif type(a) is E.Kill:
+                    pool.kill(a.wid)
+                elif type(a) is E.Skip:
+                    pool.skip(a.wid, a.seq)
+                elif type(a) is E.Interrupt:
+                    pool.interrupt(a.wid, a.seq)
+                elif type(a) is E.Stop:
+                    pool.stop(a.wid)
+
+    def _resolve(self, run: E.Run) -> None:
+        task: Task[Any] = run.handle
+        run.payload = b""  # the arguments are no longer needed: free them now
+        if task.done():
+            return
+        if run.value_ok:
+            task.set_result(run.value)
+        else:
+            task.set_exception(run.value)
+        self._finished.append(run.seq)
+        while len(self._finished) > self._keep_finished:
+            self._tasks.pop(self._finished.popleft(), None)
+
+
+def _opts(run: E.Run) -> dict[str, Any]:
+    p = run.policy
+    opts: dict[str, Any] = {"attempt": run.attempts + (0 if run.state is TaskState.RUNNING else 1)}
+    if p.timeout is not None:
+        opts["timeout"] = p.timeout
+    if p.heartbeat is not None:
+        opts["heartbeat"] = p.heartbeat
+    if run.attempts and run.progress is not None:
+        opts["previous_progress"] = run.progress
+    return opts
+
+
+def _timestamp(at: datetime | float) -> float:
+    if isinstance(at, datetime):
+        return at.timestamp()  # naive datetimes are local time, as datetime does
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+        raise TypeError(f"at must be a datetime or a finite time.time() timestamp, not {at!r}")
+    return float(at)
+
+
+def _pickle_call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None, what: str
+) -> bytes:
+    """Pickle a call in the caller's thread, so that what cannot travel fails here."""
+    call = (fn, args, kwargs) if kwargs is not None else (fn, args)
+    # The stdlib pickler is several times faster than cloudpickle, but it pickles
+    # functions by reference, and a worker cannot import __main__: anything that
+    # names __main__ goes by value through cloudpickle.
+    try:
+        data = pickle.dumps(call, protocol=5)
+    except Exception:
+        pass
+    else:
+        if b"__main__" not in data:
+            return data
+    try:
+        return cloudpickle.dumps(call, protocol=5)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise TypeError(
+            f"the {what} cannot be sent to a worker process: cloudpickle failed to pickle "
+            f"{getattr(fn, '__qualname__', fn)!r} or its arguments: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+
+
+def _check_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise TypeError now, in the caller's thread, if the arguments cannot bind to ``fn``."""
+    code = getattr(fn, "__code__", None)
+    if (
+        code is not None
+        and not kwargs
+        and type(fn).__name__ == "function"
+        and not code.co_flags & 0x0C  # no *args, no **kwargs
+        and not code.co_kwonlyargcount
+    ):
+        # Fast path for plain functions called positionally.
+        n_defaults = len(getattr(fn, "__defaults__", None) or ())
+        if code.co_argcount - n_defaults <= len(args) <= code.co_argcount:
+            return
+    try:
+        sig = _SIGNATURES[fn]
+    except (KeyError, TypeError):
+        try:
+            sig = inspect.signature(fn)
+        except (ValueError, TypeError):
+            sig = None  # builtins without a signature: the worker will tell
+        try:
+            if len(_SIGNATURES) > 4096:
+                _SIGNATURES.clear()
+            _SIGNATURES[fn] = sig
+        except TypeError:
+            pass
+    if sig is None:
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TypeError(f"arguments do not match {name}{sig}: {exc}") from None
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _process_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    return [fn(*args) for args in chunk]
+
+
+def _chunked(items: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk

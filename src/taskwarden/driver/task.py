@@ -1,0 +1,123 @@
+"""``Task``: one run of a function, a concurrent.futures.Future that can really be cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator
+from concurrent.futures import Future
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .._ids import make_uuid
+from .._states import TaskState
+
+if TYPE_CHECKING:
+    from ..core.engine import Run
+    from .supervisor import Supervisor
+
+T = TypeVar("T")
+
+_CANCELLED_STATES = (TaskState.CANCELLED, TaskState.SUPERSEDED)
+
+
+class Task(Future[T]):
+    """One run of a function in a worker process.
+
+    A ``concurrent.futures.Future``: ``result()``, ``exception()``, ``done()``,
+    ``add_done_callback()`` and ``await task`` work as usual. Unlike a plain
+    Future, ``cancel()`` also stops a task that is already running: its worker
+    process tree is killed and replaced.
+
+        >>> with Supervisor(workers=2) as sup:              # doctest: +SKIP
+        ...     task = sup.schedule(crunch, args=(data,), timeout=30)
+        ...     print(task.result(), task.state, task.worker_pid)
+    """
+
+    def __init__(
+        self, supervisor: Supervisor, run: Run, name: str | None, delay: float | None = None
+    ) -> None:
+        super().__init__()
+        self._delay = delay
+        self._supervisor = supervisor
+        self._run = run
+        self.name = name
+        self.traceback: str | None = None
+
+    # ------------------------------------------------------------- read-only
+    @property
+    def id(self) -> str:
+        """A UUID string; ``Supervisor.get(task.id)`` finds the task again."""
+        return make_uuid(self._supervisor._id_base, self._run.seq)
+
+    @property
+    def state(self) -> TaskState:
+        return self._run.state
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of the worker process that ran (or runs) the latest attempt."""
+        return self._run.worker_pid
+
+    @property
+    def started_at(self) -> float | None:
+        """When the latest attempt started, as a ``time.time()`` timestamp."""
+        return self._supervisor._wall(self._run.started_at)
+
+    @property
+    def finished_at(self) -> float | None:
+        return self._supervisor._wall(self._run.finished_at)
+
+    @property
+    def attempts(self) -> int:
+        """How many times the task has been started (retries included)."""
+        return self._run.attempts
+
+    @property
+    def progress(self) -> Any:
+        """The last value the task gave to ``taskwarden.heartbeat(progress)``."""
+        return self._run.progress
+
+    @property
+    def key(self) -> str | None:
+        return self._run.policy.key
+
+    # -------------------------------------------------------------- control
+    def cancel(self) -> bool:
+        """Cancel in any state but a final one; a running task's process is killed.
+
+        Returns True if the task is now CANCELLED, False if it had already ended.
+        """
+        if self._run.state.final:
+            return False
+        return self._supervisor._cancel_run(self._run)
+
+    def cancelled(self) -> bool:
+        return self._run.state in _CANCELLED_STATES
+
+    def running(self) -> bool:
+        return self._run.state is TaskState.RUNNING
+
+    def kick(self) -> bool:
+        """Push a task that has not started back by its delay (the watchdog pattern).
+
+        Returns True if the start moved, False if the task had already started
+        or ended, so a dead-man's switch can tell whether it fired.
+        """
+        return self._supervisor._postpone_run(self._run, None)
+
+    def postpone(self, delay: float | timedelta | None = None) -> bool:
+        """Like ``kick()``, with another delay (seconds or a timedelta) if given."""
+        return self._supervisor._postpone_run(self._run, delay)
+
+    def reschedule(
+        self, at: datetime | float | None = None, delay: float | timedelta | None = None
+    ) -> bool:
+        """Move the start of a task that has not started; False if it already has."""
+        return self._supervisor._reschedule_run(self._run, at, delay)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return asyncio.wrap_future(self).__await__()
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        return f"<Task{name} {self.id} {self.state.value}>"

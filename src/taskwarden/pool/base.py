@@ -1,0 +1,90 @@
+"""The interface between the supervisor loop and whatever runs tasks.
+
+The loop asks a pool to start a worker, send it runs, skip or interrupt a
+run, stop or kill a worker, and waits on it for events. loky processes on
+this machine are one engine (``LokyPool``); another (Ray, for work that
+outgrows one machine) can stand in behind the same few methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class WorkerReady:
+    wid: int
+    pid: int
+
+
+@dataclass(slots=True)
+class RunDone:
+    wid: int
+    seq: int
+    ok: bool
+    value: Any  # the result, or the exception (with the worker traceback as __cause__)
+    tb: str | None
+    progress: Any
+    has_progress: bool
+
+
+@dataclass(slots=True)
+class RunSkipped:
+    wid: int
+    seq: int
+
+
+@dataclass(slots=True)
+class Beat:
+    wid: int
+    seq: int
+    progress: Any
+    has_progress: bool
+
+
+@dataclass(slots=True)
+class WorkerExited:
+    wid: int
+    exitcode: int | None
+
+
+@dataclass(slots=True)
+class InitFailed:
+    wid: int
+    tb: str
+
+
+Event = WorkerReady | RunDone | RunSkipped | Beat | WorkerExited | InitFailed
+
+
+class Pool(Protocol):
+    def spawn(self, wid: int) -> None:
+        """Start a worker; it reports ``WorkerReady`` (or ``InitFailed``) when up."""
+
+    def send(self, wid: int, runs: list[tuple[int, bytes, dict[str, Any]]]) -> None:
+        """Give a worker runs (seq, payload, options), to run in order."""
+
+    def skip(self, wid: int, seq: int) -> None:
+        """Ask a worker not to start a run it was given ahead of time."""
+
+    def interrupt(self, wid: int, seq: int) -> None:
+        """Raise TaskTimeout inside the run a worker is executing (the grace period)."""
+
+    def stop(self, wid: int) -> None:
+        """Ask an idle worker to exit."""
+
+    def kill(self, wid: int) -> None:
+        """Kill a worker's whole process tree at once."""
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        """Block until events arrive, the timeout passes or ``wake()`` is called."""
+
+    def wake(self) -> None:
+        """Make a blocked ``wait`` return now (from any thread)."""
+
+    def alive(self) -> int:
+        """How many worker processes are still alive."""
+
+    def close(self) -> None:
+        """Kill what is left and release every resource."""

@@ -1,0 +1,380 @@
+"""Worker processes started through loky's process context, one channel each.
+
+Each worker gets its own socket pair, so the supervisor always knows which
+process runs which task and can kill exactly that process tree. Process
+starts (a few milliseconds of fork and exec each) happen on a small
+spawner thread so that the loop never waits for them; a worker's death is
+seen through a pidfd (Linux) or loky's sentinel, without polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import queue
+import selectors
+import signal
+import threading
+from collections import deque
+from typing import Any
+
+import psutil
+from loky.backend.context import get_context
+
+from .._errors import RemoteError, RemoteTraceback
+from ._wire import (
+    BEAT,
+    DONE,
+    INIT_FAILED,
+    READY,
+    RUN,
+    SKIP,
+    SKIPPED,
+    STOP,
+    frame,
+    split_frames,
+)
+from ._worker import INTERRUPT_SIGNAL, worker_main
+from .base import Beat, Event, InitFailed, RunDone, RunSkipped, WorkerExited, WorkerReady
+
+_IO = 1
+_EXIT = 2
+_WAKE = 3
+
+
+class _Proc:
+    __slots__ = ("conn", "dead", "exit_fd", "fd", "inbuf", "outbuf", "pid", "process", "wid",
+                 "writing")
+
+    def __init__(self, wid: int, process: Any, conn: Any) -> None:
+        self.wid = wid
+        self.process = process
+        self.conn = conn
+        self.fd: int = conn.fileno()
+        self.pid: int = process.pid
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.writing = False
+        self.dead = False
+        self.exit_fd: int = -1
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (as loky's kill_process_tree does).
+
+    The tree is read before anything is killed, since the children of a dead
+    process are handed to init and could no longer be found.
+    """
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    for child in reversed(descendants):
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+class LokyPool:
+    """The process engine behind ``Supervisor``. Only the loop thread calls it, but ``wake``."""
+
+    def __init__(self, id_base: int, init_payload: bytes | None) -> None:
+        self._ctx = get_context("loky")
+        self._id_base = id_base
+        self._init_payload = init_payload
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
+        self._armed = False
+        self._procs: dict[int, _Proc] = {}
+        self._spawn_q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._spawned: deque[tuple[int, Any, Any]] = deque()
+        self._spawner: threading.Thread | None = None
+        self._events: list[Event] = []
+        self._doomed: set[int] = set()
+        # What was sent to a worker before its process was handed over by the spawner.
+        self._early: dict[int, bytearray] = {}
+
+    # ---------------------------------------------------------------- spawning
+    def spawn(self, wid: int) -> None:
+        if self._spawner is None:
+            self._spawner = threading.Thread(
+                target=self._spawn_loop, name="taskwarden-spawner", daemon=True
+            )
+            self._spawner.start()
+        self._early[wid] = bytearray()
+        self._spawn_q.put(wid)
+
+    def _spawn_loop(self) -> None:
+        while True:
+            wid = self._spawn_q.get()
+            if wid is None:
+                return
+            try:
+                parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+                process = self._ctx.Process(
+                    target=worker_main,
+                    args=(child_conn, self._id_base, self._init_payload),
+                    name=f"taskwarden-worker-{wid}",
+                )
+                process.start()
+                child_conn.close()
+            except Exception:
+                self._spawned.append((wid, None, None))
+            else:
+                self._spawned.append((wid, process, parent_conn))
+            self.wake()
+
+    def _adopt(self, wid: int, process: Any, conn: Any) -> None:
+        early = self._early.pop(wid, None)
+        if process is None:
+            self._events.append(WorkerExited(wid, None))
+            return
+        p = _Proc(wid, process, conn)
+        os.set_blocking(p.fd, False)
+        self._procs[wid] = p
+        self._sel.register(p.fd, selectors.EVENT_READ, (_IO, p))
+        try:
+            p.exit_fd = os.pidfd_open(p.pid)
+        except (AttributeError, OSError):
+            p.exit_fd = -1
+        if p.exit_fd >= 0:
+            self._sel.register(p.exit_fd, selectors.EVENT_READ, (_EXIT, p))
+        else:  # pragma: no cover - no pidfd: loky's sentinel pipe
+            self._sel.register(process.sentinel, selectors.EVENT_READ, (_EXIT, p))
+        if early:
+            self._write(p, bytes(early))
+
+    # ------------------------------------------------------------------ sending
+    def _out(self, wid: int, data: bytes) -> None:
+        p = self._procs.get(wid)
+        if p is not None:
+            self._write(p, data)
+        elif wid in self._early:
+            self._early[wid] += data
+
+    def _write(self, p: _Proc, data: bytes) -> None:
+        if p.dead:
+            return
+        if p.outbuf:
+            p.outbuf += data
+            return
+        try:
+            n = os.write(p.fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            return  # the worker is gone; its exit event follows
+        if n < len(data):
+            p.outbuf += data[n:]
+            self._want_write(p, True)
+
+    def _want_write(self, p: _Proc, on: bool) -> None:
+        if p.writing == on or p.dead:
+            return
+        p.writing = on
+        mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        self._sel.modify(p.fd, mask, (_IO, p))
+
+    def _flush(self, p: _Proc) -> None:
+        try:
+            n = os.write(p.fd, p.outbuf)
+        except BlockingIOError:
+            return
+        except OSError:
+            p.outbuf.clear()
+            self._want_write(p, False)
+            return
+        del p.outbuf[:n]
+        if not p.outbuf:
+            self._want_write(p, False)
+
+    def send(self, wid: int, runs: list[tuple[int, bytes, dict[str, Any]]]) -> None:
+        self._out(wid, frame((RUN, runs)))
+
+    def skip(self, wid: int, seq: int) -> None:
+        self._out(wid, frame((SKIP, seq)))
+
+    def stop(self, wid: int) -> None:
+        self._out(wid, frame((STOP,)))
+
+    def interrupt(self, wid: int, seq: int) -> None:
+        p = self._procs.get(wid)
+        if p is not None and not p.dead:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, INTERRUPT_SIGNAL)
+
+    def kill(self, wid: int) -> None:
+        p = self._procs.get(wid)
+        if p is None:
+            # Not adopted yet: kill it as soon as the spawner hands it over.
+            self._doomed.add(wid)
+            return
+        kill_tree(p.pid)
+        self._reap(p, block=True)
+
+    # ---------------------------------------------------------------- receiving
+    def wake(self) -> None:
+        if not self._armed:
+            self._armed = True
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"\0")
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        self._take_spawned()
+        if self._events:
+            timeout = 0
+        for key, mask in self._sel.select(timeout):
+            tag, p = key.data
+            if tag == _IO:
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(p)
+                if mask & selectors.EVENT_READ:
+                    self._read(p)
+            elif tag == _EXIT:
+                self._read(p)
+                self._reap(p, block=False)
+            else:
+                # Drain first, then disarm: a wake() between the two leaves its byte
+                # in the pipe, so it is never lost.
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 4096):
+                        pass
+                self._armed = False
+        self._take_spawned()
+        events, self._events = self._events, []
+        return events
+
+    def _take_spawned(self) -> None:
+        while self._spawned:
+            wid, process, conn = self._spawned.popleft()
+            self._adopt(wid, process, conn)
+            if wid in self._doomed:
+                self._doomed.discard(wid)
+                self.kill(wid)
+
+    def _read(self, p: _Proc) -> None:
+        if p.dead:
+            return
+        while True:
+            try:
+                chunk = os.read(p.fd, 1 << 20)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                # EOF: the worker closed its end; its exit event follows.
+                self._sel.unregister(p.fd)
+                p.writing = False
+                p.dead = True
+                break
+            p.inbuf += chunk
+            if len(chunk) < (1 << 20):
+                break
+        for msg in split_frames(p.inbuf):
+            self._on_message(p, msg)
+
+    def _on_message(self, p: _Proc, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == DONE:
+            _, seq, ok, data, tb, type_name, message, progress = msg
+            ok, value = _load_outcome(ok, data, tb, type_name, message)
+            has_progress = progress != b""
+            prog = _load_quiet(progress) if has_progress else None
+            self._events.append(RunDone(p.wid, seq, ok, value, tb, prog, has_progress))
+        elif kind == BEAT:
+            _, seq, data = msg
+            has_progress = data is not None
+            prog = _load_quiet(data) if has_progress else None
+            self._events.append(Beat(p.wid, seq, prog, has_progress))
+        elif kind == SKIPPED:
+            self._events.append(RunSkipped(p.wid, msg[1]))
+        elif kind == READY:
+            self._events.append(WorkerReady(p.wid, msg[1]))
+        elif kind == INIT_FAILED:
+            self._events.append(InitFailed(p.wid, msg[1]))
+
+    def _reap(self, p: _Proc, *, block: bool) -> None:
+        if self._procs.pop(p.wid, None) is None:
+            return
+        popen = p.process._popen
+        try:
+            code = popen.poll(0 if block else os.WNOHANG)
+        except OSError:
+            code = None
+        if code is None and not block:
+            # The exit fd fired but the process is not reapable yet: wait for it.
+            code = popen.poll(0)
+        for fd in (p.fd, p.exit_fd if p.exit_fd >= 0 else p.process.sentinel):
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(fd)
+        with contextlib.suppress(OSError):
+            p.conn.close()
+        if p.exit_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(p.exit_fd)
+        p.dead = True
+        self._events.append(WorkerExited(p.wid, code))
+
+    def alive(self) -> int:
+        return len(self._procs) + len(self._early)
+
+    def pids(self) -> dict[int, int]:
+        return {wid: p.pid for wid, p in self._procs.items()}
+
+    def close(self) -> None:
+        self._spawn_q.put(None)
+        if self._spawner is not None:
+            self._spawner.join()
+        self._take_spawned()
+        for p in list(self._procs.values()):
+            kill_tree(p.pid)
+            self._reap(p, block=True)
+        self._events.clear()
+        self._sel.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _load_quiet(data: bytes) -> Any:
+    try:
+        return pickle.loads(data)
+    except BaseException:
+        return None
+
+
+def _load_outcome(
+    ok: bool, data: bytes, tb: str | None, type_name: str | None, message: str | None
+) -> tuple[bool, Any]:
+    """Unpickle a result or an exception. Whatever unpickling does fails this task only."""
+    if ok:
+        try:
+            return True, pickle.loads(data)
+        except BaseException as exc:
+            err = RemoteError(
+                "ResultUnpicklingError",
+                f"the task's result could not be unpickled in the supervisor: "
+                f"{type(exc).__name__}: {exc}",
+            )
+            return False, err
+    exc_value: BaseException
+    try:
+        loaded = pickle.loads(data) if data else None
+    except BaseException:
+        loaded = None
+    if isinstance(loaded, BaseException):
+        exc_value = loaded
+    else:
+        exc_value = RemoteError(type_name or "Exception", message or "")
+    if tb:
+        exc_value.__cause__ = RemoteTraceback(tb)
+    return False, exc_value
+
+
+__all__ = ["LokyPool", "kill_tree"]
