@@ -341,28 +341,33 @@ def test_a_failing_script_fails_the_command_and_shows_its_stderr(tmp_path: Path)
     assert run["stderr_tail"][-1] == "fail.py: something went wrong"
 
 
-def test_a_hung_script_is_killed_at_its_timeout(tmp_path: Path) -> None:
+def test_a_hung_script_is_killed_at_its_timeout_and_nothing_is_left(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
     started = time.monotonic()
-    done = taskwarden_run(
-        "--timeout",
-        "1",
-        script("hang.py"),
-        "--json",
-        str(tmp_path / "out.json"),
-        "--",
-        str(tmp_path),
+    cli = start_taskwarden_run(
+        "--timeout", "1", script("hang.py"), "--json", str(out), "--", str(tmp_path)
     )
+    try:
+        wait_for(lambda: any(tmp_path.glob("*.running")), "the run to start")
+        # The supervisor's workers and helpers, and the script: all must be gone at exit.
+        tree = [p.pid for p in psutil.Process(cli.pid).children(recursive=True)]
+        stdout, _ = cli.communicate(timeout=WAIT)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
     assert time.monotonic() - started < WAIT
-    assert done.returncode == 1
-    assert "1 TIMED_OUT" in done.stdout
-    (run,) = load_json(tmp_path / "out.json")["runs"]
+    assert cli.returncode == 1
+    assert "1 TIMED_OUT" in stdout
+    (run,) = load_json(out)["runs"]
     assert run["state"] == TIMED_OUT
     assert run["exit_status"] is None
-    assert run["error"]
+    assert "1" in run["error"]  # says after how long
     assert run["wall_seconds"] >= 0.9
     assert run["stderr_tail"] == []
     (pid_file,) = tmp_path.glob("*.running")
-    assert_nothing_left(tmp_path, int(pid_file.read_text()))
+    assert int(pid_file.read_text()) in tree
+    assert_nothing_left(tmp_path, *tree)
 
 
 def test_a_timeout_kills_the_children_of_a_hung_script_too(tmp_path: Path) -> None:
@@ -539,6 +544,23 @@ def test_sigterm_stops_everything_too(tmp_path: Path) -> None:
     assert cli.returncode == 128 + signal.SIGTERM
     assert load_json(out)["runs"][0]["state"] == CANCELLED
     assert_nothing_left(tmp_path)
+
+
+def test_a_closed_stdout_still_gets_the_json_written(tmp_path: Path) -> None:
+    # ``taskwarden run ... | head -1``: the reader is gone before the report.
+    out = tmp_path / "out.json"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "taskwarden", "run", script("chatty.py"), "--json", str(out),
+         "--", "0.3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert cli.stdout is not None
+    cli.stdout.close()
+    _, stderr = cli.communicate(timeout=WAIT)
+    assert cli.returncode == 0, stderr
+    assert [r["state"] for r in load_json(out)["runs"]] == [COMPLETED]
 
 
 def test_python_dash_m_taskwarden_without_a_command_is_a_usage_error() -> None:

@@ -35,7 +35,14 @@ from rich.console import Console
 
 from taskwarden import Supervisor, Task
 from taskwarden.cli._args import RunConfig, Target
-from taskwarden.cli._display import Display, InFlight, LiveDisplay, PlainDisplay, print_summary
+from taskwarden.cli._display import (
+    Display,
+    InFlight,
+    LiveDisplay,
+    PlainDisplay,
+    print_summary,
+    silence_stdout,
+)
 from taskwarden.cli._records import (
     CANCELLED,
     COMPLETED,
@@ -47,7 +54,7 @@ from taskwarden.cli._records import (
     summarize,
     write_json,
 )
-from taskwarden.cli._runner import RunResult, RunSpec, run_one, tail_lines
+from taskwarden.cli._runner import RunResult, RunSpec, quiet_worker, run_one, tail_lines
 
 _TICK = 0.1  # seconds between redraws of the live area, and the latency of a Ctrl-C
 _IN_FLIGHT_SHOWN = 20
@@ -131,9 +138,17 @@ def run_command(config: RunConfig, console: Console, *, live: bool) -> int:
         runs = plan_runs(config, log_dir, capture=display.capture_output)
         records = _run_all(config, runs, display, stop)
     status = exit_code(records, stop.signum)
-    print_summary(console, summarize(config.targets, records))
+    # The JSON first: a closed stdout (``| head``) must not cost the report.
     if config.json_path is not None:
-        write_json(config.json_path, config, records, interrupted_by=stop.signum, status=status)
+        try:
+            write_json(config.json_path, config, records, interrupted_by=stop.signum, status=status)
+        except OSError as error:
+            print(f"taskwarden: cannot write {config.json_path}: {error}", file=sys.stderr)
+            status = status or 1
+    try:
+        print_summary(console, summarize(config.targets, records))
+    except BrokenPipeError:
+        silence_stdout()
     return status
 
 
@@ -148,7 +163,7 @@ def _run_all(
     finished: queue.SimpleQueue[int] = queue.SimpleQueue()
     records: dict[int, RunRecord] = {}
     tasks: list[Task[RunResult]] = []
-    supervisor = Supervisor(workers=config.jobs)
+    supervisor = Supervisor(workers=config.jobs, initializer=quiet_worker)
     display.start(len(runs))
     try:
         for i, run in enumerate(runs):
@@ -168,9 +183,10 @@ def _run_all(
     finally:
         if stop.signum is not None:
             display.note(f"{signal.Signals(stop.signum).name}: stopping every run ...")
-        # Normally nothing is left to cancel; after an interrupt or an error this kills
-        # every running process tree and drops the runs that have not started.
-        for task in tasks:
+        # Normally nothing is left to cancel; after an interrupt or an error this drops
+        # the runs that have not started, then kills every running process tree (in
+        # that order, so that no waiting run takes the place of a killed one).
+        for task in sorted(tasks, key=lambda task: task.state == "RUNNING"):
             task.cancel()
         supervisor.shutdown(wait=True, cancel_futures=True)
         for i in range(len(tasks)):

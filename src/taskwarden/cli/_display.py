@@ -10,6 +10,9 @@ run gets one plain line.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +38,28 @@ from taskwarden.cli._records import (
 
 _CAPTURE_MAX_LINES = 1000
 _FAILURES_SHOWN_PER_TARGET = 3
+_STDERR_LINES_SHOWN = 10  # of the 20 kept (the JSON has them all)
 _STATE_STYLE = {COMPLETED: "green", FAILED: "red", TIMED_OUT: "magenta", CANCELLED: "yellow"}
+
+
+class ReportConsole(Console):
+    """A rich Console that goes quiet when stdout is closed (``taskwarden run ... | head``).
+
+    rich's default raises SystemExit(1) there, which would skip the JSON
+    report and the clean-up of running processes.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        silence_stdout()
+
+
+def silence_stdout() -> None:
+    """After EPIPE on stdout: point it at /dev/null so that exiting does not fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def format_seconds(value: float | None) -> str:
@@ -106,6 +130,7 @@ class PlainDisplay:
     def __init__(self, console: Console) -> None:
         self._console = console
         self._total = 0
+        self._closed = False
 
     def start(self, total: int) -> None:
         self._total = total
@@ -114,13 +139,19 @@ class PlainDisplay:
         pass
 
     def finished(self, record: RunRecord, done: int, captured: bytes | None) -> None:
-        line = run_line(record, done, self._total)
-        self._console.print(line, markup=False, highlight=False, soft_wrap=True)
-        self._console.file.flush()
+        self._print(run_line(record, done, self._total))
 
     def note(self, message: str) -> None:
-        self._console.print(message, markup=False, highlight=False, soft_wrap=True)
-        self._console.file.flush()
+        self._print(message)
+
+    def _print(self, line: str) -> None:
+        if self._closed:
+            return
+        try:
+            self._console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self._console.file.flush()
+        except BrokenPipeError:  # ``taskwarden run ... | head``: carry on without output
+            self._closed = True
 
     def stop(self) -> None:
         pass
@@ -207,7 +238,9 @@ def print_summary(console: Console, summaries: Sequence[TargetSummary]) -> None:
                 states.append(", ")
             states.append(f"{count} {state}", style=_STATE_STYLE.get(state, ""))
         exits = ", ".join(
-            f"{status}" if len(summary.exit_statuses) == 1 else f"{status} x{count}"
+            _exit_label(status)
+            if len(summary.exit_statuses) == 1
+            else f"{_exit_label(status)} x{count}"
             for status, count in summary.exit_statuses.items()
         )
         table.add_row(
@@ -224,6 +257,11 @@ def print_summary(console: Console, summaries: Sequence[TargetSummary]) -> None:
         _print_failures(console, summary)
 
 
+def _exit_label(status: int) -> str:
+    """``3``, or the signal's name (``SIGKILL``) for a negative status."""
+    return str(status) if status >= 0 else describe_exit(status).removeprefix("killed by ")
+
+
 def _print_failures(console: Console, summary: TargetSummary) -> None:
     shown = summary.failures[:_FAILURES_SHOWN_PER_TARGET]
     for record in shown:
@@ -237,7 +275,7 @@ def _print_failures(console: Console, summary: TargetSummary) -> None:
         console.print(head)
         if record.stderr_tail:
             console.print(Text("  stderr (last lines):", style="dim"))
-            for line in record.stderr_tail:
+            for line in record.stderr_tail[-_STDERR_LINES_SHOWN:]:
                 console.print(Text("    " + line), soft_wrap=True)
     hidden = len(summary.failures) - len(shown)
     if hidden > 0:

@@ -2,9 +2,10 @@
 
 A run's state is the task's state, except that a script that exits with a
 non-zero status is FAILED (the task itself completed: ``run_one`` returned).
-Wall and CPU statistics cover the runs whose process exited by itself;
-killed runs (timed out, cancelled) show in the state counts, and their
-measurements up to the kill are kept in the JSON.
+Wall and CPU statistics cover the runs whose process exited by itself
+(COMPLETED or FAILED); killed or interrupted runs (TIMED_OUT, CANCELLED)
+show in the state counts, and their measurements up to the kill are kept
+in the JSON.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from taskwarden.cli._args import RunConfig, Target
@@ -96,6 +97,9 @@ class Spread:
             return None
         return cls(min(values), statistics.median(values), max(values))
 
+    def to_json(self) -> dict[str, float]:
+        return {"min": self.low, "median": self.median, "max": self.high}
+
 
 @dataclass(frozen=True)
 class TargetSummary:
@@ -115,8 +119,8 @@ class TargetSummary:
             "target_index": self.target.index,
             "runs": self.runs,
             "states": self.states,
-            "wall_seconds": asdict(self.wall) if self.wall else None,
-            "cpu_seconds": asdict(self.cpu) if self.cpu else None,
+            "wall_seconds": self.wall.to_json() if self.wall else None,
+            "cpu_seconds": self.cpu.to_json() if self.cpu else None,
             "peak_rss_bytes": self.peak_rss,
             "exit_statuses": {str(k): v for k, v in self.exit_statuses.items()},
         }
@@ -132,7 +136,8 @@ def summarize(targets: Sequence[Target], records: Sequence[RunRecord]) -> list[T
         counts = Counter(r.state for r in mine)
         states = {s: counts[s] for s in _STATE_ORDER if counts[s]}
         states.update({s: n for s, n in sorted(counts.items()) if s not in states})
-        exited = [r for r in mine if r.exit_status is not None]
+        # Runs that ended by themselves; an interrupted run's times mean little.
+        exited = [r for r in mine if r.exit_status is not None and r.state in (COMPLETED, FAILED)]
         peaks = [r.peak_rss for r in exited if r.peak_rss is not None]
         summaries.append(
             TargetSummary(

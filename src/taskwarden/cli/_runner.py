@@ -24,12 +24,14 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import BinaryIO, TypedDict
 
 import psutil
@@ -65,6 +67,22 @@ class RunResult(TypedDict):
     peak_rss: int  # bytes, the tree's total resident memory at its largest
     stderr_tail: list[str]
     pid: int
+
+
+def quiet_worker() -> None:
+    """Worker initializer: let the command line, not KeyboardInterrupt, handle Ctrl-C.
+
+    A terminal's Ctrl-C signals the whole foreground process group. The
+    command line then cancels every run; a worker that died of
+    KeyboardInterrupt on its own would only add a traceback. The handler is a
+    Python function, not SIG_IGN, because exec resets handlers (but not
+    SIG_IGN) to the default: the scripts still see Ctrl-C as usual.
+    """
+    signal.signal(signal.SIGINT, _ignore_signal)
+
+
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    pass
 
 
 def run_one(spec: RunSpec) -> RunResult:
@@ -233,6 +251,7 @@ class _Output:
         self.last_line = ""
         self._stderr_file: BinaryIO | None = None
         self._capture_file: BinaryIO | None = None
+        self._closed: set[str] = set()  # streams we can no longer echo to
 
     def __enter__(self) -> _Output:
         self._stderr_file = open(self._spec.stderr_path, "ab", buffering=0)
@@ -248,8 +267,11 @@ class _Output:
     def write(self, kind: str, data: bytes) -> None:
         if self._capture_file is not None:
             self._capture_file.write(data)
-        else:
-            _echo(sys.stdout if kind == "out" else sys.stderr, data)
+        elif kind not in self._closed:
+            try:
+                _echo(sys.stdout if kind == "out" else sys.stderr, data)
+            except OSError:  # the reader went away (``| head``): the run goes on
+                self._closed.add(kind)
         if kind == "err":
             assert self._stderr_file is not None
             self._stderr_file.write(data)

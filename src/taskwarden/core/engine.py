@@ -36,6 +36,8 @@ SKIP_WAIT = 4  # a cancelled prefetched run reached the head: did the worker ski
 CALLBACK = 5  # an opaque timer for a higher layer (jobs)
 
 SKIP_ACK_WAIT = 0.05
+# Runs prefetched behind a head that has run this long may be taken back by an idle worker.
+STEAL_AFTER = 0.002
 
 _S = TaskState
 
@@ -61,6 +63,7 @@ class Run:
         "seq",
         "started_at",
         "state",
+        "stealing",
         "tb",
         "value",
         "value_ok",
@@ -88,6 +91,7 @@ class Run:
         self.value_ok = False
         self.tb: str | None = None
         self.cancel_pending: TaskState | None = None
+        self.stealing = False
         self.hb_reason: str | None = None
         self.job: Any = None
         self.owner: Any = None
@@ -166,7 +170,7 @@ class Core:
         workers: int,
         *,
         spare: int = 1,
-        prefetch: int = 4,
+        prefetch: int = 16,
         max_tasks_per_worker: int | None = None,
     ) -> None:
         if workers < 1:
@@ -188,6 +192,7 @@ class Core:
         self._wids = itertools.count(1)
         self._stale = 0
         self.broken: str | None = None
+        self._steal_at: float | None = None
         # Called by the core when a run ends for good (jobs and keys hook in here).
         self.on_final: Callable[[Run, float], None] | None = None
 
@@ -363,15 +368,27 @@ class Core:
             run.progress = progress
 
     def skipped(self, wid: int, seq: int, now: float) -> None:
+        """A worker gave back a run it had not started (cancelled, or taken back)."""
         w = self.workers.get(wid)
-        if w is None or not w.inflight or w.inflight[0].seq != seq:
+        if w is None:
             return
-        run = w.inflight.popleft()
+        for i, run in enumerate(w.inflight):
+            if run.seq == seq:
+                break
+        else:
+            return
+        del w.inflight[i]
         run.worker = None
-        if run.cancel_pending is None and not run.state.final:
-            # Taken back from this worker (stolen): queue it again, first in line.
+        run.stealing = False
+        if run.state is _S.RUNNING:
+            # It had become the head, but the worker never started it.
+            self._invalidate(run)
+            run.attempts -= 1
+            self._set(run, _S.PENDING)
+        if not run.state.final:
             self.pending.appendleft(run)
-        self._after_head_change(w, now)
+        if i == 0:
+            self._after_head_change(w, now)
         self._dispatch(now)
 
     def done(self, wid: int, seq: int, ok: bool, value: Any, tb: str | None, now: float) -> None:
@@ -587,11 +604,19 @@ class Core:
                 if w.ready:
                     self._start_head(w, now)
         # 2. Prefetch onto busy, ready workers so they never wait for a round trip.
+        #    Refill only below half the depth, so that sends go out in batches.
         if pending and self.prefetch > 1:
+            low = self.prefetch // 2
             for w in self.workers.values():
                 if not pending:
                     break
-                if not w.inflight or not w.ready or w.inflight[0].policy.grace:
+                if (
+                    len(w.inflight) > low
+                    or not w.inflight
+                    or not w.ready
+                    or w.inflight[0].policy.grace
+                    or now - (w.inflight[0].started_at or now) > STEAL_AFTER
+                ):
                     continue
                 while pending and len(w.inflight) < self.prefetch and self._can_take(w):
                     run = pending[0]
@@ -603,6 +628,36 @@ class Core:
                     sends.setdefault(w.wid, []).append(run)
         for wid, runs in sends.items():
             self.actions.append(Send(wid, runs))
+        if not pending and self.busy < self.n_workers and self.prefetch > 1:
+            self._steal(now)
+
+    def _steal(self, now: float) -> None:
+        """An idle worker may take back runs queued behind a long-running head."""
+        if not any(not w.inflight and self._can_take(w) for w in self.workers.values()):
+            return
+        retry_at: float | None = None
+        for victim in self.workers.values():
+            queued = [r for r in list(victim.inflight)[1:]
+                      if not r.stealing and r.cancel_pending is None and not r.state.final]
+            if not queued:
+                continue
+            head = victim.inflight[0]
+            started = head.started_at if head.started_at is not None else now
+            if now - started < STEAL_AFTER:
+                when = started + STEAL_AFTER
+                retry_at = when if retry_at is None else min(retry_at, when)
+                continue
+            for run in queued[len(queued) // 2:]:
+                run.stealing = True
+                self.actions.append(Skip(victim.wid, run.seq))
+        if retry_at is not None and (self._steal_at is None or retry_at < self._steal_at):
+            self._steal_at = retry_at
+            heapq.heappush(self._heap, (retry_at, next(self._counter), CALLBACK,
+                                        self._steal_timer, 0))
+
+    def _steal_timer(self, now: float) -> None:
+        self._steal_at = None
+        self._dispatch(now)
 
     # ---------------------------------------------------------------- queries
     def stats(self) -> dict[str, Any]:

@@ -201,7 +201,8 @@ class Supervisor(Executor):
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         chunks = super().map(
-            functools.partial(_process_chunk, fn), _chunked(zip(*iterables, strict=False), chunksize),
+            functools.partial(_process_chunk, fn),
+            _chunked(zip(*iterables, strict=False), chunksize),
             timeout=timeout,
         )
         return itertools.chain.from_iterable(chunks)
@@ -387,23 +388,29 @@ class Supervisor(Executor):
         core, pool = self._core, self._pool
         while core.actions:
             actions, core.actions = core.actions, []
+            sends: dict[int, list[tuple[int, bytes, dict[str, Any]]]] = {}
             for a in actions:
-                if type(a) is E.Send:
-                    pool.send(a.wid, [(r.seq, r.payload, _opts(r)) for r in a.runs])
-                elif type(a) is E.Resolve:
-                    self._resolve(a.run)
-                elif type(a) is E.Started:
+                kind = type(a)
+                if kind is E.Send:
+                    # One write per worker per round: runs for a worker travel together.
+                    batch = sends.setdefault(a.wid, [])  # type: ignore[union-attr]
+                    batch.extend((r.seq, r.payload, _opts(r)) for r in a.runs)  # type: ignore[union-attr]
+                elif kind is E.Resolve:
+                    self._resolve(a.run)  # type: ignore[union-attr]
+                elif kind is E.Started:
                     pass
-                elif type(a) is E.Spawn:
-                    pool.spawn(a.wid)
-                elif type(a) is E.Kill:
-                    pool.kill(a.wid)
-                elif type(a) is E.Skip:
-                    pool.skip(a.wid, a.seq)
-                elif type(a) is E.Interrupt:
-                    pool.interrupt(a.wid, a.seq)
-                elif type(a) is E.Stop:
-                    pool.stop(a.wid)
+                elif kind is E.Spawn:
+                    pool.spawn(a.wid)  # type: ignore[union-attr]
+                elif kind is E.Kill:
+                    pool.kill(a.wid)  # type: ignore[union-attr]
+                elif kind is E.Skip:
+                    pool.skip(a.wid, a.seq)  # type: ignore[union-attr]
+                elif kind is E.Interrupt:
+                    pool.interrupt(a.wid, a.seq)  # type: ignore[union-attr]
+                elif kind is E.Stop:
+                    pool.stop(a.wid)  # type: ignore[union-attr]
+            for wid, batch in sends.items():
+                pool.send(wid, batch)
 
     def _resolve(self, run: E.Run) -> None:
         task: Task[Any] = run.handle

@@ -1,11 +1,10 @@
 """What runs inside a worker process: the task loop, heartbeat() and current_task().
 
-A worker reads batches of runs from its channel, runs them one at a time
-in its main thread and writes each result back as soon as it is ready.
-Between runs it reads whatever else has arrived (more runs, a request to
-skip a run it was given ahead of time). A watcher thread ends the process
-when the supervisor's end of the channel closes, so that a supervisor
-killed with SIGKILL leaves no worker behind.
+A reader thread takes batches of runs off the channel into an inbox; the
+main thread runs them one at a time and writes each result back as soon as
+it is ready. The reader also answers skip requests at once and ends the
+process when the supervisor's end of the channel closes, so that a
+supervisor killed with SIGKILL leaves no worker behind.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import asyncio
 import inspect
 import os
 import pickle
-import select
 import signal
 import sys
 import threading
@@ -60,10 +58,10 @@ class CurrentTask:
 class _Running:
     """The run in progress in this worker, for heartbeat() and the grace signal."""
 
-    __slots__ = ("fd", "info", "interval", "next_send", "progress", "seq", "unsent")
+    __slots__ = ("info", "interval", "next_send", "progress", "send", "seq", "unsent")
 
-    def __init__(self, fd: int, seq: int, info: CurrentTask, interval: float) -> None:
-        self.fd = fd
+    def __init__(self, send: Any, seq: int, info: CurrentTask, interval: float) -> None:
+        self.send = send
         self.seq = seq
         self.info = info
         self.interval = interval
@@ -96,7 +94,7 @@ def heartbeat(progress: Any = _NO) -> None:
     if r.unsent:
         r.unsent = False
         data = dumps(r.progress)
-    write_all(r.fd, frame((BEAT, r.seq, data)))
+    r.send(frame((BEAT, r.seq, data)))
 
 
 def current_task() -> CurrentTask | None:
@@ -110,23 +108,6 @@ def _on_interrupt(signum: int, frame_: FrameType | None) -> None:
         raise TaskTimeout("time limit reached: the task is being stopped (grace period)")
 
 
-def _watch_parent(fd: int) -> None:
-    """End this process when the supervisor's end of the channel is gone."""
-    rdhup = getattr(select, "POLLRDHUP", 0)
-    if rdhup:
-        poller = select.poll()
-        poller.register(fd, rdhup)
-        while True:
-            for _, ev in poller.poll():
-                if ev & (rdhup | select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                    os._exit(1)
-    else:  # pragma: no cover - platforms without POLLRDHUP
-        parent = os.getppid()
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-
 def _run_call(payload: bytes) -> Any:
     fn, args, kwargs = pickle.loads(payload)
     result = fn(*args, **kwargs)
@@ -135,58 +116,114 @@ def _run_call(payload: bytes) -> Any:
     return result
 
 
+class _Inbox:
+    """Runs given to this worker and not started yet.
+
+    An idle main thread reads the channel itself, so a run that arrives at an
+    idle worker starts without a hand-off between threads. While the main
+    thread runs a task, a reader thread reads instead: it queues runs that
+    arrive ahead of time and answers a request to skip one at once, which is
+    what lets the supervisor take back work it handed out early. Whichever
+    thread sees the supervisor's end of the channel close ends the process,
+    so that a supervisor killed with SIGKILL leaves no worker behind.
+    """
+
+    def __init__(self, fd: int, send: Any) -> None:
+        self.fd = fd
+        self.send = send
+        self.cond = threading.Condition(threading.Lock())
+        self.read_lock = threading.Lock()
+        self.busy = threading.Event()
+        self.runs: deque[tuple[int, bytes, dict[str, Any]]] = deque()
+        self.stopping = False
+        self._buf = bytearray()
+
+    def _read_once(self) -> None:
+        """Block for the next chunk and act on it; the caller holds ``read_lock``."""
+        try:
+            chunk = os.read(self.fd, 1 << 20)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            os._exit(1)  # the supervisor is gone
+        self._buf += chunk
+        for msg in split_frames(self._buf):
+            kind = msg[0]
+            if kind == RUN:
+                with self.cond:
+                    self.runs.extend(msg[1])
+                    self.cond.notify()
+            elif kind == SKIP:
+                self._skip(msg[1])
+            elif kind == STOP:
+                with self.cond:
+                    self.stopping = True
+                    self.cond.notify()
+
+    def reader(self) -> None:
+        while True:
+            self.busy.wait()
+            with self.read_lock:
+                self._read_once()
+
+    def _skip(self, seq: int) -> None:
+        with self.cond:
+            for item in self.runs:
+                if item[0] == seq:
+                    self.runs.remove(item)
+                    break
+            else:
+                return  # already started: the supervisor learns it from the result
+        self.send(frame((SKIPPED, seq)))
+
+    def next_run(self) -> tuple[int, bytes, dict[str, Any]] | None:
+        self.busy.clear()
+        while True:
+            with self.cond:
+                if self.runs:
+                    self.busy.set()
+                    return self.runs.popleft()
+                if self.stopping:
+                    return None
+            if self.read_lock.acquire(blocking=False):
+                try:
+                    self._read_once()
+                finally:
+                    self.read_lock.release()
+            else:
+                # The reader thread is inside a read: it will hand over what comes.
+                with self.cond:
+                    while not self.runs and not self.stopping:
+                        self.cond.wait()
+
+
 def worker_main(conn: Any, id_base: int, init_payload: bytes | None) -> None:
     """Entry point of a worker process (started through loky's process context)."""
     global _running
     fd = conn.fileno()
-    threading.Thread(target=_watch_parent, args=(fd,), daemon=True, name="taskwarden-watch").start()
+    write_lock = threading.Lock()
+
+    def send(data: bytes) -> None:
+        with write_lock:
+            write_all(fd, data)
+
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt)
     if init_payload is not None:
         try:
             initializer, initargs = pickle.loads(init_payload)
             initializer(*initargs)
         except BaseException:
-            write_all(fd, frame((INIT_FAILED, traceback.format_exc())))
+            send(frame((INIT_FAILED, traceback.format_exc())))
             return
-    write_all(fd, frame((READY, os.getpid())))
-
-    buf = bytearray()
-    local: deque[tuple[int, bytes, dict[str, Any]]] = deque()
-    skip: set[int] = set()
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-
-    def take(block: bool) -> bool:
-        """Read what has arrived; False once the channel is closed or STOP came."""
-        while True:
-            if not block and not poller.poll(0):
-                return True
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return False
-            buf.extend(chunk)
-            msgs = split_frames(buf)
-            for msg in msgs:
-                kind = msg[0]
-                if kind == RUN:
-                    local.extend(msg[1])
-                elif kind == SKIP:
-                    skip.add(msg[1])
-                elif kind == STOP:
-                    return False
-            if msgs:
-                block = False
+    inbox = _Inbox(fd, send)
+    threading.Thread(target=inbox.reader, daemon=True, name="taskwarden-reader").start()
+    send(frame((READY, os.getpid())))
 
     while True:
-        if not take(block=not local):
+        item = inbox.next_run()
+        if item is None:
             return
-        if not local:
-            continue
-        seq, payload, opts = local.popleft()
-        if seq in skip:
-            skip.discard(seq)
-            write_all(fd, frame((SKIPPED, seq)))
-            continue
+        seq, payload, opts = item
         timeout = opts.get("timeout")
         info = CurrentTask(
             id=make_uuid(id_base, seq),
@@ -196,7 +233,7 @@ def worker_main(conn: Any, id_base: int, init_payload: bytes | None) -> None:
         )
         hb = opts.get("heartbeat")
         interval = 0.05 if hb is None else min(0.05, hb / 4)
-        running = _Running(fd, seq, info, interval)
+        running = _Running(send, seq, info, interval)
         _running = running
         try:
             try:
@@ -206,9 +243,9 @@ def worker_main(conn: Any, id_base: int, init_payload: bytes | None) -> None:
             msg = _done_ok(seq, result, running)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task only
             msg = _done_error(seq, exc, traceback.format_exc(), running)
-        write_all(fd, msg)
         sys.stdout.flush()
         sys.stderr.flush()
+        send(msg)
 
 
 def _progress(running: _Running) -> bytes:
