@@ -58,8 +58,15 @@ _ENDINGS = FINAL_TASK_STATES
 # is allowed.
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.SCHEDULED: frozenset({TaskState.PENDING, TaskState.CANCELLED, TaskState.SUPERSEDED}),
+    # PENDING -> FAILED: the pool is broken (its initializer fails) and cannot run it.
     TaskState.PENDING: frozenset(
-        {TaskState.RUNNING, TaskState.SCHEDULED, TaskState.CANCELLED, TaskState.SUPERSEDED}
+        {
+            TaskState.RUNNING,
+            TaskState.SCHEDULED,
+            TaskState.CANCELLED,
+            TaskState.SUPERSEDED,
+            TaskState.FAILED,
+        }
     ),
     TaskState.RUNNING: _ENDINGS | {TaskState.SCHEDULED, TaskState.PENDING},
     TaskState.COMPLETED: frozenset(),

@@ -6,7 +6,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _pidfiles import announce  # noqa: E402
+from _pidfiles import announce
 
 directory, count = sys.argv[1], int(sys.argv[2])
 announce(directory, f"{os.getpid()}.here", "")

@@ -5,7 +5,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _pidfiles import announce  # noqa: E402
+from _pidfiles import announce
 
 if len(sys.argv) > 1:
     announce(sys.argv[1], f"{os.getpid()}.running", str(os.getpid()))

@@ -5,7 +5,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _pidfiles import announce, start_sleeper  # noqa: E402
+from _pidfiles import announce, start_sleeper
 
 directory = sys.argv[1]
 child = start_sleeper(directory)

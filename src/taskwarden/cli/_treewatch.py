@@ -92,6 +92,8 @@ class TreeSampler:
                     times = proc.cpu_times()
             except psutil.Error:  # gone, zombie or not ours: it no longer holds memory
                 continue
+            # A process's own high-water mark catches peaks between two samples.
+            self.peak_rss = max(self.peak_rss, _high_water_mark(proc.pid))
             cpu += times.user + times.system
             if proc is self._root:
                 # Descendants the script has waited for count in its children_* times.
@@ -106,6 +108,22 @@ class TreeSampler:
             with open(tmp, "w") as f:
                 json.dump({"peak_rss": self.peak_rss, "cpu": self.cpu_seconds}, f)
             os.replace(tmp, self._stats_path)
+
+
+def _high_water_mark(pid: int) -> int:
+    """Linux: the process's peak RSS since its exec (VmHWM), in bytes; 0 elsewhere.
+
+    Unlike ``ru_maxrss``, VmHWM belongs to the process's current memory map,
+    so it does not carry the parent's peak over fork and exec.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def kill_tree(roots: Iterable[psutil.Process], *, reaped_elsewhere: int | None = None) -> None:

@@ -208,7 +208,7 @@ class Core:
         self.actions.append(Spawn(wid))
 
     def _live_target(self) -> int:
-        return 0 if self.closing else self.n_workers + self.spare
+        return 0 if self.closing or self.broken is not None else self.n_workers + self.spare
 
     # ------------------------------------------------------------- states
     def _set(self, run: Run, new: TaskState) -> None:
@@ -290,6 +290,9 @@ class Core:
     def add(self, run: Run, now: float, due: float | None = None) -> None:
         """A new run: SCHEDULED until ``due`` if that is in the future, else PENDING."""
         self.by_state[run.state] += 1
+        if self.broken is not None:
+            self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
+            return
         if due is not None and due > now:
             run.state = _S.PENDING
             self._schedule(run, due)
@@ -372,7 +375,7 @@ class Core:
         w = self.workers.get(wid)
         if w is None:
             return
-        for i, run in enumerate(w.inflight):
+        for i, run in enumerate(w.inflight):  # noqa: B007 - i is used after the loop
             if run.seq == seq:
                 break
         else:
@@ -441,6 +444,17 @@ class Core:
         while self.pending:
             run = self.pending.popleft()
             self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
+        for w in list(self.workers.values()):
+            for run in w.inflight:
+                run.worker = None
+                if not run.state.final:
+                    self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
+            if w.inflight:
+                self.busy -= 1
+            w.inflight.clear()
+            if not w.retiring:
+                w.retiring = True
+                self.actions.append(Stop(w.wid))
 
     def close(self, now: float, cancel_pending: bool) -> None:
         """Shutdown: cancel scheduled runs (and pending ones if asked); no more spawns."""
@@ -587,6 +601,8 @@ class Core:
         if not pending or self.broken is not None:
             if self.closing:
                 self._stop_idle()
+            elif self.busy < self.n_workers and self.prefetch > 1:
+                self._steal(now)
             return
         sends: dict[int, list[Run]] = {}
         # 1. Idle workers, ready ones first, while a slot is free.
@@ -615,7 +631,7 @@ class Core:
                     or not w.inflight
                     or not w.ready
                     or w.inflight[0].policy.grace
-                    or now - (w.inflight[0].started_at or now) > STEAL_AFTER
+                    or now >= (w.inflight[0].started_at or now) + STEAL_AFTER
                 ):
                     continue
                 while pending and len(w.inflight) < self.prefetch and self._can_take(w):
@@ -633,6 +649,8 @@ class Core:
 
     def _steal(self, now: float) -> None:
         """An idle worker may take back runs queued behind a long-running head."""
+        if self._steal_at is not None and now < self._steal_at:
+            return  # a check is already due then
         if not any(not w.inflight and self._can_take(w) for w in self.workers.values()):
             return
         retry_at: float | None = None
@@ -643,8 +661,8 @@ class Core:
                 continue
             head = victim.inflight[0]
             started = head.started_at if head.started_at is not None else now
-            if now - started < STEAL_AFTER:
-                when = started + STEAL_AFTER
+            when = started + STEAL_AFTER
+            if now < when:
                 retry_at = when if retry_at is None else min(retry_at, when)
                 continue
             for run in queued[len(queued) // 2:]:

@@ -108,6 +108,14 @@ def _on_interrupt(signum: int, frame_: FrameType | None) -> None:
         raise TaskTimeout("time limit reached: the task is being stopped (grace period)")
 
 
+def _on_sigint(signum: int, frame_: FrameType | None) -> None:
+    # A terminal's Ctrl-C reaches the whole process group. A running task gets
+    # KeyboardInterrupt (and ends FAILED, as in ProcessPoolExecutor); an idle
+    # worker ignores it, so the pool is not torn down under its supervisor.
+    if _running is not None:
+        raise KeyboardInterrupt
+
+
 def _run_call(payload: bytes) -> Any:
     fn, args, kwargs = pickle.loads(payload)
     result = fn(*args, **kwargs)
@@ -208,6 +216,7 @@ def worker_main(conn: Any, id_base: int, init_payload: bytes | None) -> None:
             write_all(fd, data)
 
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt)
+    signal.signal(signal.SIGINT, _on_sigint)
     if init_payload is not None:
         try:
             initializer, initargs = pickle.loads(init_payload)

@@ -1,0 +1,121 @@
+"""Task functions for the real-process tests (importable by the worker processes)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def exit_with(code: int) -> None:
+    os._exit(code)
+
+
+def kill_self(sig: int) -> None:
+    os.kill(os.getpid(), sig)
+    time.sleep(10)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def touch_then_sleep(marker: str, seconds: float) -> None:
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(seconds)
+
+
+def stuck_in_c_ignoring_sigterm(marker: str) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(marker).write_text(str(os.getpid()))
+    libc = ctypes.CDLL(None)
+    libc.sleep(1000)  # C code: no Python signal handler runs here
+
+
+def spawn_hanging_child(pidfile: str) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
+    Path(pidfile).write_text(str(child.pid))
+    child.wait()
+
+
+def unpicklable_result() -> Any:
+    return threading.Lock()
+
+
+class Unpicklable(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable("cannot travel")
+
+
+class _Bomb:
+    def __reduce__(self) -> Any:
+        return (_explode, ())
+
+
+def _explode() -> None:
+    raise RuntimeError("boom while unpickling")
+
+
+class _Exiter:
+    def __reduce__(self) -> Any:
+        return (sys.exit, (3,))
+
+
+def result_that_explodes_when_unpickled() -> Any:
+    return _Bomb()
+
+
+def result_that_exits_when_unpickled() -> Any:
+    return _Exiter()
+
+
+def raise_system_exit() -> None:
+    raise SystemExit(4)
+
+
+def remember(value: int) -> None:
+    global _remembered
+    _remembered = value
+
+
+_remembered: int | None = None
+
+
+def recall() -> int | None:
+    return _remembered
+
+
+def init_fails() -> None:
+    raise RuntimeError("initializer broke")

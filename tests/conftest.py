@@ -1,0 +1,42 @@
+"""Every test must leave no process behind: the fixture below fails one that does."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+
+def _ours() -> list[psutil.Process]:
+    """Descendants of the test process, but loky's resource tracker (one per session)."""
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if any("resource_tracker" in part for part in child.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        out.append(child)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    before = {p.pid for p in _ours()}
+    yield
+    deadline = time.monotonic() + 10.0
+    leaked = [p for p in _ours() if p.pid not in before]
+    while leaked and time.monotonic() < deadline:
+        psutil.wait_procs(leaked, timeout=0.2)
+        leaked = [p for p in _ours() if p.pid not in before]
+    if leaked:
+        desc = [(p.pid, " ".join(p.cmdline())[:80]) for p in leaked if p.is_running()]
+        for p in leaked:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        pytest.fail(f"test left processes running: {desc}")

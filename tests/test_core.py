@@ -1,0 +1,373 @@
+"""The pure core, driven by hand with a fake clock: no threads, no processes."""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Any
+
+import pytest
+
+from taskwarden import TaskCancelled, TaskState, TaskTimeout, WorkerCrashed
+from taskwarden._policy import Policy
+from taskwarden._states import InvalidTransition, check_task
+from taskwarden.core import engine as E
+
+
+class Harness:
+    """A core plus a fake clock, and a fake pool that records what it was told."""
+
+    def __init__(self, workers: int = 2, **kw: Any) -> None:
+        self.now = 1000.0
+        self.core = E.Core(workers, **kw)
+        self.seq = 0
+        self.core.start(self.now)
+        self.spawned = [a.wid for a in self.take(E.Spawn)]
+        for wid in self.spawned:
+            self.core.worker_ready(wid, 10_000 + wid, self.now)
+        self.actions: list[E.Action] = []
+
+    def take(self, kind: type | None = None) -> list[Any]:
+        acts, self.core.actions = self.core.actions, []
+        self.actions = acts
+        return [a for a in acts if kind is None or isinstance(a, kind)]
+
+    def run(self, due_in: float | None = None, **policy: Any) -> E.Run:
+        self.seq += 1
+        run = E.Run(self.seq, b"", Policy(**policy))
+        self.core.add(run, self.now, None if due_in is None else self.now + due_in)
+        return run
+
+    def tick(self, dt: float) -> None:
+        """Let time pass; what the core did is left in ``self.actions``."""
+        self.now += dt
+        self.core.advance(self.now)
+        self.take()
+
+    def sent(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for a in self.take(E.Send):
+            out.setdefault(a.wid, []).extend(r.seq for r in a.runs)
+        return out
+
+    def finish(self, run: E.Run, value: Any = "ok", ok: bool = True) -> None:
+        assert run.worker is not None
+        self.core.done(run.worker.wid, run.seq, ok, value, None, self.now)
+
+
+def test_a_run_goes_to_an_idle_worker_and_starts_at_once() -> None:
+    h = Harness()
+    run = h.run()
+    assert h.sent() == {h.spawned[0]: [run.seq]}
+    assert run.state is TaskState.RUNNING
+    assert run.attempts == 1 and run.worker_pid == 10_000 + h.spawned[0]
+
+
+def test_a_spare_worker_is_kept_but_not_used_while_slots_are_full() -> None:
+    h = Harness(workers=2, prefetch=1)
+    assert len(h.spawned) == 3  # two working + one spare
+    a, b, c = h.run(), h.run(), h.run()
+    sent = h.sent()
+    assert sorted(functools.reduce(operator.iadd, sent.values(), [])) == [a.seq, b.seq]
+    assert c.state is TaskState.PENDING and c.worker is None
+
+
+def test_completion_resolves_and_hands_the_next_run_to_the_free_worker() -> None:
+    h = Harness(workers=1, prefetch=1)
+    a, b = h.run(), h.run()
+    h.take()
+    h.finish(a, 42)
+    resolved = [x.run for x in h.take(E.Resolve)]
+    assert resolved == [a] and a.state is TaskState.COMPLETED and a.value == 42
+    assert b.state is TaskState.RUNNING
+
+
+def test_prefetch_sends_queued_runs_in_one_batch_behind_a_young_head() -> None:
+    h = Harness(workers=1, prefetch=4)
+    runs = [h.run() for _ in range(6)]
+    sent = h.sent()
+    wid = h.spawned[0]
+    assert sent[wid][0] == runs[0].seq
+    h.take()
+    # Head finished: the worker still holds prefetched runs; the next one is now running.
+    h.finish(runs[0])
+    assert runs[1].state is TaskState.RUNNING
+    assert all(r.state is TaskState.PENDING for r in runs[2:])
+
+
+def test_prefetched_runs_are_pending_until_they_reach_the_head() -> None:
+    h = Harness(workers=1, prefetch=8)
+    runs = [h.run() for _ in range(3)]
+    assert runs[0].state is TaskState.RUNNING
+    assert [r.state for r in runs[1:]] == [TaskState.PENDING, TaskState.PENDING]
+
+
+def test_timeout_kills_the_worker_and_spawns_a_replacement() -> None:
+    h = Harness(workers=1)
+    run = h.run(timeout=5.0)
+    wid = run.worker.wid if run.worker else -1
+    h.take()
+    h.tick(4.999)
+    assert run.state is TaskState.RUNNING
+    assert not any(isinstance(a, E.Kill) for a in h.actions)
+    h.tick(0.001)
+    assert [a.wid for a in h.actions if isinstance(a, E.Kill)] == [wid]
+    assert any(isinstance(a, E.Spawn) for a in h.actions)
+    assert run.state is TaskState.TIMED_OUT and isinstance(run.value, TaskTimeout)
+    assert "timed out after 5 s" in str(run.value)
+
+
+def test_the_core_asks_to_wake_exactly_at_the_next_deadline() -> None:
+    h = Harness(workers=1)
+    h.run(timeout=5.0)
+    h.run(due_in=2.0)
+    assert h.core.next_deadline() == pytest.approx(h.now + 2.0)
+
+
+def test_a_run_prefetched_behind_a_killed_head_is_dispatched_again_not_lost() -> None:
+    h = Harness(workers=1, prefetch=4)
+    head = h.run(timeout=1.0)
+    behind = h.run()
+    h.take()
+    assert behind.worker is head.worker
+    h.tick(1.0)
+    assert head.state is TaskState.TIMED_OUT
+    # The spare took over at once; the prefetched run went to it.
+    assert behind.state is TaskState.RUNNING
+    assert behind.worker is not None and behind.worker.wid != h.spawned[0]
+
+
+def test_a_crash_fails_only_the_head_with_worker_crashed_naming_the_signal() -> None:
+    h = Harness(workers=2, prefetch=1)
+    a, b = h.run(), h.run()
+    h.take()
+    assert a.worker is not None
+    h.core.worker_exited(a.worker.wid, -9, h.now)
+    assert a.state is TaskState.FAILED and isinstance(a.value, WorkerCrashed)
+    assert "SIGKILL" in str(a.value)
+    assert b.state is TaskState.RUNNING
+    assert h.core.replaced == 1
+
+
+def test_exit_of_a_worker_we_killed_is_not_a_crash() -> None:
+    h = Harness(workers=1)
+    run = h.run(timeout=1.0)
+    wid = run.worker.wid if run.worker else -1
+    h.tick(1.0)
+    other = h.run()
+    h.core.worker_exited(wid, -9, h.now)
+    assert other.state is TaskState.RUNNING
+
+
+@pytest.mark.parametrize("where", ["scheduled", "pending", "prefetched", "running"])
+def test_cancel_works_in_every_state_but_a_final_one(where: str) -> None:
+    h = Harness(workers=1, prefetch=4)
+    blocker = h.run()
+    if where == "scheduled":
+        run = h.run(due_in=10)
+    elif where == "pending":
+        h.core.prefetch = 1
+        run = h.run()
+    elif where == "prefetched":
+        run = h.run()
+        assert run.worker is not None and run.state is TaskState.PENDING
+    else:
+        run = blocker
+    h.take()
+    assert h.core.cancel(run, h.now) is True
+    assert run.state is TaskState.CANCELLED and isinstance(run.value, TaskCancelled)
+    acts = h.take()
+    if where == "running":
+        assert any(isinstance(a, E.Kill) for a in acts)
+    elif where == "prefetched":
+        assert [a.seq for a in acts if isinstance(a, E.Skip)] == [run.seq]
+    assert h.core.cancel(run, h.now) is False
+    h.tick(100)
+    assert run.state is TaskState.CANCELLED  # a scheduled one never starts
+
+
+def test_a_cancelled_prefetched_run_that_the_worker_starts_anyway_is_killed() -> None:
+    h = Harness(workers=1, prefetch=4)
+    head, behind = h.run(), h.run()
+    h.core.cancel(behind, h.now)
+    h.take()
+    h.finish(head)  # the skip has not been acknowledged: behind may be running
+    h.take()
+    h.tick(E.SKIP_ACK_WAIT)
+    assert any(isinstance(a, E.Kill) for a in h.actions)
+
+
+def test_a_skip_acknowledgement_frees_the_worker() -> None:
+    h = Harness(workers=1, prefetch=4)
+    head, behind = h.run(), h.run()
+    wid = head.worker.wid if head.worker else -1
+    h.core.cancel(behind, h.now)
+    h.core.skipped(wid, behind.seq, h.now)
+    h.finish(head)
+    assert h.core.busy == 0
+
+
+def test_an_idle_worker_takes_back_runs_queued_behind_a_long_head() -> None:
+    h = Harness(workers=2, prefetch=8)
+    long_head = h.run()
+    queued = [h.run() for _ in range(4)]
+    # Both slots: the second worker took queued[0]; the rest were prefetched.
+    h.take()
+    other = queued[0]
+    h.finish(other)
+    h.take()
+    h.tick(E.STEAL_AFTER)
+    skips = [a for a in h.actions if isinstance(a, E.Skip)]
+    assert skips, "the idle worker should take back work from the busy one"
+    assert long_head.worker is not None
+    for s in skips:
+        h.core.skipped(s.wid, s.seq, h.now)
+    stolen = [r for r in queued if r.seq in {s.seq for s in skips}]
+    assert all(r.state is TaskState.RUNNING or r.worker is not long_head.worker for r in stolen)
+
+
+def test_retries_rerun_after_an_exception_with_doubling_backoff() -> None:
+    h = Harness(workers=1)
+    run = h.run(retries=2, retry_delay=1.0)
+    h.finish(run, ValueError("x"), ok=False)
+    assert run.state is TaskState.SCHEDULED and run.due == pytest.approx(h.now + 1.0)
+    h.tick(1.0)
+    assert run.state is TaskState.RUNNING and run.attempts == 2
+    h.finish(run, ValueError("x"), ok=False)
+    assert run.due == pytest.approx(h.now + 2.0)
+    h.tick(2.0)
+    h.finish(run, ValueError("x"), ok=False)
+    assert run.state is TaskState.FAILED and run.attempts == 3
+
+
+def test_retry_on_narrows_which_errors_are_retried() -> None:
+    h = Harness(workers=1)
+    run = h.run(retries=3, retry_on=(KeyError,))
+    h.finish(run, ValueError("x"), ok=False)
+    assert run.state is TaskState.FAILED and run.attempts == 1
+
+
+def test_a_timeout_is_retried_like_an_error() -> None:
+    h = Harness(workers=1)
+    run = h.run(timeout=1.0, retries=1)
+    h.tick(1.0)
+    assert run.state is TaskState.RUNNING and run.attempts == 2
+
+
+def test_heartbeat_silence_kills_and_says_how_long() -> None:
+    h = Harness(workers=1)
+    run = h.run(heartbeat=1.0)
+    wid = run.worker.wid if run.worker else -1
+    h.tick(0.9)
+    h.core.beat(wid, run.seq, 0.5, True, h.now)
+    h.tick(0.9)
+    assert run.state is TaskState.RUNNING and run.progress == 0.5
+    h.tick(0.1)
+    assert run.state is TaskState.TIMED_OUT
+    assert "heartbeat" in str(run.value) and "silent for 1.000 s" in str(run.value)
+
+
+def test_a_heartbeat_in_the_same_instant_as_its_deadline_keeps_the_task_alive() -> None:
+    h = Harness(workers=1)
+    run = h.run(heartbeat=1.0)
+    wid = run.worker.wid if run.worker else -1
+    h.now += 1.0
+    h.core.beat(wid, run.seq, None, False, h.now)
+    h.core.advance(h.now)
+    assert run.state is TaskState.RUNNING
+
+
+def test_grace_interrupts_first_and_kills_only_when_the_grace_runs_out() -> None:
+    h = Harness(workers=1)
+    run = h.run(timeout=1.0, grace=0.5)
+    h.take()
+    h.tick(1.0)
+    assert [type(a) for a in h.actions if isinstance(a, (E.Interrupt, E.Kill))] == [E.Interrupt]
+    assert run.state is TaskState.RUNNING
+    h.tick(0.5)
+    assert any(isinstance(a, E.Kill) for a in h.actions)
+    assert run.state is TaskState.TIMED_OUT
+
+
+def test_a_task_that_ends_within_its_grace_is_timed_out_without_a_kill() -> None:
+    h = Harness(workers=1)
+    run = h.run(timeout=1.0, grace=0.5)
+    h.tick(1.0)
+    h.finish(run, TaskTimeout("raised inside"), ok=False)
+    h.take()
+    h.tick(1.0)
+    assert run.state is TaskState.TIMED_OUT
+    assert not any(isinstance(a, E.Kill) for a in h.actions)
+
+
+def test_a_scheduled_run_waits_for_its_time() -> None:
+    h = Harness(workers=1)
+    run = h.run(due_in=5.0)
+    assert run.state is TaskState.SCHEDULED and h.core.scheduled == 1
+    h.tick(4.0)
+    assert run.state is TaskState.SCHEDULED
+    h.tick(1.0)
+    assert run.state is TaskState.RUNNING and h.core.scheduled == 0
+
+
+def test_reschedule_moves_a_run_that_has_not_started_and_refuses_otherwise() -> None:
+    h = Harness(workers=1)
+    run = h.run(due_in=5.0)
+    assert h.core.reschedule(run, h.now + 10.0, h.now) is True
+    h.tick(6.0)
+    assert run.state is TaskState.SCHEDULED
+    h.tick(4.0)
+    assert run.state is TaskState.RUNNING
+    assert h.core.reschedule(run, h.now + 1.0, h.now) is False
+
+
+def test_max_tasks_per_worker_retires_a_worker_and_starts_another() -> None:
+    h = Harness(workers=1, prefetch=4, max_tasks_per_worker=2)
+    runs = [h.run() for _ in range(3)]
+    first = runs[0].worker
+    assert first is not None
+    assert runs[2].worker is None  # not prefetched past the worker's budget
+    h.finish(runs[0])
+    h.finish(runs[1])
+    acts = h.take()
+    assert any(isinstance(a, E.Stop) and a.wid == first.wid for a in acts)
+    assert any(isinstance(a, E.Spawn) for a in acts)
+    assert runs[2].state is TaskState.RUNNING and runs[2].worker is not first
+
+
+def test_close_cancels_scheduled_runs_and_stops_idle_workers() -> None:
+    h = Harness(workers=1)
+    later = h.run(due_in=60.0)
+    running = h.run()
+    h.take()
+    h.core.close(h.now, cancel_pending=False)
+    stops = h.take(E.Stop)
+    assert len(stops) == 1  # the idle spare, at once
+    assert later.state is TaskState.CANCELLED
+    assert running.state is TaskState.RUNNING
+    h.finish(running)
+    stops = h.take(E.Stop)
+    assert len(stops) == 1 and h.core.idle()
+
+
+def test_stats_count_runs_by_state() -> None:
+    h = Harness(workers=1, prefetch=1)
+    a, _b, _c = h.run(), h.run(), h.run(due_in=9)
+    h.finish(a)
+    s = h.core.stats()
+    assert s["by_state"]["COMPLETED"] == 1
+    assert s["by_state"]["RUNNING"] == 1
+    assert s["by_state"]["SCHEDULED"] == 1 and s["scheduled"] == 1
+
+
+def test_an_impossible_transition_raises() -> None:
+    with pytest.raises(InvalidTransition):
+        check_task(TaskState.COMPLETED, TaskState.RUNNING)
+
+
+def test_initializer_failure_breaks_the_pool_like_process_pool_executor() -> None:
+    h = Harness(workers=1, prefetch=1)
+    h.run()
+    waiting = h.run()
+    h.core.initializer_failed("Traceback: boom", h.now)
+    assert waiting.state is TaskState.FAILED and "initializer" in str(waiting.value)
