@@ -119,3 +119,57 @@ def recall() -> int | None:
 
 def init_fails() -> None:
     raise RuntimeError("initializer broke")
+
+
+def beat_then_go_silent(beats: int, interval: float) -> None:
+    import taskwarden
+
+    for i in range(beats):
+        taskwarden.heartbeat(i)
+        time.sleep(interval)
+    time.sleep(1000)
+
+
+def beat_steadily(total: float, interval: float) -> str:
+    import taskwarden
+
+    end = time.monotonic() + total
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+        taskwarden.heartbeat(n)
+        time.sleep(interval)
+    return "done"
+
+
+def sleep_with_finally(marker: str, seconds: float) -> None:
+    try:
+        time.sleep(seconds)
+    finally:
+        Path(marker).write_text("finally ran")
+
+
+def whoami() -> tuple[str, int, float | None, Any]:
+    import taskwarden
+
+    info = taskwarden.current_task()
+    assert info is not None
+    return info.id, info.attempt, info.deadline, info.previous_progress
+
+
+def fail_until_attempt(n: int) -> int:
+    import taskwarden
+
+    info = taskwarden.current_task()
+    assert info is not None
+    taskwarden.heartbeat(f"attempt {info.attempt}")
+    if info.attempt < n:
+        raise ConnectionError(f"attempt {info.attempt} failed")
+    return info.attempt
+
+
+async def async_add(a: int, b: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    return a + b

@@ -371,3 +371,94 @@ def test_initializer_failure_breaks_the_pool_like_process_pool_executor() -> Non
     waiting = h.run()
     h.core.initializer_failed("Traceback: boom", h.now)
     assert waiting.state is TaskState.FAILED and "initializer" in str(waiting.value)
+
+
+# ------------------------------------------------------------------ keys
+def test_supersede_kills_the_running_task_of_the_key_and_names_the_winner() -> None:
+    h = Harness(workers=1)
+    old = h.run(key="k")
+    wid = old.worker.wid if old.worker else -1
+    h.take()
+    new = h.run(key="k")
+    acts = h.take()
+    assert [a.wid for a in acts if isinstance(a, E.Kill)] == [wid]
+    assert old.state is TaskState.SUPERSEDED
+    assert old.value.winner_id == str(new.seq) and str(new.seq) in str(old.value)
+    assert new.state is TaskState.RUNNING  # on the spare, at once
+
+
+def test_supersede_makes_a_pending_task_of_the_key_superseded_without_a_kill() -> None:
+    h = Harness(workers=1, prefetch=1)
+    h.run()
+    old = h.run(key="k")
+    h.take()
+    new = h.run(key="k")
+    assert old.state is TaskState.SUPERSEDED and not h.take(E.Kill)
+    assert new.state is TaskState.PENDING
+
+
+def test_a_supersede_arriving_after_the_old_task_finished_changes_nothing() -> None:
+    h = Harness(workers=1)
+    old = h.run(key="k")
+    h.finish(old, 1)
+    h.take()
+    new = h.run(key="k")
+    assert old.state is TaskState.COMPLETED and not h.take(E.Kill)
+    assert new.state is TaskState.RUNNING
+
+
+def test_a_result_arriving_after_a_supersede_is_ignored() -> None:
+    h = Harness(workers=1)
+    old = h.run(key="k")
+    wid = old.worker.wid if old.worker else -1
+    h.run(key="k")
+    h.core.done(wid, old.seq, True, "late", None, h.now)
+    assert old.state is TaskState.SUPERSEDED
+
+
+def test_queue_runs_one_task_of_the_key_at_a_time_in_order() -> None:
+    h = Harness(workers=2)
+    a = h.run(key="k", on_conflict="queue")
+    b = h.run(key="k", on_conflict="queue")
+    c = h.run(key="k", on_conflict="queue")
+    assert a.state is TaskState.RUNNING
+    assert b.state is TaskState.PENDING and c.state is TaskState.PENDING and b.worker is None
+    h.finish(a)
+    assert b.state is TaskState.RUNNING and c.state is TaskState.PENDING
+    h.core.cancel(b, h.now)
+    assert c.state is TaskState.RUNNING
+
+
+def test_drop_returns_the_task_already_live() -> None:
+    h = Harness(workers=1)
+    a = h.run(key="k", on_conflict="drop")
+    h.seq += 1
+    b = E.Run(h.seq, b"", Policy(key="k", on_conflict="drop"))
+    assert h.core.add(b, h.now) is a
+    h.finish(a)
+    h.seq += 1
+    c = E.Run(h.seq, b"", Policy(key="k", on_conflict="drop"))
+    assert h.core.add(c, h.now) is c
+
+
+def test_debounce_waits_and_a_newer_task_in_the_window_waits_afresh() -> None:
+    h = Harness(workers=1)
+    a = h.run(key="k", debounce=1.0)
+    h.tick(0.6)
+    assert a.state is TaskState.SCHEDULED
+    b = h.run(key="k", debounce=1.0)
+    assert a.state is TaskState.SUPERSEDED
+    h.tick(0.6)
+    assert b.state is TaskState.SCHEDULED
+    h.tick(0.4)
+    assert b.state is TaskState.RUNNING
+
+
+def test_a_cancel_while_a_retry_waits_means_no_more_attempts() -> None:
+    h = Harness(workers=1)
+    run = h.run(retries=3, retry_delay=5.0)
+    h.finish(run, ValueError("x"), ok=False)
+    assert run.state is TaskState.SCHEDULED
+    assert h.core.cancel(run, h.now) is True
+    h.tick(60)
+    assert run.state is TaskState.CANCELLED and run.attempts == 1

@@ -15,7 +15,6 @@ from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-import _tasks as T
 import psutil
 import pytest
 
@@ -28,6 +27,8 @@ from taskwarden import (
     TaskTimeout,
     WorkerCrashed,
 )
+
+import _tasks as T
 
 WAIT = 20.0  # generous bound for anything that should take milliseconds
 

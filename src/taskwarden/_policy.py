@@ -89,6 +89,8 @@ def normalize(given: dict[str, Any]) -> dict[str, Any]:
         if key is not None and not isinstance(key, str):
             raise TypeError(f"key must be a str, not {key!r}")
         out["key"] = key
+    if given.get("debounce") is not None and given.get("key") is None:
+        raise ValueError("debounce needs a key: tasks sharing a key are one stream")
     if "on_conflict" in given:
         if given["on_conflict"] not in ON_CONFLICT:
             raise ValueError(

@@ -47,6 +47,7 @@ class Run:
 
     __slots__ = (
         "attempts",
+        "blocked",
         "cancel_pending",
         "deadline",
         "due",
@@ -92,6 +93,7 @@ class Run:
         self.tb: str | None = None
         self.cancel_pending: TaskState | None = None
         self.stealing = False
+        self.blocked = False
         self.hb_reason: str | None = None
         self.job: Any = None
         self.owner: Any = None
@@ -192,6 +194,8 @@ class Core:
         self._wids = itertools.count(1)
         self._stale = 0
         self.broken: str | None = None
+        self.streams: dict[str, deque[Run]] = {}  # live runs of each key, oldest first
+        self.id_of: Callable[[int], str] = str  # how a task id reads in messages
         self._steal_at: float | None = None
         # Called by the core when a run ends for good (jobs and keys hook in here).
         self.on_final: Callable[[Run, float], None] | None = None
@@ -287,19 +291,66 @@ class Core:
         self._dispatch(now)
 
     # ----------------------------------------------------------------- input
-    def add(self, run: Run, now: float, due: float | None = None) -> None:
-        """A new run: SCHEDULED until ``due`` if that is in the future, else PENDING."""
+    def add(self, run: Run, now: float, due: float | None = None) -> Run:
+        """A new run: SCHEDULED until ``due`` if that is in the future, else PENDING.
+
+        Returns the run that stands for the call: ``run`` itself, or, for a key
+        with ``on_conflict="drop"``, the older run of that key still live.
+        """
+        key = run.policy.key
+        if key is not None:
+            stream = self.streams.setdefault(key, deque())
+            mode = run.policy.on_conflict
+            if stream and mode == "drop":
+                return stream[-1]
+            if mode == "supersede":
+                winner = self.id_of(run.seq)
+                for old in list(stream):
+                    err = TaskSuperseded(f"superseded by task {winner}", winner_id=winner)
+                    self.cancel(old, now, _S.SUPERSEDED, err)
+            if run.policy.debounce:
+                due = max(due if due is not None else now, now + run.policy.debounce)
+            stream.append(run)
+            if mode == "queue" and len(stream) > 1:
+                # Waits for its turn: PENDING, but not in the dispatch queue yet.
+                self.by_state[run.state] += 1
+                run.blocked = True
+                run.due = now if due is None else due
+                return run
         self.by_state[run.state] += 1
         if self.broken is not None:
             self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
-            return
+            return run
+        self._enter(run, now, due)
+        return run
+
+    def _enter(self, run: Run, now: float, due: float | None, dispatch: bool = True) -> None:
         if due is not None and due > now:
-            run.state = _S.PENDING
             self._schedule(run, due)
         else:
             run.due = now
             self.pending.append(run)
-            self._dispatch(now)
+            if dispatch:
+                self._dispatch(now)
+
+    def _stream_ended(self, run: Run, now: float) -> None:
+        """A keyed run is final: take it off its stream; in a queue, the next one may go."""
+        key = run.policy.key
+        assert key is not None
+        stream = self.streams.get(key)
+        if stream is None:
+            return
+        try:
+            stream.remove(run)
+        except ValueError:
+            return
+        if not stream:
+            del self.streams[key]
+            return
+        nxt = stream[0]
+        if nxt.blocked:
+            nxt.blocked = False
+            self._enter(nxt, now, nxt.due, dispatch=False)  # the event's own dispatch follows
 
     def _schedule(self, run: Run, due: float) -> None:
         self._set(run, _S.SCHEDULED)
@@ -321,7 +372,7 @@ class Core:
             else:
                 self.push_timer(due, START, run, run.gen)
             return True
-        if run.state is _S.PENDING and run.worker is None:
+        if run.state is _S.PENDING and run.worker is None and not run.blocked:
             if due > now:
                 self.pending.remove(run)
                 self._schedule(run, due)
@@ -344,8 +395,9 @@ class Core:
             # Prefetched on a worker, not started: ask the worker to skip it.
             run.cancel_pending = state
             self.actions.append(Skip(w.wid, run.seq))
-        elif run.state is _S.PENDING:
+        elif run.state is _S.PENDING and not run.blocked:
             self.pending.remove(run)
+        run.blocked = False
         self._invalidate(run)
         self._end(run, state, now, ok=False, value=error)
         self._dispatch(now)
@@ -402,6 +454,7 @@ class Core:
         run = w.inflight.popleft()
         run.worker = None
         w.done_count += 1
+        self._after_head_change(w, now)  # the worker's bookkeeping first, then the outcome
         if not run.state.final and run.hb_reason is not None:
             self._finish_timeout(run, now)  # it ended inside its grace period
         elif not run.state.final:
@@ -410,7 +463,6 @@ class Core:
                 self._end(run, _S.COMPLETED, now, ok=True, value=value)
             elif not self._maybe_retry(run, now, value):
                 self._end(run, _S.FAILED, now, ok=False, value=value, tb=tb)
-        self._after_head_change(w, now)
         self._dispatch(now)
 
     def worker_exited(self, wid: int, exitcode: int | None, now: float) -> None:
@@ -552,6 +604,8 @@ class Core:
         run.value = value
         run.tb = tb
         self.actions.append(Resolve(run))
+        if run.policy.key is not None:
+            self._stream_ended(run, now)
         if self.on_final is not None:
             self.on_final(run, now)
 

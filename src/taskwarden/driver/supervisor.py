@@ -39,7 +39,7 @@ import cloudpickle
 import loky
 
 from .._errors import TaskCancelled
-from .._ids import new_base, seq_of
+from .._ids import make_uuid, new_base, seq_of
 from .._policy import (
     SUPERVISOR_POLICY,
     TASK_POLICY,
@@ -138,6 +138,7 @@ class Supervisor(Executor):
         self._closed = False
         self._close_lock = threading.Lock()
         self._core = E.Core(workers, max_tasks_per_worker=max_tasks_per_worker)
+        self._core.id_of = functools.partial(make_uuid, self._id_base)
         self._pool = LokyPool(self._id_base, init_payload)
         self._tasks: dict[int, Task[Any]] = {}  # loop-owned: live and recently finished
         self._finished: deque[int] = deque()
@@ -277,6 +278,12 @@ class Supervisor(Executor):
         run = E.Run(next(self._seq), payload, policy)
         task: Task[Any] = Task(self, run, name, delay)
         run.handle = task
+        if policy.key is not None and policy.on_conflict == "drop":
+            # The call may return an older task of the key: ask the loop, and wait.
+            with self._close_lock:
+                if self._closed:
+                    raise RuntimeError("cannot schedule new tasks after shutdown")
+            return self._ask(functools.partial(self._c_add, run, start_in))  # type: ignore[no-any-return]
         with self._close_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new tasks after shutdown")
@@ -284,10 +291,12 @@ class Supervisor(Executor):
         self._pool.wake()
         return task
 
-    def _c_add(self, run: E.Run, start_in: float | None) -> None:
-        self._tasks[run.seq] = run.handle
+    def _c_add(self, run: E.Run, start_in: float | None) -> Task[Any]:
         now = time.monotonic()
-        self._core.add(run, now, None if start_in is None else now + start_in)
+        stands = self._core.add(run, now, None if start_in is None else now + start_in)
+        if stands is run:
+            self._tasks[run.seq] = run.handle
+        return stands.handle  # type: ignore[no-any-return]
 
     def _post(self, fn: Callable[[], Any]) -> None:
         self._commands.append(fn)
