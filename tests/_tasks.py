@@ -173,3 +173,7 @@ async def async_add(a: int, b: int) -> int:
 
     await asyncio.sleep(0.01)
     return a + b
+
+
+def stamp() -> float:
+    return time.time()

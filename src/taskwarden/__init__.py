@@ -19,12 +19,14 @@ from ._errors import (
     WorkerCrashed,
 )
 from ._states import JobState, TaskState
+from .driver.job import Job
 from .driver.supervisor import Supervisor
 from .driver.task import Task
 from .pool._worker import CurrentTask, current_task, heartbeat
 
 __all__ = [
     "CurrentTask",
+    "Job",
     "JobState",
     "RemoteError",
     "RemoteTraceback",

@@ -26,6 +26,7 @@ from typing import Any
 from .._errors import TaskCancelled, TaskSuperseded, TaskTimeout, WorkerCrashed
 from .._policy import MAX_RETRY_DELAY, Policy
 from .._states import TaskState, check_task
+from .jobs import JobBook, JobRec
 
 # Heap entry kinds.
 START = 0  # a scheduled run becomes due
@@ -33,7 +34,8 @@ DEADLINE = 1  # a running run's hard time limit
 BEAT = 2  # a running run's heartbeat deadline
 GRACE = 3  # the grace after an in-task TaskTimeout has run out
 SKIP_WAIT = 4  # a cancelled prefetched run reached the head: did the worker skip it?
-CALLBACK = 5  # an opaque timer for a higher layer (jobs)
+CALLBACK = 5  # an opaque timer: a callable, run when due
+JOB = 6  # a recurring job's next run
 
 SKIP_ACK_WAIT = 0.05
 # Runs prefetched behind a head that has run this long may be taken back by an idle worker.
@@ -68,6 +70,7 @@ class Run:
         "tb",
         "value",
         "value_ok",
+        "wall_due",
         "worker",
         "worker_pid",
     )
@@ -97,6 +100,7 @@ class Run:
         self.hb_reason: str | None = None
         self.job: Any = None
         self.owner: Any = None
+        self.wall_due: float | None = None
 
     def __repr__(self) -> str:
         return f"<Run {self.seq} {self.state.value}>"
@@ -161,7 +165,12 @@ class Started:
     run: Run
 
 
-Action = Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | Started
+@dataclass(slots=True)
+class JobChanged:
+    job: Any
+
+
+Action = Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | Started | JobChanged
 
 
 class Core:
@@ -196,6 +205,10 @@ class Core:
         self.broken: str | None = None
         self.streams: dict[str, deque[Run]] = {}  # live runs of each key, oldest first
         self.id_of: Callable[[int], str] = str  # how a task id reads in messages
+        # Wall clock = monotonic + wall_offset; the driver updates it when the clock steps.
+        self.wall_offset = 0.0
+        self.wall_anchored: dict[tuple[str, int], Any] = {}
+        self.jobs = JobBook(self)
         self._steal_at: float | None = None
         # Called by the core when a run ends for good (jobs and keys hook in here).
         self.on_final: Callable[[Run, float], None] | None = None
@@ -264,6 +277,9 @@ class Core:
             if obj.gen != gen:
                 self._stale = max(0, self._stale - 1)
                 continue
+            if kind == JOB:
+                self.jobs.fire(obj, now)
+                continue
             run: Run = obj
             if kind == START:
                 self._make_pending(run, now)
@@ -291,7 +307,8 @@ class Core:
         self._dispatch(now)
 
     # ----------------------------------------------------------------- input
-    def add(self, run: Run, now: float, due: float | None = None) -> Run:
+    def add(self, run: Run, now: float, due: float | None = None,
+            wall_due: float | None = None) -> Run:
         """A new run: SCHEDULED until ``due`` if that is in the future, else PENDING.
 
         Returns the run that stands for the call: ``run`` itself, or, for a key
@@ -314,20 +331,56 @@ class Core:
             if mode == "queue" and len(stream) > 1:
                 # Waits for its turn: PENDING, but not in the dispatch queue yet.
                 self.by_state[run.state] += 1
+                if run.state is _S.SCHEDULED:
+                    self.scheduled += 1
                 run.blocked = True
                 run.due = now if due is None else due
                 return run
         self.by_state[run.state] += 1
+        if run.state is _S.SCHEDULED:
+            self.scheduled += 1
         if self.broken is not None:
             self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
             return run
+        if wall_due is not None and due is not None and due > now:
+            self._anchor(run, wall_due)
         self._enter(run, now, due)
         return run
 
+    def clock_changed(self, wall_offset: float, now: float) -> None:
+        """The wall clock stepped (or the machine slept): re-place wall-anchored starts."""
+        self.wall_offset = wall_offset
+        for key, obj in list(self.wall_anchored.items()):
+            if isinstance(obj, JobRec):
+                self.jobs.rewall(obj)
+            elif obj.state is _S.SCHEDULED and obj.wall_due is not None:
+                self._invalidate(obj)
+                obj.due = obj.wall_due - wall_offset
+                self.push_timer(obj.due, START, obj, obj.gen)
+            else:
+                del self.wall_anchored[key]
+        self._dispatch(now)
+
+    def add_job(self, job: JobRec, now: float, first_due: float | None = None,
+                first_wall: float | None = None) -> None:
+        if self.closing:
+            return
+        self.jobs.add(job, now, first_due, first_wall)
+        self._dispatch(now)
+
+    def job_changed(self, job: JobRec) -> None:
+        self.actions.append(JobChanged(job))
+
     def _enter(self, run: Run, now: float, due: float | None, dispatch: bool = True) -> None:
         if due is not None and due > now:
-            self._schedule(run, due)
+            if run.state is _S.SCHEDULED:  # the driver made it SCHEDULED at the call
+                run.due = due
+                self.push_timer(due, START, run, run.gen)
+            else:
+                self._schedule(run, due)
         else:
+            if run.state is _S.SCHEDULED:
+                self._set(run, _S.PENDING)
             run.due = now
             self.pending.append(run)
             if dispatch:
@@ -360,8 +413,11 @@ class Core:
     def _make_pending(self, run: Run, now: float) -> None:
         self._set(run, _S.PENDING)
         self.pending.append(run)
+        if run.wall_due is not None:
+            run.wall_due = None
+            self.wall_anchored.pop(("run", run.seq), None)
 
-    def reschedule(self, run: Run, due: float, now: float) -> bool:
+    def reschedule(self, run: Run, due: float, now: float, wall_due: float | None = None) -> bool:
         """Move a run that has not started; False if it already started or ended."""
         if run.state is _S.SCHEDULED:
             self._invalidate(run)
@@ -371,13 +427,22 @@ class Core:
                 self._dispatch(now)
             else:
                 self.push_timer(due, START, run, run.gen)
+                self._anchor(run, wall_due)
             return True
         if run.state is _S.PENDING and run.worker is None and not run.blocked:
             if due > now:
                 self.pending.remove(run)
                 self._schedule(run, due)
+                self._anchor(run, wall_due)
             return True
         return False
+
+    def _anchor(self, run: Run, wall_due: float | None) -> None:
+        run.wall_due = wall_due
+        if wall_due is None:
+            self.wall_anchored.pop(("run", run.seq), None)
+        else:
+            self.wall_anchored[("run", run.seq)] = run
 
     def cancel(self, run: Run, now: float, state: TaskState = _S.CANCELLED,
                error: BaseException | None = None) -> bool:
@@ -511,6 +576,8 @@ class Core:
     def close(self, now: float, cancel_pending: bool) -> None:
         """Shutdown: cancel scheduled runs (and pending ones if asked); no more spawns."""
         self.closing = True
+        for job in list(self.jobs.jobs.values()):
+            self.jobs.cancel(job, now, kill_running=False)
         for entry in list(self._heap):
             if entry[2] == START and entry[3].gen == entry[4] and entry[3].state is _S.SCHEDULED:
                 self.cancel(entry[3], now)
@@ -604,8 +671,13 @@ class Core:
         run.value = value
         run.tb = tb
         self.actions.append(Resolve(run))
+        if run.wall_due is not None:
+            run.wall_due = None
+            self.wall_anchored.pop(("run", run.seq), None)
         if run.policy.key is not None:
             self._stream_ended(run, now)
+        if run.job is not None:
+            self.jobs.run_ended(run, now)
         if self.on_final is not None:
             self.on_final(run, now)
 
@@ -740,6 +812,7 @@ class Core:
             "workers_replaced": self.replaced,
             "pending": len(self.pending),
             "scheduled": self.scheduled,
+            "jobs_active": sum(1 for j in self.jobs.jobs.values() if j.state.value == "ACTIVE"),
         }
 
 

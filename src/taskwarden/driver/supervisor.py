@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import cloudpickle
 import loky
@@ -41,6 +41,9 @@ import loky
 from .._errors import TaskCancelled
 from .._ids import make_uuid, new_base, seq_of
 from .._policy import (
+    ANCHOR,
+    JOB_POLICY,
+    OVERLAP,
     SUPERVISOR_POLICY,
     TASK_POLICY,
     Policy,
@@ -50,11 +53,17 @@ from .._policy import (
 )
 from .._states import TaskState
 from ..core import engine as E
+from ..core.jobs import MIN_INTERVAL, CronTrigger, JobRec
 from ..pool import base as P
 from ..pool.loky_pool import LokyPool
+from .job import Job
 from .task import Task
 
 T = TypeVar("T")
+
+FAR_FUTURE = 24 * 3600.0  # a start this far ahead follows the wall clock
+WALL_CHECK = 60.0  # how often the wall clock is compared while starts follow it
+CLOCK_STEP = 0.05  # a change of wall - monotonic larger than this is a clock step
 
 _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 
@@ -141,6 +150,9 @@ class Supervisor(Executor):
         self._core.id_of = functools.partial(make_uuid, self._id_base)
         self._pool = LokyPool(self._id_base, init_payload)
         self._tasks: dict[int, Task[Any]] = {}  # loop-owned: live and recently finished
+        self._jobs: dict[int, Job] = {}
+        self._core.jobs.make_run = self._make_job_run
+        self._core.wall_offset = self._offset
         self._finished: deque[int] = deque()
         self._loop_ident: int | None = None
         self._thread = threading.Thread(
@@ -152,7 +164,37 @@ class Supervisor(Executor):
     # ================================================================ public
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Task[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; returns its Task at once."""
-        return self._new_task(fn, args, kwargs, self._defaults, None, None, None)
+        return self._new_task(fn, args, kwargs, self._defaults, None, None, None, None)
+
+    @overload
+    def schedule(
+        self,
+        fn: Callable[..., T],
+        *,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        at: datetime | float | None = None,
+        delay: float | timedelta | None = None,
+        every: None = None,
+        cron: None = None,
+        name: str | None = None,
+        **policy: Any,
+    ) -> Task[T]: ...
+
+    @overload
+    def schedule(
+        self,
+        fn: Callable[..., T],
+        *,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        at: datetime | float | None = None,
+        delay: float | timedelta | None = None,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        name: str | None = None,
+        **policy: Any,
+    ) -> Task[T] | Job: ...
 
     def schedule(
         self,
@@ -166,27 +208,117 @@ class Supervisor(Executor):
         cron: str | None = None,
         name: str | None = None,
         **policy: Any,
-    ) -> Task[T]:
-        """Run ``fn`` once, now, at ``at`` or after ``delay``, under the given policies.
+    ) -> Task[T] | Job:
+        """Run ``fn`` once (now, ``at`` a time, or after ``delay``), or on a recurring
+        schedule (``every`` seconds, or ``cron``), under the given policies.
 
         >>> task = sup.schedule(fetch, args=(url,), timeout=10, retries=2)   # doctest: +SKIP
+        >>> watchdog = sup.schedule(alarm, delay=30)     # task.kick() postpones it
+        >>> job = sup.schedule(poll, every=5, delay=0, overlap="skip")
+        >>> nightly = sup.schedule(backup, cron="0 3 * * *", timeout=3600)
         """
-        if every is not None or cron is not None:
-            raise NotImplementedError("recurring jobs (every=, cron=) are not available yet")
-        check_keywords(policy, TASK_POLICY, "schedule()")
-        pol = self._defaults.with_overrides(normalize(policy))
-        if at is not None and delay is not None:
-            raise ValueError("give at or delay, not both")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, not {name!r}")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {kwargs!r}")
-        start_in: float | None = None
+        if every is not None or cron is not None:
+            return self._new_job(fn, tuple(args), kwargs or {}, at, delay, every, cron, name,
+                                 policy)
+        check_keywords(policy, TASK_POLICY, "schedule()")
+        pol = self._defaults.with_overrides(normalize(policy))
+        start_in, wall = self._start_of(at, delay)
+        return self._new_task(fn, tuple(args), kwargs or {}, pol, name, start_in, start_in, wall)
+
+    def _start_of(
+        self, at: datetime | float | None, delay: float | timedelta | None, required: bool = False
+    ) -> tuple[float | None, float | None]:
+        """Seconds from now until a start, and its wall-clock time if it must follow the
+        wall clock (an ``at``, or a delay of 24 h or more)."""
+        if at is not None and delay is not None:
+            raise ValueError("give at or delay, not both")
         if delay is not None:
             start_in = seconds("delay", delay)
-        elif at is not None:
-            start_in = max(0.0, _timestamp(at) - time.time())
-        return self._new_task(fn, tuple(args), kwargs or {}, pol, name, start_in, start_in)
+            wall = time.time() + start_in if start_in >= FAR_FUTURE else None
+            return start_in, wall
+        if at is not None:
+            wall = _timestamp(at)
+            return max(0.0, wall - time.time()), wall
+        if required:
+            raise ValueError("give at or delay")
+        return None, None
+
+    def _new_job(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        at: datetime | float | None,
+        delay: float | timedelta | None,
+        every: float | timedelta | None,
+        cron: str | None,
+        name: str | None,
+        policy: dict[str, Any],
+    ) -> Job:
+        if every is not None and cron is not None:
+            raise ValueError("give every or cron, not both")
+        check_keywords(policy, JOB_POLICY, "schedule()")
+        job_opts = {k: policy.pop(k) for k in ("overlap", "anchor", "max_runs", "until")
+                    if k in policy}
+        pol = self._defaults.with_overrides(normalize(policy))
+        interval = None
+        trigger = None
+        if every is not None:
+            interval = seconds("every", every)
+            if interval < MIN_INTERVAL:
+                raise ValueError(
+                    f"every must be at least 1 ms (a shorter interval is a runaway loop), "
+                    f"not {every!r}"
+                )
+        else:
+            assert cron is not None
+            trigger = CronTrigger(cron)
+        overlap = job_opts.get("overlap", "skip")
+        if overlap not in OVERLAP:
+            raise ValueError(f"overlap must be one of {', '.join(OVERLAP)}, not {overlap!r}")
+        anchor = job_opts.get("anchor", "start")
+        if anchor not in ANCHOR:
+            raise ValueError(f"anchor must be one of {', '.join(ANCHOR)}, not {anchor!r}")
+        max_runs = job_opts.get("max_runs")
+        if max_runs is not None and (not _whole(max_runs) or max_runs < 1):
+            raise ValueError(f"max_runs must be a whole number >= 1, not {max_runs!r}")
+        until = job_opts.get("until")
+        until_wall = None if until is None else _timestamp(until)
+        start_in, wall = self._start_of(at, delay)
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        _check_binding(fn, args, kwargs)
+        payload = _pickle_call(fn, args, kwargs, "job")
+        rec = JobRec(
+            next(self._seq), payload, pol, every=interval, cron=trigger, anchor=anchor,
+            overlap=overlap, max_runs=max_runs, until=until_wall,
+        )
+        job = Job(self, rec, name)
+        rec.handle = job
+
+        def add() -> None:
+            self._jobs[rec.seq] = job
+            now = time.monotonic()
+            self._core.add_job(rec, now, None if start_in is None else now + start_in, wall)
+
+        with self._close_lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new jobs after shutdown")
+            self._commands.append(add)
+        self._pool.wake()
+        return job
+
+    def _make_job_run(self, rec: JobRec) -> E.Run:
+        run = E.Run(next(self._seq), rec.payload, rec.policy)
+        task: Task[Any] = Task(self, run, rec.handle.name)
+        task.job = rec.handle
+        run.handle = task
+        self._tasks[run.seq] = task
+        return run
 
     def map(
         self,
@@ -222,12 +354,18 @@ class Supervisor(Executor):
         if wait and threading.get_ident() != self._loop_ident:
             self._thread.join()
 
-    def get(self, task_id: str) -> Task[Any] | None:
+    def jobs(self) -> list[Job]:
+        """Every job scheduled on this supervisor, active or ended."""
+        return self._ask(lambda: list(self._jobs.values()))  # type: ignore[no-any-return]
+
+    def get(self, task_id: str) -> Task[Any] | Job | None:
         """The task (or job) with this id, while it is live or among the last finished."""
         seq = seq_of(self._id_base, task_id) if isinstance(task_id, str) else None
         if seq is None:
             return None
-        return self._ask(lambda: self._tasks.get(seq))  # type: ignore[no-any-return]
+        return self._ask(  # type: ignore[no-any-return]
+            lambda: self._tasks.get(seq) or self._jobs.get(seq)
+        )
 
     def tasks(self) -> list[Task[Any]]:
         """Every task the supervisor holds: live ones and the last ``keep_finished``."""
@@ -270,12 +408,15 @@ class Supervisor(Executor):
         name: str | None,
         start_in: float | None,
         delay: float | None,
+        wall: float | None,
     ) -> Task[Any]:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         _check_binding(fn, args, kwargs)
         payload = _pickle_call(fn, args, kwargs, "task")
         run = E.Run(next(self._seq), payload, policy)
+        if start_in is not None and start_in > 0:
+            run.state = TaskState.SCHEDULED  # as the caller will see it, from the start
         task: Task[Any] = Task(self, run, name, delay)
         run.handle = task
         if policy.key is not None and policy.on_conflict == "drop":
@@ -283,17 +424,19 @@ class Supervisor(Executor):
             with self._close_lock:
                 if self._closed:
                     raise RuntimeError("cannot schedule new tasks after shutdown")
-            return self._ask(functools.partial(self._c_add, run, start_in))  # type: ignore[no-any-return]
+            return self._ask(  # type: ignore[no-any-return]
+                functools.partial(self._c_add, run, start_in, wall)
+            )
         with self._close_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new tasks after shutdown")
-            self._commands.append(functools.partial(self._c_add, run, start_in))
+            self._commands.append(functools.partial(self._c_add, run, start_in, wall))
         self._pool.wake()
         return task
 
-    def _c_add(self, run: E.Run, start_in: float | None) -> Task[Any]:
+    def _c_add(self, run: E.Run, start_in: float | None, wall: float | None) -> Task[Any]:
         now = time.monotonic()
-        stands = self._core.add(run, now, None if start_in is None else now + start_in)
+        stands = self._core.add(run, now, None if start_in is None else now + start_in, wall)
         if stands is run:
             self._tasks[run.seq] = run.handle
         return stands.handle  # type: ignore[no-any-return]
@@ -329,15 +472,10 @@ class Supervisor(Executor):
     def _reschedule_run(
         self, run: E.Run, at: datetime | float | None, delay: float | timedelta | None
     ) -> bool:
-        if at is not None and delay is not None:
-            raise ValueError("give at or delay, not both")
-        if at is None and delay is None:
-            raise ValueError("give at or delay")
-        start_in = seconds("delay", delay) if delay is not None else max(
-            0.0, _timestamp(at) - time.time()  # type: ignore[arg-type]
-        )
+        start_in, wall = self._start_of(at, delay, required=True)
+        assert start_in is not None
         return bool(self._ask(lambda: self._core.reschedule(
-            run, time.monotonic() + start_in, time.monotonic())))
+            run, time.monotonic() + start_in, time.monotonic(), wall)))
 
     # -------------------------------------------------------------- the loop
     def _loop(self) -> None:
@@ -348,6 +486,11 @@ class Supervisor(Executor):
         try:
             while True:
                 deadline = core.next_deadline()
+                if core.wall_anchored:
+                    # Starts that follow the wall clock: look at it now and then, so that a
+                    # clock step or a suspend is noticed (one wake-up a minute).
+                    check = time.monotonic() + WALL_CHECK
+                    deadline = check if deadline is None else min(deadline, check)
                 if commands:
                     timeout: float | None = 0.0
                 elif deadline is None:
@@ -360,7 +503,11 @@ class Supervisor(Executor):
                     self._on_event(ev, now)
                 while commands:
                     commands.popleft()()
-                core.advance(time.monotonic())
+                now = time.monotonic()
+                offset = time.time() - now
+                if abs(offset - core.wall_offset) > CLOCK_STEP:
+                    core.clock_changed(offset, now)
+                core.advance(now)
                 self._apply()
                 if core.closing and not core.workers and pool.alive() == 0 and core.idle():
                     break
@@ -408,6 +555,8 @@ class Supervisor(Executor):
                     self._resolve(a.run)  # type: ignore[union-attr]
                 elif kind is E.Started:
                     pass
+                elif kind is E.JobChanged:
+                    a.job.handle._changed()  # type: ignore[union-attr]
                 elif kind is E.Spawn:
                     pool.spawn(a.wid)  # type: ignore[union-attr]
                 elif kind is E.Kill:
@@ -430,6 +579,8 @@ class Supervisor(Executor):
             task.set_result(run.value)
         else:
             task.set_exception(run.value)
+        if run.job is not None:
+            run.job.handle._run_finished(task)
         self._finished.append(run.seq)
         while len(self._finished) > self._keep_finished:
             self._tasks.pop(self._finished.popleft(), None)

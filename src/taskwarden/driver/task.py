@@ -38,6 +38,7 @@ class Task(Future[T]):
     ) -> None:
         super().__init__()
         self._delay = delay
+        self.job: Any = None  # the Job this task is a run of, if any
         self._supervisor = supervisor
         self._run = run
         self.name = name

@@ -1,0 +1,262 @@
+"""Recurring jobs: triggers (fixed interval, cron), overlap and anchor rules.
+
+Pure like the engine: the engine calls in when a job's timer fires and when
+one of its runs ends; the job starts runs through the engine. Times are the
+engine's monotonic clock; cron and ``at`` are computed on the wall clock and
+mapped through ``Core.wall_offset``, which the driver keeps current, so that
+a clock step or a suspend moves them to the right monotonic instant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING, Any
+
+from croniter import croniter
+
+from .._errors import TaskSuperseded
+from .._policy import Policy
+from .._states import JobState, TaskState, check_job
+
+if TYPE_CHECKING:
+    from .engine import Core, Run
+
+MIN_INTERVAL = 0.001
+RUNS_KEPT = 100
+
+
+class CronTrigger:
+    """Next fire times of a cron expression, on the wall clock, in a time zone."""
+
+    def __init__(self, expression: str, tz: tzinfo | None = None) -> None:
+        if not isinstance(expression, str) or not croniter.is_valid(expression):
+            raise ValueError(f"invalid cron expression: {expression!r}")
+        self.expression = expression
+        self.tz = tz
+
+    def next_after(self, wall: float) -> float:
+        start = datetime.fromtimestamp(wall, self.tz) if self.tz else datetime.fromtimestamp(
+            wall).astimezone()
+        return float(croniter(self.expression, start).get_next(float))
+
+
+class JobRec:
+    """One recurring job as the engine sees it; ``handle`` is the driver's Job."""
+
+    def __init__(
+        self,
+        seq: int,
+        payload: bytes,
+        policy: Policy,
+        *,
+        every: float | None = None,
+        cron: CronTrigger | None = None,
+        anchor: str = "start",
+        overlap: str = "skip",
+        max_runs: int | None = None,
+        until: float | None = None,  # wall-clock timestamp
+        handle: Any = None,
+    ) -> None:
+        if (every is None) == (cron is None):
+            raise ValueError("a job needs every or cron, not both")
+        if every is not None and every < MIN_INTERVAL:
+            raise ValueError(f"every must be at least {MIN_INTERVAL * 1000:g} ms, not {every!r}")
+        self.seq = seq
+        self.payload = payload
+        self.policy = policy
+        self.every = every
+        self.cron = cron
+        self.anchor = anchor
+        self.overlap = overlap
+        self.max_runs = max_runs
+        self.until = until
+        self.handle = handle
+        self.state = JobState.ACTIVE
+        self.gen = 0
+        self.due: float | None = None  # monotonic time of the next run
+        self.wall_due: float | None = None  # the same on the wall clock, for cron and `at`
+        self.started = 0
+        self.live: list[Run] = []
+        self.queued = False
+        self.runs: deque[Run] = deque(maxlen=RUNS_KEPT)
+        self.latest: Run | None = None
+
+
+class JobBook:
+    """The engine's jobs: timers, runs started, overlap and anchor rules."""
+
+    def __init__(self, core: Core, make_run: Callable[[JobRec], Run] | None = None) -> None:
+        self.core = core
+        # Makes a Run (and the driver's Task for it) for one run of a job.
+        self.make_run = make_run
+        self.jobs: dict[int, JobRec] = {}
+
+    # ------------------------------------------------------------- timing
+    def _wall(self, now: float) -> float:
+        return now + self.core.wall_offset
+
+    def _arm(self, job: JobRec, due: float, wall_due: float | None = None) -> None:
+        from .engine import JOB
+
+        job.gen += 1
+        job.due = due
+        job.wall_due = wall_due
+        if wall_due is not None:
+            self.core.wall_anchored[("job", job.seq)] = job
+        else:
+            self.core.wall_anchored.pop(("job", job.seq), None)
+        self.core.push_timer(due, JOB, job, job.gen)
+
+    def _disarm(self, job: JobRec) -> None:
+        job.gen += 1
+        job.due = None
+        job.wall_due = None
+        self.core.wall_anchored.pop(("job", job.seq), None)
+
+    def _arm_next_after(self, job: JobRec, now: float) -> None:
+        """The next run from ``now`` on: one interval, or the next cron time."""
+        if job.cron is not None:
+            wall = job.cron.next_after(self._wall(now))
+            self._arm(job, wall - self.core.wall_offset, wall)
+        else:
+            assert job.every is not None
+            self._arm(job, now + job.every)
+
+    def rewall(self, job: JobRec) -> None:
+        """The wall clock moved against the monotonic one: re-place the next run."""
+        if job.wall_due is not None and job.state is JobState.ACTIVE:
+            self._arm(job, job.wall_due - self.core.wall_offset, job.wall_due)
+
+    # -------------------------------------------------------------- input
+    def add(self, job: JobRec, now: float, first_due: float | None,
+            first_wall: float | None = None) -> None:
+        """Register a job; its first run is at ``first_due``, else one interval from now."""
+        self.jobs[job.seq] = job
+        if first_due is not None:
+            self._arm(job, first_due, first_wall)
+        else:
+            self._arm_next_after(job, now)
+
+    def fire(self, job: JobRec, now: float) -> None:
+        if job.state is not JobState.ACTIVE:
+            return
+        if job.until is not None and self._wall(now) > job.until:
+            self._finish(job, now)
+            return
+        slot = job.due if job.due is not None else now
+        live = [r for r in job.live if not r.state.final]
+        start = True
+        if live:
+            if job.overlap == "skip":
+                start = False
+            elif job.overlap == "queue":
+                job.queued = True  # coalesced: at most one run waits
+                start = False
+            elif job.overlap == "replace":
+                for old in live:
+                    self.core.cancel(old, now, TaskState.SUPERSEDED,
+                                     TaskSuperseded("replaced by the job's next run"))
+        if start:
+            self._start_run(job, now)
+        if job.state is not JobState.ACTIVE:
+            return
+        # The next run. anchor="end" waits for the run to end (unless none started).
+        if job.anchor == "end" and start:
+            self._disarm(job)
+        elif job.cron is not None:
+            self._arm_next_after(job, now)
+        else:
+            assert job.every is not None
+            if job.anchor == "end":
+                self._arm(job, now + job.every)
+            else:
+                # Fixed rate on the grid of the first slot; missed slots collapse into one.
+                nxt = slot + job.every
+                if nxt <= now:
+                    nxt = slot + job.every * (math.floor((now - slot) / job.every) + 1)
+                self._arm(job, nxt)
+
+    def _start_run(self, job: JobRec, now: float) -> None:
+        assert self.make_run is not None
+        run = self.make_run(job)
+        run.job = job
+        job.started += 1
+        job.live.append(run)
+        job.runs.append(run)
+        job.latest = run
+        self.core.add(run, now)
+        if job.max_runs is not None and job.started >= job.max_runs:
+            self._finish(job, now)
+
+    def run_ended(self, run: Run, now: float) -> None:
+        job: JobRec = run.job
+        if run in job.live:
+            job.live.remove(run)
+        if job.state is not JobState.ACTIVE:
+            return
+        if job.queued and not any(not r.state.final for r in job.live):
+            job.queued = False
+            self._start_run(job, now)
+            if job.state is not JobState.ACTIVE:
+                return
+        if job.anchor == "end" and job.due is None:
+            if job.cron is not None:
+                self._arm_next_after(job, now)
+            else:
+                assert job.every is not None
+                self._arm(job, now + job.every)
+
+    # ------------------------------------------------------------ control
+    def _set(self, job: JobRec, new: JobState) -> None:
+        job.state = check_job(job.state, new)
+
+    def _finish(self, job: JobRec, now: float) -> None:
+        self._disarm(job)
+        self._set(job, JobState.FINISHED)
+        self.jobs.pop(job.seq, None)
+        self.core.job_changed(job)
+
+    def pause(self, job: JobRec, now: float) -> bool:
+        if job.state is not JobState.ACTIVE:
+            return False
+        self._disarm(job)
+        self._set(job, JobState.PAUSED)
+        self.core.job_changed(job)
+        return True
+
+    def resume(self, job: JobRec, now: float) -> bool:
+        if job.state is not JobState.PAUSED:
+            return False
+        self._set(job, JobState.ACTIVE)
+        self._arm_next_after(job, now)
+        self.core.job_changed(job)
+        return True
+
+    def cancel(self, job: JobRec, now: float, kill_running: bool) -> bool:
+        if job.state in (JobState.FINISHED, JobState.CANCELLED):
+            return False
+        self._disarm(job)
+        self._set(job, JobState.CANCELLED)
+        self.jobs.pop(job.seq, None)
+        job.queued = False
+        if kill_running:
+            for run in list(job.live):
+                self.core.cancel(run, now)
+        self.core.job_changed(job)
+        return True
+
+    def kick(self, job: JobRec, now: float) -> bool:
+        """Restart the countdown: the next run is one interval (or cron step) from now."""
+        if job.state is not JobState.ACTIVE:
+            return False
+        self._arm_next_after(job, now)
+        return True
+
+    def reschedule(self, job: JobRec, now: float, due: float, wall_due: float | None) -> bool:
+        if job.state is not JobState.ACTIVE:
+            return False
+        self._arm(job, due, wall_due)
+        return True

@@ -1,0 +1,109 @@
+"""Scheduling end to end on real workers; the rules themselves are in test_scheduling."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from taskwarden import Job, JobState, Supervisor, Task, TaskState
+
+import _tasks as T
+from test_supervisor import WAIT, wait_for
+
+
+@pytest.fixture
+def sup() -> Iterator[Supervisor]:
+    s = Supervisor(workers=2)
+    yield s
+    s.shutdown(wait=True, cancel_futures=True)
+
+
+def test_a_delayed_task_is_scheduled_then_runs(sup: Supervisor) -> None:
+    before = time.time()
+    task = sup.schedule(T.stamp, delay=0.2)
+    assert isinstance(task, Task) and task.state is TaskState.SCHEDULED
+    assert task.result(timeout=WAIT) >= before + 0.2
+    assert sup.stats()["scheduled"] == 0
+
+
+def test_at_takes_aware_and_naive_datetimes(sup: Supervisor) -> None:
+    soon = datetime.now(timezone.utc) + timedelta(seconds=0.2)
+    aware = sup.schedule(T.stamp, at=soon)
+    naive = sup.schedule(T.stamp, at=datetime.now() + timedelta(seconds=0.2))
+    past = sup.schedule(T.stamp, at=datetime.now() - timedelta(hours=1))
+    assert aware.result(timeout=WAIT) >= soon.timestamp() - 0.001
+    assert naive.result(timeout=WAIT) > 0 and past.result(timeout=WAIT) > 0
+
+
+def test_kick_postpones_a_waiting_task_and_tells_once_it_fired(sup: Supervisor) -> None:
+    watchdog = sup.schedule(T.stamp, delay=0.3)
+    for _ in range(3):
+        time.sleep(0.1)
+        assert watchdog.kick() is True  # fed in time: the dog does not bark
+    assert watchdog.state is TaskState.SCHEDULED
+    fired = watchdog.result(timeout=WAIT)
+    assert watchdog.kick() is False  # it fired: the caller can tell
+    assert watchdog.postpone(5) is False
+    assert fired > 0
+
+
+def test_reschedule_and_cancel_of_a_scheduled_task(sup: Supervisor) -> None:
+    task = sup.schedule(T.stamp, delay=60)
+    assert task.reschedule(delay=0.05) is True
+    assert task.result(timeout=WAIT) > 0
+    later = sup.schedule(T.stamp, delay=60)
+    assert later.cancel() is True and later.state is TaskState.CANCELLED
+
+
+def test_a_recurring_job_runs_on_its_interval(sup: Supervisor) -> None:
+    job = sup.schedule(T.stamp, every=0.05, delay=0, name="tick")
+    assert isinstance(job, Job) and job.state is JobState.ACTIVE
+    wait_for(lambda: len(job.runs) >= 4)
+    assert job.result(timeout=WAIT) > 0
+    assert sup.get(job.id) is job and job in sup.jobs()
+    assert job.next_run_at is not None
+    assert job.pause() is True and job.state is JobState.PAUSED
+    assert job.resume() is True
+    assert job.cancel() is True and job.state is JobState.CANCELLED
+    assert job.next_run_at is None and job.kick() is False
+
+
+def test_a_job_with_max_runs_finishes(sup: Supervisor) -> None:
+    job = sup.schedule(T.square, args=(3,), every=0.01, max_runs=3)
+    assert job.result(timeout=WAIT) == 9
+    wait_for(lambda: job.state is JobState.FINISHED and len(job.runs) == 3)
+
+
+def test_shutdown_cancels_jobs() -> None:
+    s = Supervisor(workers=1)
+    job = s.schedule(T.stamp, every=60)
+    s.shutdown()
+    assert job.state is JobState.CANCELLED
+    with pytest.raises(Exception, match="ended without"):
+        job.result(timeout=1)
+
+
+def test_bad_schedules_are_refused_at_the_call(sup: Supervisor) -> None:
+    with pytest.raises(ValueError, match="1 ms"):
+        sup.schedule(T.stamp, every=0.0001)
+    with pytest.raises(ValueError):
+        sup.schedule(T.stamp, every=float("nan"))
+    with pytest.raises(ValueError):
+        sup.schedule(T.stamp, every=-1)
+    with pytest.raises(ValueError, match="invalid cron"):
+        sup.schedule(T.stamp, cron="61 * * * *")
+    with pytest.raises(ValueError, match="not both"):
+        sup.schedule(T.stamp, every=1, cron="* * * * *")
+    with pytest.raises(ValueError, match="not both"):
+        sup.schedule(T.stamp, every=1, delay=1, at=time.time())
+    with pytest.raises(ValueError, match="overlap"):
+        sup.schedule(T.stamp, every=1, overlap="pile")
+    with pytest.raises(TypeError, match="unknown keyword"):
+        sup.schedule(T.stamp, every=1, overlapp="skip")
+    with pytest.raises(TypeError, match="unknown keyword"):
+        sup.schedule(T.stamp, delay=1, overlap="skip")  # a job keyword on a one-shot task
+    with pytest.raises(TypeError):
+        sup.schedule(T.square, every=1)  # square needs an argument
