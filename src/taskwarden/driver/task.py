@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Generator
 from concurrent.futures import Future
+from concurrent.futures._base import FINISHED as _FINISHED
+from concurrent.futures._base import PENDING as _PENDING
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,6 +21,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _CANCELLED_STATES = (TaskState.CANCELLED, TaskState.SUPERSEDED)
+_CONDITION_LOCK = threading.Lock()
 
 
 class Task(Future[T]):
@@ -36,13 +40,48 @@ class Task(Future[T]):
     def __init__(
         self, supervisor: Supervisor, run: Run, name: str | None, delay: float | None = None
     ) -> None:
-        super().__init__()
+        # Future.__init__ is skipped on purpose: its Condition costs about 1.3 KiB, which
+        # would be most of a scheduled task's memory. ``_condition`` is made on first use.
+        self._state = _PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
         self._delay = delay
         self.job: Any = None  # the Job this task is a run of, if any
         self._supervisor = supervisor
         self._run = run
         self.name = name
         self.traceback: str | None = None
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        cond: threading.Condition | None = self.__dict__.get("_cond")
+        if cond is None:
+            with _CONDITION_LOCK:
+                cond = self.__dict__.get("_cond")
+                if cond is None:
+                    cond = self.__dict__["_cond"] = threading.Condition()
+        return cond
+
+    def _finish_quietly(self, result: Any, exception: BaseException | None) -> bool:
+        """Resolve without making a Condition when nobody ever waited (the loop calls it)."""
+        with _CONDITION_LOCK:
+            if "_cond" in self.__dict__:
+                return False
+            self._result = result
+            self._exception = exception
+            self._state = _FINISHED
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
+
+    def set_result(self, result: T) -> None:
+        if not self._finish_quietly(result, None):
+            super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if not self._finish_quietly(None, exception):
+            super().set_exception(exception)
 
     # ------------------------------------------------------------- read-only
     @property
