@@ -144,6 +144,8 @@ class Supervisor(Executor):
         self._offset = time.time() - time.monotonic()
         self._seq = itertools.count(1)
         self._commands: deque[Callable[[], Any]] = deque()
+        # New tasks: a queue of their own (no closure each); drained before the commands.
+        self._adds: deque[E.Run] = deque()
         self._closed = False
         self._close_lock = threading.Lock()
         self._core = E.Core(workers, max_tasks_per_worker=max_tasks_per_worker)
@@ -427,12 +429,22 @@ class Supervisor(Executor):
             return self._ask(  # type: ignore[no-any-return]
                 functools.partial(self._c_add, run, start_in, wall)
             )
+        run.due = -1.0 if start_in is None else start_in  # read back by _take_adds
+        run.wall_due = wall
         with self._close_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new tasks after shutdown")
-            self._commands.append(functools.partial(self._c_add, run, start_in, wall))
+            self._adds.append(run)
         self._pool.wake()
         return task
+
+    def _take_adds(self) -> None:
+        adds = self._adds
+        while adds:
+            run = adds.popleft()
+            start_in = None if run.due < 0 else run.due
+            wall, run.wall_due = run.wall_due, None
+            self._c_add(run, start_in, wall)
 
     def _c_add(self, run: E.Run, start_in: float | None, wall: float | None) -> Task[Any]:
         now = time.monotonic()
@@ -448,6 +460,8 @@ class Supervisor(Executor):
     def _ask(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` in the loop thread and return its answer (inline if we are it)."""
         if threading.get_ident() == self._loop_ident or not self._thread.is_alive():
+            if threading.get_ident() == self._loop_ident:
+                self._take_adds()
             value = fn()
             if threading.get_ident() == self._loop_ident:
                 self._apply()
@@ -491,7 +505,7 @@ class Supervisor(Executor):
                     # clock step or a suspend is noticed (one wake-up a minute).
                     check = time.monotonic() + WALL_CHECK
                     deadline = check if deadline is None else min(deadline, check)
-                if commands:
+                if commands or self._adds:
                     timeout: float | None = 0.0
                 elif deadline is None:
                     timeout = None
@@ -501,7 +515,9 @@ class Supervisor(Executor):
                 now = time.monotonic()
                 for ev in events:
                     self._on_event(ev, now)
+                self._take_adds()
                 while commands:
+                    self._take_adds()  # a command must see every task added before it
                     commands.popleft()()
                 now = time.monotonic()
                 offset = time.time() - now

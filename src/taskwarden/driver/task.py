@@ -42,11 +42,12 @@ class Task(Future[T]):
     ) -> None:
         # Future.__init__ is skipped on purpose: its Condition costs about 1.3 KiB, which
         # would be most of a scheduled task's memory. ``_condition`` is made on first use.
+        # ``_waiters`` and ``_done_callbacks`` stay the class's empty tuples until then:
+        # Future only appends to them while holding ``_condition``.
         self._state = _PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
+        self._cond: threading.Condition | None = None
         self._delay = delay
         self.job: Any = None  # the Job this task is a run of, if any
         self._supervisor = supervisor
@@ -54,20 +55,25 @@ class Task(Future[T]):
         self.name = name
         self.traceback: str | None = None
 
+    _waiters: Any = ()
+    _done_callbacks: Any = ()
+
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
-        cond: threading.Condition | None = self.__dict__.get("_cond")
+        cond = self._cond
         if cond is None:
             with _CONDITION_LOCK:
-                cond = self.__dict__.get("_cond")
+                cond = self._cond
                 if cond is None:
-                    cond = self.__dict__["_cond"] = threading.Condition()
+                    self._waiters = []
+                    self._done_callbacks = []
+                    cond = self._cond = threading.Condition()
         return cond
 
     def _finish_quietly(self, result: Any, exception: BaseException | None) -> bool:
         """Resolve without making a Condition when nobody ever waited (the loop calls it)."""
         with _CONDITION_LOCK:
-            if "_cond" in self.__dict__:
+            if self._cond is not None:
                 return False
             self._result = result
             self._exception = exception
