@@ -107,11 +107,9 @@ class Job:
         self, at: datetime | float | None = None, delay: float | timedelta | None = None
     ) -> bool:
         """Move the next run to ``at`` or to ``delay`` from now."""
-        start_in, wall = self._supervisor._start_of(at, delay, required=True)
-        assert start_in is not None
-        return self._control(
-            lambda j, now: self._book.reschedule(j, now, now + start_in, wall)
-        )
+        due, wall = self._supervisor._start_of(at, delay, required=True)
+        assert due is not None
+        return self._control(lambda j, now: self._book.reschedule(j, now, due, wall))
 
     @property
     def _book(self) -> Any:

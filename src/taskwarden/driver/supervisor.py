@@ -228,23 +228,27 @@ class Supervisor(Executor):
                                  policy)
         check_keywords(policy, TASK_POLICY, "schedule()")
         pol = self._defaults.with_overrides(normalize(policy))
-        start_in, wall = self._start_of(at, delay)
-        return self._new_task(fn, tuple(args), kwargs or {}, pol, name, start_in, start_in, wall)
+        due, wall = self._start_of(at, delay)
+        postpone_by = None if delay is None else seconds("delay", delay)
+        if postpone_by is None and due is not None:
+            postpone_by = max(0.0, due - time.monotonic())
+        return self._new_task(fn, tuple(args), kwargs or {}, pol, name, due, postpone_by, wall)
 
     def _start_of(
         self, at: datetime | float | None, delay: float | timedelta | None, required: bool = False
     ) -> tuple[float | None, float | None]:
-        """Seconds from now until a start, and its wall-clock time if it must follow the
-        wall clock (an ``at``, or a delay of 24 h or more)."""
+        """When a start is due on the monotonic clock, read at the call (so that the
+        time a command waits for the loop does not shift it), and its wall-clock time
+        if it must follow the wall clock (an ``at``, or a delay of 24 h or more)."""
         if at is not None and delay is not None:
             raise ValueError("give at or delay, not both")
         if delay is not None:
             start_in = seconds("delay", delay)
             wall = time.time() + start_in if start_in >= FAR_FUTURE else None
-            return start_in, wall
+            return time.monotonic() + start_in, wall
         if at is not None:
             wall = _timestamp(at)
-            return max(0.0, wall - time.time()), wall
+            return wall - (time.time() - time.monotonic()), wall
         if required:
             raise ValueError("give at or delay")
         return None, None
@@ -290,7 +294,7 @@ class Supervisor(Executor):
             raise ValueError(f"max_runs must be a whole number >= 1, not {max_runs!r}")
         until = job_opts.get("until")
         until_wall = None if until is None else _timestamp(until)
-        start_in, wall = self._start_of(at, delay)
+        first_due, wall = self._start_of(at, delay)
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         _check_binding(fn, args, kwargs)
@@ -305,7 +309,7 @@ class Supervisor(Executor):
         def add() -> None:
             self._jobs[rec.seq] = job
             now = time.monotonic()
-            self._core.add_job(rec, now, None if start_in is None else now + start_in, wall)
+            self._core.add_job(rec, now, first_due, wall)
 
         with self._close_lock:
             if self._closed:
@@ -408,7 +412,7 @@ class Supervisor(Executor):
         kwargs: dict[str, Any],
         policy: Policy,
         name: str | None,
-        start_in: float | None,
+        due: float | None,
         delay: float | None,
         wall: float | None,
     ) -> Task[Any]:
@@ -417,7 +421,7 @@ class Supervisor(Executor):
         _check_binding(fn, args, kwargs)
         payload = _pickle_call(fn, args, kwargs, "task")
         run = E.Run(next(self._seq), payload, policy)
-        if start_in is not None and start_in > 0:
+        if due is not None and due > time.monotonic():
             run.state = TaskState.SCHEDULED  # as the caller will see it, from the start
         task: Task[Any] = Task(self, run, name, delay)
         run.handle = task
@@ -427,9 +431,9 @@ class Supervisor(Executor):
                 if self._closed:
                     raise RuntimeError("cannot schedule new tasks after shutdown")
             return self._ask(  # type: ignore[no-any-return]
-                functools.partial(self._c_add, run, start_in, wall)
+                functools.partial(self._c_add, run, due, wall)
             )
-        run.due = -1.0 if start_in is None else start_in  # read back by _take_adds
+        run.due = -1.0 if due is None else due  # read back by _take_adds
         run.wall_due = wall
         with self._close_lock:
             if self._closed:
@@ -442,13 +446,12 @@ class Supervisor(Executor):
         adds = self._adds
         while adds:
             run = adds.popleft()
-            start_in = None if run.due < 0 else run.due
+            due = None if run.due < 0 else run.due
             wall, run.wall_due = run.wall_due, None
-            self._c_add(run, start_in, wall)
+            self._c_add(run, due, wall)
 
-    def _c_add(self, run: E.Run, start_in: float | None, wall: float | None) -> Task[Any]:
-        now = time.monotonic()
-        stands = self._core.add(run, now, None if start_in is None else now + start_in, wall)
+    def _c_add(self, run: E.Run, due: float | None, wall: float | None) -> Task[Any]:
+        stands = self._core.add(run, time.monotonic(), due, wall)
         if stands is run:
             self._tasks[run.seq] = run.handle
         return stands.handle  # type: ignore[no-any-return]
@@ -486,10 +489,9 @@ class Supervisor(Executor):
     def _reschedule_run(
         self, run: E.Run, at: datetime | float | None, delay: float | timedelta | None
     ) -> bool:
-        start_in, wall = self._start_of(at, delay, required=True)
-        assert start_in is not None
-        return bool(self._ask(lambda: self._core.reschedule(
-            run, time.monotonic() + start_in, time.monotonic(), wall)))
+        due, wall = self._start_of(at, delay, required=True)
+        assert due is not None
+        return bool(self._ask(lambda: self._core.reschedule(run, due, time.monotonic(), wall)))
 
     # -------------------------------------------------------------- the loop
     def _loop(self) -> None:
@@ -506,12 +508,8 @@ class Supervisor(Executor):
                     check = time.monotonic() + WALL_CHECK
                     deadline = check if deadline is None else min(deadline, check)
                 if commands or self._adds:
-                    timeout: float | None = 0.0
-                elif deadline is None:
-                    timeout = None
-                else:
-                    timeout = max(0.0, deadline - time.monotonic())
-                events = pool.wait(timeout)
+                    deadline = 0.0  # work is waiting: do not block
+                events = pool.wait(deadline)
                 now = time.monotonic()
                 for ev in events:
                     self._on_event(ev, now)

@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -169,10 +170,20 @@ class _Inbox:
                     self.cond.notify()
 
     def reader(self) -> None:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
         while True:
             self.busy.wait()
-            with self.read_lock:
-                self._read_once()
+            # Wait for data without holding the read lock, so that the main thread,
+            # once idle again, reads for itself (no hand-off between threads).
+            poller.poll()
+            if not self.busy.is_set():
+                continue  # the main thread is idle: it reads what came
+            if self.read_lock.acquire(blocking=False):
+                try:
+                    self._read_once()  # data is there: this read does not block
+                finally:
+                    self.read_lock.release()
 
     def _skip(self, seq: int) -> None:
         with self.cond:

@@ -77,8 +77,8 @@ class Pool(Protocol):
     def kill(self, wid: int) -> None:
         """Kill a worker's whole process tree at once."""
 
-    def wait(self, timeout: float | None) -> list[Event]:
-        """Block until events arrive, the timeout passes or ``wake()`` is called."""
+    def wait(self, deadline: float | None) -> list[Event]:
+        """Block until events arrive, ``deadline`` (monotonic) passes or ``wake()`` is called."""
 
     def wake(self) -> None:
         """Make a blocked ``wait`` return now (from any thread)."""

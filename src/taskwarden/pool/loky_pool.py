@@ -16,6 +16,7 @@ import queue
 import selectors
 import signal
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -23,6 +24,7 @@ import psutil
 from loky.backend.context import get_context
 
 from .._errors import RemoteError, RemoteTraceback
+from ._timer import make_timer
 from ._wire import (
     BEAT,
     DONE,
@@ -41,6 +43,7 @@ from .base import Beat, Event, InitFailed, RunDone, RunSkipped, WorkerExited, Wo
 _IO = 1
 _EXIT = 2
 _WAKE = 3
+_TIMER = 4
 
 
 class _Proc:
@@ -89,6 +92,9 @@ class LokyPool:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
+        self._timer = make_timer()
+        if self._timer is not None:
+            self._sel.register(self._timer.fileno(), selectors.EVENT_READ, (_TIMER, None))
         self._armed = False
         self._procs: dict[int, _Proc] = {}
         self._spawn_q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
@@ -224,10 +230,23 @@ class LokyPool:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.write(self._wake_w, b"\0")
 
-    def wait(self, timeout: float | None) -> list[Event]:
+    def wait(self, deadline: float | None) -> list[Event]:
+        """Block until events arrive, ``deadline`` (monotonic) passes, or ``wake()``."""
         self._take_spawned()
+        timeout: float | None
         if self._events:
             timeout = 0
+        elif deadline is None:
+            timeout = None
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timeout = 0
+            elif self._timer is not None:
+                self._timer.arm(deadline)
+                timeout = None
+            else:
+                timeout = remaining
         for key, mask in self._sel.select(timeout):
             tag, p = key.data
             if tag == _IO:
@@ -238,6 +257,9 @@ class LokyPool:
             elif tag == _EXIT:
                 self._read(p)
                 self._reap(p, block=False)
+            elif tag == _TIMER:
+                assert self._timer is not None
+                self._timer.clear()
             else:
                 # Drain first, then disarm: a wake() between the two leaves its byte
                 # in the pipe, so it is never lost.
@@ -337,6 +359,8 @@ class LokyPool:
             self._reap(p, block=True)
         self._events.clear()
         self._sel.close()
+        if self._timer is not None:
+            self._timer.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
