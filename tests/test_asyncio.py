@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import _tasks as T
 from taskwarden import Supervisor, TaskState
+
+import _tasks as T
 from test_supervisor import gone, read_pid
 
 
