@@ -121,7 +121,18 @@ def test_the_core_asks_to_wake_exactly_at_the_next_deadline() -> None:
     h = Harness(workers=1)
     h.run(timeout=5.0)
     h.run(due_in=2.0)
-    assert h.core.next_deadline() == pytest.approx(h.now + 2.0)
+    # A timed start is handed out LEAD early, with the exact time to begin.
+    assert h.core.next_deadline() == pytest.approx(h.now + 2.0 - E.LEAD)
+
+
+def test_a_timed_start_is_handed_out_early_with_the_time_to_begin() -> None:
+    h = Harness(workers=1)
+    run = h.run(due_in=2.0, timeout=1.0)
+    due = h.now + 2.0
+    h.tick(2.0 - E.LEAD)
+    assert run.state is TaskState.RUNNING and run.not_before == pytest.approx(due)
+    assert run.started_at == pytest.approx(due)
+    assert run.deadline == pytest.approx(due + 1.0)  # the limit counts from the real start
 
 
 def test_a_run_prefetched_behind_a_killed_head_is_dispatched_again_not_lost() -> None:

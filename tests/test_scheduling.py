@@ -46,11 +46,12 @@ class JobHarness(Harness):
 def test_first_run_is_one_interval_after_scheduling() -> None:
     h = JobHarness()
     job = h.job(every=10.0)
-    h.tick(9.999)
+    h.tick(9.999 - E.LEAD)
     assert job.started == 0
     h.tick(0.001)
     assert job.started == 1 and job.latest is not None
     assert job.latest.state is TaskState.RUNNING
+    assert job.latest.not_before == pytest.approx(h.now + E.LEAD)
 
 
 def test_delay_zero_starts_now() -> None:

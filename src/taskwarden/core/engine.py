@@ -38,6 +38,9 @@ CALLBACK = 5  # an opaque timer: a callable, run when due
 JOB = 6  # a recurring job's next run
 
 SKIP_ACK_WAIT = 0.05
+# A timed start is handed to a worker this early, with the exact time to begin: the worker
+# waits out the rest itself, so neither the loop's nor the worker's wake-up makes it late.
+LEAD = 0.003
 # Runs prefetched behind a head that has run this long may be taken back by an idle worker.
 STEAL_AFTER = 0.002
 
@@ -58,6 +61,7 @@ class Run:
         "handle",
         "hb_reason",
         "job",
+        "not_before",
         "last_beat",
         "owner",
         "payload",
@@ -98,6 +102,7 @@ class Run:
         self.stealing = False
         self.blocked = False
         self.hb_reason: str | None = None
+        self.not_before: float | None = None  # a timed start: the worker begins no earlier
         self.job: Any = None
         self.owner: Any = None
         self.wall_due: float | None = None
@@ -356,7 +361,7 @@ class Core:
             elif obj.state is _S.SCHEDULED and obj.wall_due is not None:
                 self._invalidate(obj)
                 obj.due = obj.wall_due - wall_offset
-                self.push_timer(obj.due, START, obj, obj.gen)
+                self.push_timer(obj.due - LEAD, START, obj, obj.gen)
             else:
                 del self.wall_anchored[key]
         self._dispatch(now)
@@ -375,7 +380,7 @@ class Core:
         if due is not None and due > now:
             if run.state is _S.SCHEDULED:  # the driver made it SCHEDULED at the call
                 run.due = due
-                self.push_timer(due, START, run, run.gen)
+                self.push_timer(due - LEAD, START, run, run.gen)
             else:
                 self._schedule(run, due)
         else:
@@ -408,10 +413,11 @@ class Core:
     def _schedule(self, run: Run, due: float) -> None:
         self._set(run, _S.SCHEDULED)
         run.due = due
-        self.push_timer(due, START, run, run.gen)
+        self.push_timer(due - LEAD, START, run, run.gen)
 
     def _make_pending(self, run: Run, now: float) -> None:
         self._set(run, _S.PENDING)
+        run.not_before = run.due if run.due > now else None
         self.pending.append(run)
         if run.wall_due is not None:
             run.wall_due = None
@@ -426,7 +432,7 @@ class Core:
                 self._make_pending(run, now)
                 self._dispatch(now)
             else:
-                self.push_timer(due, START, run, run.gen)
+                self.push_timer(due - LEAD, START, run, run.gen)
                 self._anchor(run, wall_due)
             return True
         if run.state is _S.PENDING and run.worker is None and not run.blocked:
@@ -653,6 +659,7 @@ class Core:
             return False
         if p.retry_on is not None and not isinstance(error, p.retry_on):
             return False
+        run.not_before = None
         delay = min(p.retry_delay * (2 ** (run.attempts - 1)), MAX_RETRY_DELAY)
         if delay > 0:
             self._schedule(run, now + delay)
@@ -689,6 +696,8 @@ class Core:
             return
         self._set(run, _S.RUNNING)
         run.attempts += 1
+        if run.not_before is not None and run.not_before > now:
+            now = run.not_before  # the worker waits until then: limits count from there
         run.started_at = now
         run.last_beat = now
         run.worker_pid = w.pid

@@ -99,7 +99,7 @@ class JobBook:
         return now + self.core.wall_offset
 
     def _arm(self, job: JobRec, due: float, wall_due: float | None = None) -> None:
-        from .engine import JOB
+        from .engine import JOB, LEAD
 
         job.gen += 1
         job.due = due
@@ -108,7 +108,7 @@ class JobBook:
             self.core.wall_anchored[("job", job.seq)] = job
         else:
             self.core.wall_anchored.pop(("job", job.seq), None)
-        self.core.push_timer(due, JOB, job, job.gen)
+        self.core.push_timer(due - LEAD, JOB, job, job.gen)
 
     def _disarm(self, job: JobRec) -> None:
         job.gen += 1
@@ -160,7 +160,7 @@ class JobBook:
                     self.core.cancel(old, now, TaskState.SUPERSEDED,
                                      TaskSuperseded("replaced by the job's next run"))
         if start:
-            self._start_run(job, now)
+            self._start_run(job, now, slot)
         if job.state is not JobState.ACTIVE:
             return
         # The next run. anchor="end" waits for the run to end (unless none started).
@@ -179,10 +179,12 @@ class JobBook:
                     nxt = slot + job.every * (math.floor((now - slot) / job.every) + 1)
                 self._arm(job, nxt)
 
-    def _start_run(self, job: JobRec, now: float) -> None:
+    def _start_run(self, job: JobRec, now: float, slot: float | None = None) -> None:
         assert self.make_run is not None
         run = self.make_run(job)
         run.job = job
+        if slot is not None and slot > now:
+            run.not_before = slot  # fired a little early on purpose: begin on time
         job.started += 1
         job.live.append(run)
         job.runs.append(run)

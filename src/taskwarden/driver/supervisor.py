@@ -609,6 +609,8 @@ def _opts(run: E.Run) -> dict[str, Any]:
         opts["heartbeat"] = p.heartbeat
     if run.attempts and run.progress is not None:
         opts["previous_progress"] = run.progress
+    if run.not_before is not None:
+        opts["not_before"] = run.not_before
     return opts
 
 
