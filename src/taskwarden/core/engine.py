@@ -63,7 +63,6 @@ class Run:
         "job",
         "last_beat",
         "not_before",
-        "owner",
         "payload",
         "policy",
         "progress",
@@ -104,7 +103,6 @@ class Run:
         self.hb_reason: str | None = None
         self.not_before: float | None = None  # a timed start: the worker begins no earlier
         self.job: Any = None
-        self.owner: Any = None
         self.wall_due: float | None = None
 
     def __repr__(self) -> str:
@@ -215,8 +213,6 @@ class Core:
         self.wall_anchored: dict[tuple[str, int], Any] = {}
         self.jobs = JobBook(self)
         self._steal_at: float | None = None
-        # Called by the core when a run ends for good (jobs and keys hook in here).
-        self.on_final: Callable[[Run, float], None] | None = None
 
     # ------------------------------------------------------------------ setup
     def start(self, now: float) -> None:
@@ -685,8 +681,6 @@ class Core:
             self._stream_ended(run, now)
         if run.job is not None:
             self.jobs.run_ended(run, now)
-        if self.on_final is not None:
-            self.on_final(run, now)
 
     def _start_head(self, w: Worker, now: float) -> None:
         run = w.inflight[0]

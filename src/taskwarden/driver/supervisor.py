@@ -192,11 +192,26 @@ class Supervisor(Executor):
         kwargs: dict[str, Any] | None = None,
         at: datetime | float | None = None,
         delay: float | timedelta | None = None,
-        every: float | timedelta | None = None,
-        cron: str | None = None,
+        every: float | timedelta,
+        cron: None = None,
         name: str | None = None,
         **policy: Any,
-    ) -> Task[T] | Job: ...
+    ) -> Job: ...
+
+    @overload
+    def schedule(
+        self,
+        fn: Callable[..., T],
+        *,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        at: datetime | float | None = None,
+        delay: float | timedelta | None = None,
+        every: None = None,
+        cron: str,
+        name: str | None = None,
+        **policy: Any,
+    ) -> Job: ...
 
     def schedule(
         self,
