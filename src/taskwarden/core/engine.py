@@ -38,6 +38,7 @@ CALLBACK = 5  # an opaque timer: a callable, run when due
 JOB = 6  # a recurring job's next run
 
 SKIP_ACK_WAIT = 0.05
+REPLACE_DELAY = 0.02
 # A timed start is handed to a worker this early, with the exact time to begin: the worker
 # waits out the rest itself, so neither the loop's nor the worker's wake-up makes it late.
 LEAD = 0.003
@@ -213,6 +214,7 @@ class Core:
         self.wall_anchored: dict[tuple[str, int], Any] = {}
         self.jobs = JobBook(self)
         self._steal_at: float | None = None
+        self._refill_at: float | None = None
 
     # ------------------------------------------------------------------ setup
     def start(self, now: float) -> None:
@@ -552,7 +554,7 @@ class Core:
                 self.pending.appendleft(head)
         if not w.retiring:
             self.replaced += 1
-        self._refill()
+        self._refill_soon(now)
         self._dispatch(now)
 
     def initializer_failed(self, tb: str, now: float) -> None:
@@ -610,6 +612,20 @@ class Core:
         for _ in range(self._live_target() - live):
             self._spawn()
 
+    def _refill_soon(self, now: float) -> None:
+        """Start replacements a moment later: a new process's fork and exec would
+        compete for the CPU with what matters right after a kill (the spare taking
+        over, the task's result); the new process needs ~100 ms to boot anyway."""
+        if self._refill_at is None:
+            self._refill_at = now + REPLACE_DELAY
+            heapq.heappush(self._heap, (self._refill_at, next(self._counter), CALLBACK,
+                                        self._refill_timer, 0))
+
+    def _refill_timer(self, now: float) -> None:
+        self._refill_at = None
+        self._refill()
+        self._dispatch(now)
+
     def _requeue(self, w: Worker) -> None:
         """Runs prefetched on a dead worker go back to the front of the queue, in order."""
         rest = [r for r in w.inflight if not r.state.final]
@@ -627,7 +643,7 @@ class Core:
             head.worker = None
             self._requeue(w)
         self.replaced += 1
-        self._refill()
+        self._refill_soon(now)
 
     def _expire(self, run: Run, now: float, reason: str) -> None:
         w = run.worker
@@ -715,7 +731,7 @@ class Core:
             w.retiring = True
             self.actions.append(Stop(w.wid))
             self.workers.pop(w.wid, None)
-            self._refill()
+            self._refill_soon(now)
         elif self.closing:
             self._stop_idle()
 

@@ -482,9 +482,9 @@ class Supervisor(Executor):
                 self._take_adds()
             value = fn()
             if threading.get_ident() == self._loop_ident:
-                self._apply()
+                self._apply_and_settle()
             return value
-        call = _Call(fn, self._apply)
+        call = _Call(fn, self._apply_and_settle)
         self._post(call)
         while not call.done.wait(1.0):
             if not self._thread.is_alive():
@@ -569,11 +569,18 @@ class Supervisor(Executor):
         elif isinstance(ev, P.InitFailed):
             core.initializer_failed(ev.tb, now)
 
+    def _apply_and_settle(self) -> None:
+        """Carry out the core's actions, and wait for any process killed to be gone
+        (a caller of cancel() gets its answer once the process has died)."""
+        self._apply()
+        self._pool.settle()
+
     def _apply(self) -> None:
         core, pool = self._core, self._pool
         while core.actions:
             actions, core.actions = core.actions, []
             sends: dict[int, list[tuple[int, bytes, dict[str, Any]]]] = {}
+            spawns: list[int] = []
             for a in actions:
                 kind = type(a)
                 if kind is E.Send:
@@ -587,7 +594,7 @@ class Supervisor(Executor):
                 elif kind is E.JobChanged:
                     a.job.handle._changed()  # type: ignore[union-attr]
                 elif kind is E.Spawn:
-                    pool.spawn(a.wid)  # type: ignore[union-attr]
+                    spawns.append(a.wid)  # type: ignore[union-attr]
                 elif kind is E.Kill:
                     pool.kill(a.wid)  # type: ignore[union-attr]
                 elif kind is E.Skip:
@@ -598,6 +605,9 @@ class Supervisor(Executor):
                     pool.stop(a.wid)  # type: ignore[union-attr]
             for wid, batch in sends.items():
                 pool.send(wid, batch)
+            # Process starts last: the spawner thread's fork and exec compete for the GIL.
+            for wid in spawns:
+                pool.spawn(wid)
 
     def _resolve(self, run: E.Run) -> None:
         task: Task[Any] = run.handle

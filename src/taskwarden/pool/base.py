@@ -75,7 +75,10 @@ class Pool(Protocol):
         """Ask an idle worker to exit."""
 
     def kill(self, wid: int) -> None:
-        """Kill a worker's whole process tree at once."""
+        """Kill a worker's whole process tree at once (it is reaped in the background)."""
+
+    def settle(self) -> None:
+        """Wait until every worker killed so far is gone."""
 
     def wait(self, deadline: float | None) -> list[Event]:
         """Block until events arrive, ``deadline`` (monotonic) passes or ``wake()`` is called."""

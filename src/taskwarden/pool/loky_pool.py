@@ -47,8 +47,8 @@ _TIMER = 4
 
 
 class _Proc:
-    __slots__ = ("conn", "dead", "exit_fd", "fd", "inbuf", "outbuf", "pid", "process", "wid",
-                 "writing")
+    __slots__ = ("conn", "dead", "exit_fd", "fd", "inbuf", "killed", "outbuf", "pid", "process",
+                 "wid", "writing")
 
     def __init__(self, wid: int, process: Any, conn: Any) -> None:
         self.wid = wid
@@ -60,7 +60,35 @@ class _Proc:
         self.outbuf = bytearray()
         self.writing = False
         self.dead = False
+        self.killed = False
         self.exit_fd: int = -1
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` from /proc (fast: no scan of every process)."""
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out.extend(int(c) for c in f.read().split())
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        found: list[int] = []
+        frontier = [pid]
+        while frontier:
+            kids = [c for p in frontier for c in _children(p)]
+            found.extend(kids)
+            frontier = kids
+        return found
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    except OSError:  # no /proc/<pid>/task/*/children here: ask psutil to scan
+        try:
+            return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return []
 
 
 def kill_tree(pid: int) -> None:
@@ -69,15 +97,12 @@ def kill_tree(pid: int) -> None:
     The tree is read before anything is killed, since the children of a dead
     process are handed to init and could no longer be found.
     """
-    try:
-        descendants = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
+    descendants = _descendants(pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     for child in reversed(descendants):
-        with contextlib.suppress(psutil.Error):
-            child.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 class LokyPool:
@@ -102,6 +127,7 @@ class LokyPool:
         self._spawner: threading.Thread | None = None
         self._events: list[Event] = []
         self._doomed: set[int] = set()
+        self._killed: list[_Proc] = []
         # What was sent to a worker before its process was handed over by the spawner.
         self._early: dict[int, bytearray] = {}
 
@@ -158,7 +184,7 @@ class LokyPool:
     # ------------------------------------------------------------------ sending
     def _out(self, wid: int, data: bytes) -> None:
         p = self._procs.get(wid)
-        if p is not None:
+        if p is not None and not p.killed:
             self._write(p, data)
         elif wid in self._early:
             self._early[wid] += data
@@ -221,7 +247,20 @@ class LokyPool:
             self._doomed.add(wid)
             return
         kill_tree(p.pid)
-        self._reap(p, block=True)
+        # The process dies in the background (its exit fd reports it); settle() waits.
+        # Nothing more is read from or written to it.
+        p.killed = True
+        self._killed.append(p)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(p.fd)
+        p.writing = False
+
+    def settle(self) -> None:
+        """Wait until every process killed so far is gone (reaped)."""
+        while self._killed:
+            p = self._killed.pop()
+            if not p.dead or p.wid in self._procs:
+                self._reap(p, block=True)
 
     # ---------------------------------------------------------------- receiving
     def wake(self) -> None:
@@ -280,7 +319,7 @@ class LokyPool:
                 self.kill(wid)
 
     def _read(self, p: _Proc) -> None:
-        if p.dead:
+        if p.dead or p.killed:
             return
         while True:
             try:
@@ -324,6 +363,8 @@ class LokyPool:
     def _reap(self, p: _Proc, *, block: bool) -> None:
         if self._procs.pop(p.wid, None) is None:
             return
+        if p.killed and p in self._killed:
+            self._killed.remove(p)
         popen = p.process._popen
         try:
             code = popen.poll(0 if block else os.WNOHANG)
