@@ -146,6 +146,7 @@ class Skip:
 @dataclass(slots=True)
 class Kill:
     wid: int
+    run: Run | None = None  # the run it was executing: resolved once the process is gone
 
 
 @dataclass(slots=True)
@@ -636,7 +637,7 @@ class Core:
 
     def _kill_worker(self, w: Worker, now: float) -> None:
         self.workers.pop(w.wid, None)
-        self.actions.append(Kill(w.wid))
+        self.actions.append(Kill(w.wid, w.inflight[0] if w.inflight else None))
         if w.inflight:
             self.busy -= 1
             head = w.inflight.popleft()

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import cloudpickle
 import loky
@@ -153,6 +153,7 @@ class Supervisor(Executor):
         self._pool = LokyPool(self._id_base, init_payload)
         self._tasks: dict[int, Task[Any]] = {}  # loop-owned: live and recently finished
         self._jobs: dict[int, Job] = {}
+        self._parked: dict[int, list[E.Run]] = {}  # killed worker -> runs to resolve when gone
         self._core.jobs.make_run = self._make_job_run
         self._core.wall_offset = self._offset
         self._finished: deque[int] = deque()
@@ -542,6 +543,8 @@ class Supervisor(Executor):
                     break
         finally:
             pool.close()
+            for wid in list(self._parked):
+                self._release(wid)
             # Anything still unresolved (the loop died) must not hang its callers.
             for task in list(self._tasks.values()):
                 if not task.done():
@@ -566,6 +569,7 @@ class Supervisor(Executor):
             core.skipped(ev.wid, ev.seq, now)
         elif isinstance(ev, P.WorkerExited):
             core.worker_exited(ev.wid, ev.exitcode, now)
+            self._release(ev.wid)
         elif isinstance(ev, P.InitFailed):
             core.initializer_failed(ev.tb, now)
 
@@ -573,14 +577,20 @@ class Supervisor(Executor):
         """Carry out the core's actions, and wait for any process killed to be gone
         (a caller of cancel() gets its answer once the process has died)."""
         self._apply()
-        self._pool.settle()
+        for wid in self._pool.settle():
+            self._release(wid)
+
+    def _release(self, wid: int) -> None:
+        """A killed worker is gone: resolve the run it was executing."""
+        for run in self._parked.pop(wid, ()):
+            self._resolve(run)
 
     def _apply(self) -> None:
         core, pool = self._core, self._pool
         while core.actions:
             actions, core.actions = core.actions, []
             sends: dict[int, list[tuple[int, bytes, dict[str, Any]]]] = {}
-            spawns: list[int] = []
+            killing: dict[int, int] = {}
             for a in actions:
                 kind = type(a)
                 if kind is E.Send:
@@ -588,15 +598,24 @@ class Supervisor(Executor):
                     batch = sends.setdefault(a.wid, [])  # type: ignore[union-attr]
                     batch.extend((r.seq, r.payload, _opts(r)) for r in a.runs)  # type: ignore[union-attr]
                 elif kind is E.Resolve:
-                    self._resolve(a.run)  # type: ignore[union-attr]
+                    ended = cast(E.Run, a.run)  # type: ignore[union-attr]
+                    killer = killing.get(id(ended))
+                    if killer is None:
+                        self._resolve(ended)
+                    else:
+                        # Its process was just killed: resolve once it is gone, so that
+                        # result() never raises while the process still exists.
+                        self._parked.setdefault(killer, []).append(ended)
                 elif kind is E.Started:
                     pass
                 elif kind is E.JobChanged:
                     a.job.handle._changed()  # type: ignore[union-attr]
                 elif kind is E.Spawn:
-                    spawns.append(a.wid)  # type: ignore[union-attr]
+                    pool.spawn(a.wid)  # type: ignore[union-attr]
                 elif kind is E.Kill:
                     pool.kill(a.wid)  # type: ignore[union-attr]
+                    if a.run is not None:  # type: ignore[union-attr]
+                        killing[id(a.run)] = a.wid  # type: ignore[union-attr]
                 elif kind is E.Skip:
                     pool.skip(a.wid, a.seq)  # type: ignore[union-attr]
                 elif kind is E.Interrupt:
@@ -605,9 +624,6 @@ class Supervisor(Executor):
                     pool.stop(a.wid)  # type: ignore[union-attr]
             for wid, batch in sends.items():
                 pool.send(wid, batch)
-            # Process starts last: the spawner thread's fork and exec compete for the GIL.
-            for wid in spawns:
-                pool.spawn(wid)
 
     def _resolve(self, run: E.Run) -> None:
         task: Task[Any] = run.handle

@@ -158,6 +158,7 @@ class _Inbox:
         self.busy = threading.Event()
         self.runs: deque[tuple[int, bytes, dict[str, Any]]] = deque()
         self.stopping = False
+        self.reader_turns = 0  # how many times the reader thread has let go of the channel
         self._buf = bytearray()
 
     def _read_once(self) -> None:
@@ -197,6 +198,10 @@ class _Inbox:
                     self._read_once()  # data is there: this read does not block
                 finally:
                     self.read_lock.release()
+                    with self.cond:
+                        # Wake a main thread that found the channel taken: it may read now.
+                        self.reader_turns += 1
+                        self.cond.notify()
 
     def _skip(self, seq: int) -> None:
         with self.cond:
@@ -217,16 +222,18 @@ class _Inbox:
                     return self.runs.popleft()
                 if self.stopping:
                     return None
+                turn = self.reader_turns
             if self.read_lock.acquire(blocking=False):
                 try:
                     self._read_once()
                 finally:
                     self.read_lock.release()
-            else:
-                # The reader thread is inside a read: it will hand over what comes.
-                with self.cond:
-                    while not self.runs and not self.stopping:
-                        self.cond.wait()
+                continue
+            # The reader thread is inside a read: wait until it hands over a run or
+            # lets go of the channel (then read for ourselves).
+            with self.cond:
+                while not self.runs and not self.stopping and self.reader_turns == turn:
+                    self.cond.wait()
 
 
 def worker_main(conn: Any, id_base: int, init_payload: bytes | None) -> None:

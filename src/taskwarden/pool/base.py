@@ -77,8 +77,8 @@ class Pool(Protocol):
     def kill(self, wid: int) -> None:
         """Kill a worker's whole process tree at once (it is reaped in the background)."""
 
-    def settle(self) -> None:
-        """Wait until every worker killed so far is gone."""
+    def settle(self) -> list[int]:
+        """Wait until every worker killed so far is gone; returns their ids."""
 
     def wait(self, deadline: float | None) -> list[Event]:
         """Block until events arrive, ``deadline`` (monotonic) passes or ``wake()`` is called."""

@@ -255,12 +255,15 @@ class LokyPool:
             self._sel.unregister(p.fd)
         p.writing = False
 
-    def settle(self) -> None:
-        """Wait until every process killed so far is gone (reaped)."""
+    def settle(self) -> list[int]:
+        """Wait until every process killed so far is gone (reaped); their worker ids."""
+        gone = []
         while self._killed:
             p = self._killed.pop()
-            if not p.dead or p.wid in self._procs:
+            if p.wid in self._procs:
                 self._reap(p, block=True)
+            gone.append(p.wid)
+        return gone
 
     # ---------------------------------------------------------------- receiving
     def wake(self) -> None:
