@@ -23,8 +23,11 @@ class Harness:
         self.seq = 0
         self.core.start(self.now)
         self.spawned = [a.wid for a in self.take(E.Spawn)]
-        for wid in self.spawned:
+        for wid in list(self.spawned):
             self.core.worker_ready(wid, 10_000 + wid, self.now)
+            for spare in self.take(E.Spawn):  # the first ready worker starts the spare
+                self.spawned.append(spare.wid)
+                self.core.worker_ready(spare.wid, 10_000 + spare.wid, self.now)
         self.actions: list[E.Action] = []
 
     def take(self, kind: type | None = None) -> list[Any]:

@@ -10,6 +10,8 @@ schedule one-shot, periodic and cron work with watchdog timers.
 1024
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     RemoteError,
     RemoteTraceback,
@@ -19,10 +21,32 @@ from ._errors import (
     WorkerCrashed,
 )
 from ._states import JobState, TaskState
-from .driver.job import Job
-from .driver.supervisor import Supervisor
-from .driver.task import Task
 from .pool._worker import CurrentTask, current_task, heartbeat
+
+if TYPE_CHECKING:
+    from .driver.job import Job
+    from .driver.supervisor import Supervisor
+    from .driver.task import Task
+
+# The supervisor side is imported on first use: a worker process imports this
+# package (for heartbeat() and current_task()) and should boot without it.
+_LAZY = {
+    "Supervisor": ".driver.supervisor",
+    "Task": ".driver.task",
+    "Job": ".driver.job",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'taskwarden' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CurrentTask",

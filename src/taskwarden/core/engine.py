@@ -219,8 +219,9 @@ class Core:
 
     # ------------------------------------------------------------------ setup
     def start(self, now: float) -> None:
-        """Start the pool's processes: ``workers`` plus the spare."""
-        for _ in range(self.n_workers + self.spare):
+        """Start the pool's processes: ``workers`` now, the spare once one is ready
+        (so that it does not slow down the first result on a small machine)."""
+        for _ in range(self.n_workers):
             self._spawn()
 
     def _spawn(self) -> None:
@@ -450,7 +451,7 @@ class Core:
             self.wall_anchored[("run", run.seq)] = run
 
     def cancel(self, run: Run, now: float, state: TaskState = _S.CANCELLED,
-               error: BaseException | None = None) -> bool:
+               error: BaseException | None = None, dispatch: bool = True) -> bool:
         """Cancel in any state but a final one; a running run's worker is killed."""
         if run.state.final:
             return False
@@ -470,7 +471,8 @@ class Core:
         run.blocked = False
         self._invalidate(run)
         self._end(run, state, now, ok=False, value=error)
-        self._dispatch(now)
+        if dispatch:
+            self._dispatch(now)
         return True
 
     def worker_ready(self, wid: int, pid: int, now: float) -> None:
@@ -481,6 +483,7 @@ class Core:
         w.ready = True
         if w.inflight:
             self._start_head(w, now)
+        self._refill()  # the first ready worker starts the spare
         self._dispatch(now)
 
     def beat(self, wid: int, seq: int, progress: Any, has_progress: bool, now: float) -> None:
@@ -583,15 +586,18 @@ class Core:
         self.closing = True
         for job in list(self.jobs.jobs.values()):
             self.jobs.cancel(job, now, kill_running=False)
-        for entry in list(self._heap):
+        heap, self._heap = self._heap, [e for e in self._heap if e[2] != START]
+        heapq.heapify(self._heap)
+        self._stale = 0
+        for entry in heap:
             if entry[2] == START and entry[3].gen == entry[4] and entry[3].state is _S.SCHEDULED:
-                self.cancel(entry[3], now)
+                self.cancel(entry[3], now, dispatch=False)
         if cancel_pending:
             for run in list(self.pending):
-                self.cancel(run, now)
+                self.cancel(run, now, dispatch=False)
             for w in self.workers.values():
                 for run in list(w.inflight)[1:]:
-                    self.cancel(run, now)
+                    self.cancel(run, now, dispatch=False)
         self._dispatch(now)
         self._stop_idle()
 

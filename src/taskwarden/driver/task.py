@@ -81,6 +81,10 @@ class Task(Future[T]):
         self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
 
+    def done(self) -> bool:
+        # No lock needed to read one attribute, and none made (see __init__).
+        return self._state == _FINISHED
+
     def set_result(self, result: T) -> None:
         if not self._finish_quietly(result, None):
             super().set_result(result)

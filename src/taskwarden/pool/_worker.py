@@ -9,8 +9,6 @@ supervisor killed with SIGKILL leaves no worker behind.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
 import pickle
 import select
@@ -19,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections import deque
 from dataclasses import dataclass
 from types import FrameType
@@ -133,7 +132,9 @@ def _wait_until(when: float) -> None:
 def _run_call(payload: bytes) -> Any:
     fn, args, kwargs = pickle.loads(payload)
     result = fn(*args, **kwargs)
-    if inspect.iscoroutine(result):
+    if isinstance(result, types.CoroutineType):  # an async def task: run it to the end
+        import asyncio
+
         result = asyncio.run(result)
     return result
 
