@@ -53,6 +53,9 @@ START_METHODS: dict[str, str] = {
 }
 
 
+CLEANUP_PROBLEMS: list[str] = []  # failed shutdowns, reported with the cell's figures
+
+
 class NotSupported(Exception):
     """The peer has no such feature; the cell shows the message instead of a figure."""
 
@@ -243,7 +246,7 @@ class LokyAdapter(PoolAdapter):
 
         self.ex = get_reusable_executor(max_workers=WORKERS)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.ex.submit(fn, *args)
 
     def shutdown(self) -> None:
@@ -266,7 +269,7 @@ class PebbleAdapter(PoolAdapter):
         return self.pool.schedule(fn, args=args, timeout=timeout)
 
     def shutdown(self) -> None:
-        self.pool.stop()
+        self.pool.stop()  # type: ignore[no-untyped-call]
         self.pool.join(timeout=10)
 
 
@@ -324,9 +327,9 @@ class TaskwardenAdapter(PoolAdapter):
 
     def shutdown(self) -> None:
         bounded(
-            lambda: self.sup.shutdown(wait=True),
+            lambda: self.sup.shutdown(wait=True, cancel_futures=True),
             self.shutdown_timeout,
-            "Supervisor.shutdown(wait=True)",
+            "Supervisor.shutdown(wait=True, cancel_futures=True)",
         )
 
 
@@ -358,9 +361,16 @@ class pool_of(contextlib.AbstractContextManager["PoolAdapter"]):
         self.pool = make_pool(self.peer, self.timeout)
         return self.pool
 
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if self.pool is None:
+            return
+        try:
             self.pool.close()
+        except Exception as e:
+            # Never mask the benchmark's own error, never drop figures already taken:
+            # the cell reports the failed shutdown next to them.
+            CLEANUP_PROBLEMS.append(f"{PEERS.get(self.peer, self.peer)} shutdown: "
+                                    f"{type(e).__name__}: {e}")
 
 
 def warm(pool: PoolAdapter, timeout: float = 30.0) -> None:

@@ -32,6 +32,7 @@ if str(HERE) not in sys.path:
 
 from _bench import BENCHMARKS, Config  # noqa: E402
 from _common import (  # noqa: E402
+    CLEANUP_PROBLEMS,
     PEER_DESCRIPTIONS,
     PEERS,
     START_METHODS,
@@ -71,13 +72,17 @@ ROWS: tuple[Row, ...] = (
     Row("timeout 0.2 s: process gone after deadline, ms", "kill_timeout", "gone_ms", "lower"),
     Row("recovery: next task served after kill, ms", "kill_timeout", "recovery_ms", "lower"),
     Row("cancel running: process gone, ms", "cancel_running", "gone_ms", "lower"),
-    Row("cancel running: future done, ms", "cancel_running", "done_ms", "lower"),
+    # no ratio: pebble marks the future cancelled at once, before its process is gone
+    Row("cancel running: future done, ms", "cancel_running", "done_ms", ""),
     Row("supersede (key): old process gone, ms", "supersede", "gone_ms", "lower"),
     Row("supersede (key): new result, ms", "supersede", "new_result_ms", "lower"),
     Row("timer 0.1 s: start late p50, ms", "timer", "p50_ms", "lower"),
     Row("timer 0.1 s: start late p99, ms", "timer", "p99_ms", "lower"),
     Row("timer 0.1 s: start late max, ms", "timer", "max_ms", "lower"),
     Row("timer 0.1 s: missed runs", "timer", "missed", ""),
+    Row("timer, both cores busy: start late p50, ms", "timer_loaded", "p50_ms", "lower"),
+    Row("timer, both cores busy: start late p99, ms", "timer_loaded", "p99_ms", "lower"),
+    Row("timer, both cores busy: start late max, ms", "timer_loaded", "max_ms", "lower"),
     Row("schedule 100k far tasks, s", "heap_100k", "schedule_s", "lower"),
     Row("100k: memory per task, bytes", "heap_100k", "bytes_per_task", "lower"),
     Row("100k: idle supervisor CPU, %", "heap_100k", "idle_cpu_pct", ""),
@@ -109,10 +114,12 @@ def cell_main(bench: str, peer: str, quick: bool, out: str) -> None:
         except BaseException as e:
             res = {
                 "status": "error",
-                "message": f"{type(e).__name__}: {e}",
+                "message": error_message(e),
                 "traceback": traceback.format_exc(),
             }
         res["elapsed_s"] = round(time.perf_counter() - t0, 2)
+        if CLEANUP_PROBLEMS:
+            res["cleanup_problems"] = list(CLEANUP_PROBLEMS)
         leftovers = [p for p in live_descendants() if not is_helper(p)]
         if leftovers:
             res["leftover_processes"] = describe(leftovers)
@@ -122,6 +129,16 @@ def cell_main(bench: str, peer: str, quick: bool, out: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # do not wait for non-daemon threads of a pool that failed to stop
+
+
+def error_message(e: BaseException) -> str:
+    """``Type: message (at file:line in function)``, located in our own code."""
+    msg = f"{type(e).__name__}: {e}".rstrip(": ")
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if str(HERE) in f.filename]
+    if frames:
+        f = frames[-1]
+        msg += f" (at {Path(f.filename).name}:{f.lineno} in {f.name})"
+    return msg
 
 
 def become_subreaper() -> bool:
@@ -161,12 +178,20 @@ def kill_cell(pid: int) -> None:
 def run_cell(bench: str, peer: str, cfg: Config, workdir: str) -> dict[str, Any]:
     out = os.path.join(workdir, f"{bench}.{peer}.json")
     log = os.path.join(workdir, f"{bench}.{peer}.log")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--cell", f"{bench}:{peer}",
-           "--cell-out", out]
+    # ``-c``: the cell's __main__ has no file, so spawn/loky workers do not re-import
+    # this harness as __mp_main__ (that would inflate their start-up times).
+    boot = f"import sys; sys.path.insert(0, {str(HERE)!r}); import run; run.main(sys.argv[1:])"
+    cmd = [sys.executable, "-c", boot, "--cell", f"{bench}:{peer}", "--cell-out", out]
     if cfg.quick:
         cmd.append("--quick")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    # Bytecode caching as on a normal install, even where the environment turns it
+    # off (PYTHONDONTWRITEBYTECODE): otherwise every spawned worker recompiles the
+    # modules it imports and cold starts measure the compiler. The cache lives in
+    # this run's scratch folder, never next to the sources.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = os.path.join(workdir, "pycache")
     budget = BENCHMARKS[bench].budget_s
     t0 = time.perf_counter()
     with open(log, "wb") as logf:
@@ -229,6 +254,14 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+def fmt_ratio(r: float) -> str:
+    if r >= 10:
+        return f"{r:.1f}"
+    if r >= 0.1:
+        return f"{r:.2f}"
+    return f"{r:.2g}"
+
+
 def figure(results: dict[str, Any], bench: str, peer: str, key: str) -> float | None:
     cell = results.get(bench, {}).get(peer)
     if not cell or cell.get("status") != "ok":
@@ -264,7 +297,13 @@ def build_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]], li
                 line.append("")
             elif cell["status"] == "ok":
                 v = cell["figures"].get(row.key)
-                line.append(fmt(v))
+                marks = [note(x) for x in cell.get("cleanup_problems", [])]
+                if cell.get("problems"):
+                    probs = "; ".join(cell["problems"][:3])
+                    marks.append(note(f"{PEERS[p]} {row.bench}: {probs}"))
+                if cell.get("leftover_processes") or cell.get("orphans_killed"):
+                    marks.append(note(f"{PEERS[p]} {row.bench}: left processes behind (killed)"))
+                line.append(" ".join([fmt(v), *marks]) if v is not None else "")
             elif cell["status"] == "unsupported":
                 line.append("- " + note(cell["message"]))
             else:
@@ -280,7 +319,7 @@ def build_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]], li
                 line.append("")
                 continue
             ratio = tw / peer_v if row.better == "higher" else peer_v / tw
-            line.append(f"{ratio:.2f}x{mark}")
+            line.append(f"{fmt_ratio(ratio)}x{mark}")
         rows.append(line)
     return header, rows, notes
 
@@ -374,8 +413,14 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"quick": cfg.quick, "repeats": cfg.repeats, "tasks": cfg.tasks,
                    "latency_n": cfg.latency_n, "cold_runs": cfg.cold_runs,
                    "kill_repeats": cfg.kill_repeats, "timer_s": cfg.timer_s,
+                   "timer_loaded_s": cfg.timer_loaded_s,
                    "idle_s": cfg.idle_s, "benchmarks": benches},
         "start_methods": START_METHODS,
+        "environment": {
+            "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
+            "cells": "fresh interpreter per cell; PYTHONDONTWRITEBYTECODE unset and "
+                     "PYTHONPYCACHEPREFIX set to a per-run scratch folder",
+        },
     }
     results: dict[str, dict[str, Any]] = {}
     t_start = time.perf_counter()
@@ -401,17 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
 
     text, md = render(results, meta)
-    print()
-    print(text, end="")
-    print(f"total {meta['elapsed_s']:.0f} s")
-
     header, rows, notes = build_table(results)
     payload = {**meta, "results": results,
                "table": {"header": header, "rows": rows, "notes": notes}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     args.json.with_suffix(".md").write_text(md)
-    print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+    print()
+    print(text, end="")
+    print(f"total {meta['elapsed_s']:.0f} s; wrote {args.json} and {args.json.with_suffix('.md')}")
     leaks = [f"{b}/{p}" for b, cells in results.items() for p, c in cells.items()
              if c.get("leftover_processes") or c.get("orphans_killed")]
     if leaks:
