@@ -403,6 +403,14 @@ def test_supersede_kills_the_running_task_of_the_key_and_names_the_winner() -> N
     assert new.state is TaskState.RUNNING  # on the spare, at once
 
 
+def test_every_newer_task_of_a_key_supersedes_the_one_before() -> None:
+    h = Harness(workers=2)
+    runs = [h.run(key="k") for _ in range(4)]
+    assert [r.state for r in runs[:3]] == [TaskState.SUPERSEDED] * 3
+    assert not runs[-1].state.final  # it waits for a replacement worker, or runs
+    assert list(h.core.streams["k"]) == [runs[-1]]
+
+
 def test_supersede_makes_a_pending_task_of_the_key_superseded_without_a_kill() -> None:
     h = Harness(workers=1, prefetch=1)
     h.run()
@@ -465,9 +473,12 @@ def test_debounce_waits_and_a_newer_task_in_the_window_waits_afresh() -> None:
     b = h.run(key="k", debounce=1.0)
     assert a.state is TaskState.SUPERSEDED
     h.tick(0.6)
-    assert b.state is TaskState.SCHEDULED
+    c = h.run(key="k", debounce=1.0)
+    assert b.state is TaskState.SUPERSEDED and c.state is TaskState.SCHEDULED
+    h.tick(0.6)
+    assert c.state is TaskState.SCHEDULED
     h.tick(0.4)
-    assert b.state is TaskState.RUNNING
+    assert c.state is TaskState.RUNNING
 
 
 def test_a_cancel_while_a_retry_waits_means_no_more_attempts() -> None:

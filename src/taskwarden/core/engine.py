@@ -41,7 +41,7 @@ SKIP_ACK_WAIT = 0.05
 REPLACE_DELAY = 0.02
 # A timed start is handed to a worker this early, with the exact time to begin: the worker
 # waits out the rest itself, so neither the loop's nor the worker's wake-up makes it late.
-LEAD = 0.003
+LEAD = 0.01
 # Runs prefetched behind a head that has run this long may be taken back by an idle worker.
 STEAL_AFTER = 0.002
 
@@ -332,6 +332,8 @@ class Core:
                     self.cancel(old, now, _S.SUPERSEDED, err)
             if run.policy.debounce:
                 due = max(due if due is not None else now, now + run.policy.debounce)
+            # Superseding may have emptied (and dropped) the stream: fetch it again.
+            stream = self.streams.setdefault(key, deque())
             stream.append(run)
             if mode == "queue" and len(stream) > 1:
                 # Waits for its turn: PENDING, but not in the dispatch queue yet.

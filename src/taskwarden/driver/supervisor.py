@@ -319,6 +319,15 @@ class Supervisor(Executor):
             next(self._seq), payload, pol, every=interval, cron=trigger, anchor=anchor,
             overlap=overlap, max_runs=max_runs, until=until_wall,
         )
+        if first_due is None:
+            # The first run, fixed now, so that next_run_at is right as soon as we return.
+            if trigger is not None:
+                wall = trigger.next_after(time.time())
+                first_due = wall - (time.time() - time.monotonic())
+            else:
+                assert interval is not None
+                first_due = time.monotonic() + interval
+        rec.due, rec.wall_due = first_due, wall
         job = Job(self, rec, name)
         rec.handle = job
 
@@ -437,7 +446,7 @@ class Supervisor(Executor):
         _check_binding(fn, args, kwargs)
         payload = _pickle_call(fn, args, kwargs, "task")
         run = E.Run(next(self._seq), payload, policy)
-        if due is not None and due > time.monotonic():
+        if (due is not None and due > time.monotonic()) or (policy.debounce and policy.key):
             run.state = TaskState.SCHEDULED  # as the caller will see it, from the start
         task: Task[Any] = Task(self, run, name, delay)
         run.handle = task
