@@ -602,6 +602,11 @@ class Core:
                     self.cancel(run, now, dispatch=False)
         self._dispatch(now)
         self._stop_idle()
+        # A process still booting with nothing to do is killed rather than waited for.
+        for w in list(self.workers.values()):
+            if not w.ready and not w.inflight:
+                self.workers.pop(w.wid)
+                self.actions.append(Kill(w.wid))
 
     def idle(self) -> bool:
         """Nothing runs, nothing waits: the pool may be stopped."""
