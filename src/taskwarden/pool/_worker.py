@@ -9,6 +9,7 @@ supervisor killed with SIGKILL leaves no worker behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -41,7 +42,8 @@ from ._wire import (
     write_all,
 )
 
-INTERRUPT_SIGNAL = signal.SIGUSR1
+INTERRUPT_SIGNAL = signal.SIGUSR1  # raise TaskTimeout in the task (grace)
+NUDGE_SIGNAL = signal.SIGUSR2  # read the channel now (a skip request is waiting)
 _NO = object()
 
 
@@ -142,21 +144,24 @@ def _run_call(payload: bytes) -> Any:
 class _Inbox:
     """Runs given to this worker and not started yet.
 
-    An idle main thread reads the channel itself, so a run that arrives at an
-    idle worker starts without a hand-off between threads. While the main
-    thread runs a task, a reader thread reads instead: it queues runs that
-    arrive ahead of time and answers a request to skip one at once, which is
-    what lets the supervisor take back work it handed out early. Whichever
-    thread sees the supervisor's end of the channel close ends the process,
-    so that a supervisor killed with SIGKILL leaves no worker behind.
+    The main thread reads the channel itself whenever it is idle, so a run that
+    arrives at an idle worker starts without a hand-off between threads. While
+    it runs a task, nothing reads: runs sent ahead of time wait in the socket.
+    When the supervisor needs an answer sooner (it takes back a run it handed
+    out early), it sends NUDGE_SIGNAL after its message; the signal's wake-up
+    byte wakes a reader thread, which reads and answers at once, even while
+    the main thread is deep in C code. The same thread ends the process when
+    the supervisor's end of the channel closes (POLLRDHUP), so that a
+    supervisor killed with SIGKILL leaves no worker behind. Neither costs a
+    thread wake-up per task.
     """
 
-    def __init__(self, fd: int, send: Any) -> None:
+    def __init__(self, fd: int, send: Any, nudge_fd: int) -> None:
         self.fd = fd
         self.send = send
+        self.nudge_fd = nudge_fd
         self.cond = threading.Condition(threading.Lock())
         self.read_lock = threading.Lock()
-        self.busy = threading.Event()
         self.runs: deque[tuple[int, bytes, dict[str, Any]]] = deque()
         self.stopping = False
         self.reader_turns = 0  # how many times the reader thread has let go of the channel
@@ -185,24 +190,30 @@ class _Inbox:
                     self.cond.notify()
 
     def reader(self) -> None:
+        hangup = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
         poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
+        poller.register(self.fd, hangup)
+        poller.register(self.nudge_fd, select.POLLIN)
+        probe = select.poll()
+        probe.register(self.fd, select.POLLIN)
         while True:
-            self.busy.wait()
-            # Wait for data without holding the read lock, so that the main thread,
-            # once idle again, reads for itself (no hand-off between threads).
-            poller.poll()
-            if not self.busy.is_set():
-                continue  # the main thread is idle: it reads what came
-            if self.read_lock.acquire(blocking=False):
-                try:
+            for fd, _ in poller.poll():
+                if fd == self.fd:
+                    os._exit(1)  # the supervisor's end closed: it is gone
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self.nudge_fd, 512):
+                        pass
+            if not probe.poll(0) or not self.read_lock.acquire(blocking=False):
+                continue  # nothing waiting, or the idle main thread is reading it
+            try:
+                if probe.poll(0):
                     self._read_once()  # data is there: this read does not block
-                finally:
-                    self.read_lock.release()
-                    with self.cond:
-                        # Wake a main thread that found the channel taken: it may read now.
-                        self.reader_turns += 1
-                        self.cond.notify()
+            finally:
+                self.read_lock.release()
+                with self.cond:
+                    # Wake a main thread that found the channel taken: it may read now.
+                    self.reader_turns += 1
+                    self.cond.notify()
 
     def _skip(self, seq: int) -> None:
         with self.cond:
@@ -215,11 +226,9 @@ class _Inbox:
         self.send(frame((SKIPPED, seq)))
 
     def next_run(self) -> tuple[int, bytes, dict[str, Any]] | None:
-        self.busy.clear()
         while True:
             with self.cond:
                 if self.runs:
-                    self.busy.set()
                     return self.runs.popleft()
                 if self.stopping:
                     return None
@@ -235,6 +244,21 @@ class _Inbox:
             with self.cond:
                 while not self.runs and not self.stopping and self.reader_turns == turn:
                     self.cond.wait()
+
+
+def _on_nudge(signum: int, frame_: FrameType | None) -> None:
+    """Nothing to do here: the signal's wake-up byte already woke the reader thread."""
+
+
+def _listen_for_nudges() -> tuple[int, int]:
+    """Route NUDGE_SIGNAL (and any other handled signal) to a pipe the reader polls."""
+    nudge_r, nudge_w = os.pipe()
+    os.set_blocking(nudge_r, False)
+    os.set_blocking(nudge_w, False)
+    signal.signal(NUDGE_SIGNAL, _on_nudge)
+    signal.siginterrupt(NUDGE_SIGNAL, False)  # restart the task's system calls
+    signal.set_wakeup_fd(nudge_w, warn_on_full_buffer=False)
+    return nudge_r, nudge_w
 
 
 def worker_main(conn: Any, id_base: int, init_payload: bytes | None) -> None:
@@ -256,7 +280,8 @@ def worker_main(conn: Any, id_base: int, init_payload: bytes | None) -> None:
         except BaseException:
             send(frame((INIT_FAILED, traceback.format_exc())))
             return
-    inbox = _Inbox(fd, send)
+    nudge_r, nudge_w = _listen_for_nudges()
+    inbox = _Inbox(fd, send, nudge_r)
     threading.Thread(target=inbox.reader, daemon=True, name="taskwarden-reader").start()
     send(frame((READY, os.getpid())))
 
@@ -290,6 +315,8 @@ def worker_main(conn: Any, id_base: int, init_payload: bytes | None) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         send(msg)
+        # A task may have replaced the signal wake-up fd (asyncio can): put ours back.
+        signal.set_wakeup_fd(nudge_w, warn_on_full_buffer=False)
 
 
 def _progress(running: _Running) -> bytes:

@@ -37,7 +37,7 @@ from ._wire import (
     frame,
     split_frames,
 )
-from ._worker import INTERRUPT_SIGNAL, worker_main
+from ._worker import INTERRUPT_SIGNAL, NUDGE_SIGNAL, worker_main
 from .base import Beat, Event, InitFailed, RunDone, RunSkipped, WorkerExited, WorkerReady
 
 _IO = 1
@@ -48,7 +48,7 @@ _TIMER = 4
 
 class _Proc:
     __slots__ = ("conn", "dead", "exit_fd", "fd", "inbuf", "killed", "outbuf", "pid", "process",
-                 "wid", "writing")
+                 "ready", "wid", "writing")
 
     def __init__(self, wid: int, process: Any, conn: Any) -> None:
         self.wid = wid
@@ -61,6 +61,7 @@ class _Proc:
         self.writing = False
         self.dead = False
         self.killed = False
+        self.ready = False
         self.exit_fd: int = -1
 
 
@@ -230,6 +231,11 @@ class LokyPool:
 
     def skip(self, wid: int, seq: int) -> None:
         self._out(wid, frame((SKIP, seq)))
+        p = self._procs.get(wid)
+        if p is not None and p.ready and not p.killed:
+            # The worker may be busy in a task: nudge its reader thread to answer now.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, NUDGE_SIGNAL)
 
     def stop(self, wid: int) -> None:
         self._out(wid, frame((STOP,)))
@@ -359,6 +365,7 @@ class LokyPool:
         elif kind == SKIPPED:
             self._events.append(RunSkipped(p.wid, msg[1]))
         elif kind == READY:
+            p.ready = True  # its signal handlers are in place from now on
             self._events.append(WorkerReady(p.wid, msg[1]))
         elif kind == INIT_FAILED:
             self._events.append(InitFailed(p.wid, msg[1]))
