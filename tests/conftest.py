@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from taskwarden import Supervisor
+
 
 def _ours() -> list[psutil.Process]:
     """Descendants of the test process, but loky's resource tracker (one per session)."""
@@ -40,3 +42,11 @@ def no_leaked_processes() -> Iterator[None]:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         pytest.fail(f"test left processes running: {desc}")
+
+
+@pytest.fixture
+def sup() -> Iterator[Supervisor]:
+    """A two-worker supervisor, shut down (and its workers gone) after the test."""
+    s = Supervisor(workers=2)
+    yield s
+    s.shutdown(wait=True, cancel_futures=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,13 +11,6 @@ from taskwarden import Job, JobState, Supervisor, Task, TaskState
 
 import _tasks as T
 from test_supervisor import WAIT, wait_for
-
-
-@pytest.fixture
-def sup() -> Iterator[Supervisor]:
-    s = Supervisor(workers=2)
-    yield s
-    s.shutdown(wait=True, cancel_futures=True)
 
 
 def test_a_delayed_task_is_scheduled_then_runs(sup: Supervisor) -> None:

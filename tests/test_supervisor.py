@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -31,13 +31,6 @@ from taskwarden import (
 import _tasks as T
 
 WAIT = 20.0  # generous bound for anything that should take milliseconds
-
-
-@pytest.fixture
-def sup() -> Iterator[Supervisor]:
-    s = Supervisor(workers=2)
-    yield s
-    s.shutdown(wait=True, cancel_futures=True)
 
 
 def wait_for(cond: Callable[[], object], timeout: float = WAIT) -> None:

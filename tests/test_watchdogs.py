@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,6 @@ from taskwarden import (
 
 import _tasks as T
 from test_supervisor import WAIT, gone, read_pid, wait_for
-
-
-@pytest.fixture
-def sup() -> Iterator[Supervisor]:
-    s = Supervisor(workers=2)
-    yield s
-    s.shutdown(wait=True, cancel_futures=True)
 
 
 def test_a_task_that_stops_beating_is_killed_and_the_error_says_so(sup: Supervisor) -> None:
