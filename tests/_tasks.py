@@ -177,3 +177,12 @@ async def async_add(a: int, b: int) -> int:
 
 def stamp() -> float:
     return time.time()
+
+
+_hoard: list[bytes] = []
+
+
+def hoard(megabytes: int) -> int:
+    """Keep memory after returning, as a leak would."""
+    _hoard.append(b"x" * (megabytes << 20))
+    return os.getpid()

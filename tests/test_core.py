@@ -489,3 +489,14 @@ def test_a_cancel_while_a_retry_waits_means_no_more_attempts() -> None:
     assert h.core.cancel(run, h.now) is True
     h.tick(60)
     assert run.state is TaskState.CANCELLED and run.attempts == 1
+
+
+def test_a_worker_over_its_memory_limit_leaves_and_its_queued_runs_go_elsewhere() -> None:
+    h = Harness(workers=1, prefetch=4)
+    head, behind = h.run(), h.run()
+    w = head.worker
+    assert w is not None and behind.worker is w
+    h.finish(head)  # behind is now presumed running on w...
+    h.core.worker_retiring(w.wid, h.now)  # ...but w left before starting it
+    assert behind.state is TaskState.RUNNING and behind.worker is not w
+    assert behind.attempts == 1 and h.core.recycled == 1 and h.core.replaced == 0

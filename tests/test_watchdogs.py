@@ -115,3 +115,11 @@ def test_queue_runs_tasks_of_a_key_one_at_a_time(sup: Supervisor, tmp_path: Path
 
 def test_async_def_tasks_run_to_completion_in_the_worker(sup: Supervisor) -> None:
     assert sup.submit(T.async_add, 2, 3).result(timeout=WAIT) == 5
+
+
+def test_a_worker_that_grew_past_its_memory_limit_is_recycled() -> None:
+    with Supervisor(workers=1, max_memory_per_worker=200 << 20) as s:
+        first = s.submit(T.hoard, 300).result(timeout=WAIT)
+        later = [s.submit(T.pid).result(timeout=WAIT) for _ in range(3)]
+        assert first not in later  # the grown worker left; the others never ran there
+        assert s.stats()["workers_recycled"] == 1

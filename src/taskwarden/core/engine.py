@@ -200,6 +200,7 @@ class Core:
         self.workers: dict[int, Worker] = {}
         self.busy = 0  # workers with a non-empty inflight queue
         self.replaced = 0
+        self.recycled = 0  # workers that left over their memory limit
         self.by_state: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self.scheduled = 0
         self.closing = False
@@ -563,6 +564,25 @@ class Core:
         self._refill_soon(now)
         self._dispatch(now)
 
+    def worker_retiring(self, wid: int, now: float) -> None:
+        """A worker leaves on its own (over its memory limit) after finishing its head
+        run: what it was sent ahead of time, never started, goes back to the queue."""
+        w = self.workers.pop(wid, None)
+        if w is None:
+            return
+        w.retiring = True
+        if w.inflight:
+            self.busy -= 1
+            head = w.inflight[0]
+            if head.state is _S.RUNNING:  # presumed started, but the worker left first
+                self._invalidate(head)
+                head.attempts -= 1
+                self._set(head, _S.PENDING)
+            self._requeue(w)
+        self.recycled += 1
+        self._refill_soon(now)
+        self._dispatch(now)
+
     def initializer_failed(self, tb: str, now: float) -> None:
         """The pool's initializer raised: like ProcessPoolExecutor, the pool is broken."""
         if self.broken is not None:
@@ -843,6 +863,7 @@ class Core:
             "workers_alive": sum(1 for w in self.workers.values() if not w.retiring),
             "workers_busy": self.busy,
             "workers_replaced": self.replaced,
+            "workers_recycled": self.recycled,
             "pending": len(self.pending),
             "scheduled": self.scheduled,
             "jobs_active": sum(1 for j in self.jobs.jobs.values() if j.state.value == "ACTIVE"),

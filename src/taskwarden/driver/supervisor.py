@@ -106,6 +106,10 @@ class Supervisor(Executor):
 
     Policy keywords (``timeout``, ``heartbeat``, ``grace``, ``retries``,
     ``retry_delay``, ``retry_on``) are the defaults for every task.
+    ``max_tasks_per_worker`` recycles a worker after that many tasks;
+    ``max_memory_per_worker`` (bytes of resident memory, checked after each
+    task) recycles one that has grown past it, as Celery's
+    ``worker_max_memory_per_child`` does.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class Supervisor(Executor):
         workers: int | None = None,
         *,
         max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         keep_finished: int = 10_000,
@@ -132,6 +137,13 @@ class Supervisor(Executor):
             )
         if not _whole(keep_finished) or keep_finished < 0:
             raise ValueError(f"keep_finished must be a whole number >= 0, not {keep_finished!r}")
+        if max_memory_per_worker is not None and (
+            not _whole(max_memory_per_worker) or max_memory_per_worker < 1
+        ):
+            raise ValueError(
+                f"max_memory_per_worker must be a number of bytes >= 1, "
+                f"not {max_memory_per_worker!r}"
+            )
         init_payload = None
         if initializer is not None:
             if not callable(initializer):
@@ -150,7 +162,7 @@ class Supervisor(Executor):
         self._close_lock = threading.Lock()
         self._core = E.Core(workers, max_tasks_per_worker=max_tasks_per_worker)
         self._core.id_of = functools.partial(make_uuid, self._id_base)
-        self._pool = LokyPool(self._id_base, init_payload)
+        self._pool = LokyPool(self._id_base, init_payload, max_memory_per_worker)
         self._tasks: dict[int, Task[Any]] = {}  # loop-owned: live and recently finished
         self._jobs: dict[int, Job] = {}
         self._parked: dict[int, list[E.Run]] = {}  # killed worker -> runs to resolve when gone
@@ -581,6 +593,8 @@ class Supervisor(Executor):
             self._release(ev.wid)
         elif isinstance(ev, P.InitFailed):
             core.initializer_failed(ev.tb, now)
+        elif isinstance(ev, P.WorkerRetiring):
+            core.worker_retiring(ev.wid, now)
 
     def _apply_and_settle(self) -> None:
         """Carry out the core's actions, and wait for any process killed to be gone

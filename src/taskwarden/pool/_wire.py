@@ -28,6 +28,7 @@ DONE = 11  # (DONE, seq, ok, data, tb, type_name, message, progress)
 SKIPPED = 12  # (SKIPPED, seq)
 BEAT = 13  # (BEAT, seq, progress_data_or_None)
 INIT_FAILED = 14  # (INIT_FAILED, tb)
+RETIRING = 15  # (RETIRING, rss): over its memory limit, it exits before the next run
 
 NO_PROGRESS = b""
 

@@ -32,6 +32,7 @@ from ._wire import (
     INIT_FAILED,
     NO_PROGRESS,
     READY,
+    RETIRING,
     RUN,
     SKIP,
     SKIPPED,
@@ -261,7 +262,20 @@ def _listen_for_nudges() -> tuple[int, int]:
     return nudge_r, nudge_w
 
 
-def worker_main(conn: Any, id_base: int, init_payload: bytes | None) -> None:
+def _rss() -> int:
+    """This process's resident memory in bytes (Linux: /proc/self/statm)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, in KiB
+
+
+def worker_main(
+    conn: Any, id_base: int, init_payload: bytes | None, max_memory: int | None = None
+) -> None:
     """Entry point of a worker process (started through loky's process context)."""
     global _running
     fd = conn.fileno()
@@ -317,6 +331,13 @@ def worker_main(conn: Any, id_base: int, init_payload: bytes | None) -> None:
         send(msg)
         # A task may have replaced the signal wake-up fd (asyncio can): put ours back.
         signal.set_wakeup_fd(nudge_w, warn_on_full_buffer=False)
+        if max_memory is not None:
+            rss = _rss()
+            if rss > max_memory:
+                # Grown past its limit (a leak in a task or a library): leave before the
+                # next run; the supervisor re-queues what it had sent ahead and replaces us.
+                send(frame((RETIRING, rss)))
+                return
 
 
 def _progress(running: _Running) -> bytes:

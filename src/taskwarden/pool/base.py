@@ -55,7 +55,15 @@ class InitFailed:
     tb: str
 
 
-Event = WorkerReady | RunDone | RunSkipped | Beat | WorkerExited | InitFailed
+@dataclass(slots=True)
+class WorkerRetiring:
+    """The worker grew past its memory limit and exits before its next run."""
+
+    wid: int
+    rss: int
+
+
+Event = WorkerReady | RunDone | RunSkipped | Beat | WorkerExited | InitFailed | WorkerRetiring
 
 
 class Pool(Protocol):

@@ -30,6 +30,7 @@ from ._wire import (
     DONE,
     INIT_FAILED,
     READY,
+    RETIRING,
     RUN,
     SKIP,
     SKIPPED,
@@ -38,7 +39,16 @@ from ._wire import (
     split_frames,
 )
 from ._worker import INTERRUPT_SIGNAL, NUDGE_SIGNAL, worker_main
-from .base import Beat, Event, InitFailed, RunDone, RunSkipped, WorkerExited, WorkerReady
+from .base import (
+    Beat,
+    Event,
+    InitFailed,
+    RunDone,
+    RunSkipped,
+    WorkerExited,
+    WorkerReady,
+    WorkerRetiring,
+)
 
 _IO = 1
 _EXIT = 2
@@ -109,10 +119,13 @@ def kill_tree(pid: int) -> None:
 class LokyPool:
     """The process engine behind ``Supervisor``. Only the loop thread calls it, but ``wake``."""
 
-    def __init__(self, id_base: int, init_payload: bytes | None) -> None:
+    def __init__(
+        self, id_base: int, init_payload: bytes | None, max_memory: int | None = None
+    ) -> None:
         self._ctx = get_context("loky")
         self._id_base = id_base
         self._init_payload = init_payload
+        self._max_memory = max_memory
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -151,7 +164,7 @@ class LokyPool:
                 parent_conn, child_conn = self._ctx.Pipe(duplex=True)
                 process = self._ctx.Process(
                     target=worker_main,
-                    args=(child_conn, self._id_base, self._init_payload),
+                    args=(child_conn, self._id_base, self._init_payload, self._max_memory),
                     name=f"taskwarden-worker-{wid}",
                 )
                 process.start()
@@ -369,6 +382,8 @@ class LokyPool:
             self._events.append(WorkerReady(p.wid, msg[1]))
         elif kind == INIT_FAILED:
             self._events.append(InitFailed(p.wid, msg[1]))
+        elif kind == RETIRING:
+            self._events.append(WorkerRetiring(p.wid, msg[1]))
 
     def _reap(self, p: _Proc, *, block: bool) -> None:
         if self._procs.pop(p.wid, None) is None:
