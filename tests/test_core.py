@@ -500,3 +500,38 @@ def test_a_worker_over_its_memory_limit_leaves_and_its_queued_runs_go_elsewhere(
     h.core.worker_retiring(w.wid, h.now)  # ...but w left before starting it
     assert behind.state is TaskState.RUNNING and behind.worker is not w
     assert behind.attempts == 1 and h.core.recycled == 1 and h.core.replaced == 0
+
+
+# ------------------------------------------------- found by review and fuzzing
+def test_rescheduling_a_task_waiting_its_turn_in_a_queue_keeps_it_waiting() -> None:
+    h = Harness(workers=2)
+    first = h.run(key="q", on_conflict="queue")
+    second = h.run(key="q", on_conflict="queue", due_in=5.0)
+    assert second.blocked
+    assert h.core.reschedule(second, h.now + 0.2, h.now) is True
+    h.tick(1.0)
+    assert second.state is not TaskState.RUNNING  # its turn has not come
+    h.finish(first)
+    h.tick(0)
+    assert second.state is TaskState.RUNNING
+
+
+def test_a_broken_pool_fails_delayed_and_later_due_tasks_instead_of_hanging() -> None:
+    h = Harness(workers=1)
+    later = h.run(due_in=5.0)
+    h.core.initializer_failed("Traceback: boom", h.now)
+    h.tick(5.0)
+    assert later.state is TaskState.FAILED
+    h.seq += 1
+    delayed = E.Run(h.seq, b"", Policy())
+    delayed.state = TaskState.SCHEDULED  # as the driver makes a delayed task
+    h.core.add(delayed, h.now, h.now + 1.0)
+    assert delayed.state is TaskState.FAILED and not h.core.pending
+
+
+def test_shutdown_cancels_a_scheduled_task_waiting_its_turn_in_a_queue() -> None:
+    h = Harness(workers=1)
+    h.run(key="q", on_conflict="queue")
+    waiting = h.run(key="q", on_conflict="queue", due_in=5.0)
+    h.core.close(h.now, cancel_pending=False)
+    assert waiting.state is TaskState.CANCELLED

@@ -341,3 +341,25 @@ def test_workers_exit_by_themselves_when_the_parent_is_killed(tmp_path: Path) ->
     procs = [psutil.Process(p) for p in pids if not gone(p)]
     _, alive = psutil.wait_procs(procs, timeout=10)
     assert not alive
+
+
+def test_a_done_callback_may_call_back_into_the_supervisor() -> None:
+    with Supervisor(workers=1) as s:
+        follow_ups: list[object] = []
+
+        def chain(_: object) -> None:
+            follow_ups.append(s.submit(T.square, 5))
+            s.stats()
+
+        first = [s.submit(T.square, i) for i in range(3)]
+        first[-1].add_done_callback(chain)
+        assert [t.result(timeout=WAIT) for t in first] == [0, 1, 4]
+        wait_for(lambda: follow_ups)
+        assert follow_ups[0].result(timeout=WAIT) == 25  # type: ignore[attr-defined]
+
+
+def test_cancelled_implies_done(sup: Supervisor) -> None:
+    task = sup.submit(T.sleep, 60)
+    wait_for(lambda: task.state == "RUNNING")
+    assert task.cancel() is True
+    assert task.cancelled() and task.done()

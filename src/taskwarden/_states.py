@@ -57,7 +57,10 @@ _ENDINGS = FINAL_TASK_STATES
 # backoff) without passing through a final state, so RUNNING -> SCHEDULED
 # is allowed.
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.SCHEDULED: frozenset({TaskState.PENDING, TaskState.CANCELLED, TaskState.SUPERSEDED}),
+    # -> FAILED: the pool is broken (its initializer fails) and cannot run it.
+    TaskState.SCHEDULED: frozenset(
+        {TaskState.PENDING, TaskState.CANCELLED, TaskState.SUPERSEDED, TaskState.FAILED}
+    ),
     # PENDING -> FAILED: the pool is broken (its initializer fails) and cannot run it.
     TaskState.PENDING: frozenset(
         {

@@ -25,7 +25,7 @@ from typing import Any
 
 from .._errors import TaskCancelled, TaskSuperseded, TaskTimeout, WorkerCrashed
 from .._policy import MAX_RETRY_DELAY, Policy
-from .._states import TaskState, check_task
+from .._states import InvalidTransition, TaskState, check_task
 from .jobs import JobBook, JobRec
 
 # Heap entry kinds.
@@ -362,9 +362,10 @@ class Core:
             if isinstance(obj, JobRec):
                 self.jobs.rewall(obj)
             elif obj.state is _S.SCHEDULED and obj.wall_due is not None:
-                self._invalidate(obj)
                 obj.due = obj.wall_due - wall_offset
-                self.push_timer(obj.due - LEAD, START, obj, obj.gen)
+                if not obj.blocked:  # a blocked run is armed when its turn comes
+                    self._invalidate(obj)
+                    self.push_timer(obj.due - LEAD, START, obj, obj.gen)
             else:
                 del self.wall_anchored[key]
         self._dispatch(now)
@@ -380,6 +381,8 @@ class Core:
         self.actions.append(JobChanged(job))
 
     def _enter(self, run: Run, now: float, due: float | None, dispatch: bool = True) -> None:
+        if run.state not in (_S.PENDING, _S.SCHEDULED) or run.worker is not None:
+            raise InvalidTransition(f"{run!r} cannot enter the queue again")
         if due is not None and due > now:
             if run.state is _S.SCHEDULED:  # the driver made it SCHEDULED at the call
                 run.due = due
@@ -428,6 +431,11 @@ class Core:
 
     def reschedule(self, run: Run, due: float, now: float, wall_due: float | None = None) -> bool:
         """Move a run that has not started; False if it already started or ended."""
+        if run.blocked:
+            # Waiting for its turn in a key's queue: the new time applies once it comes.
+            run.due = due
+            self._anchor(run, wall_due)
+            return True
         if run.state is _S.SCHEDULED:
             self._invalidate(run)
             run.due = due
@@ -438,7 +446,7 @@ class Core:
                 self.push_timer(due - LEAD, START, run, run.gen)
                 self._anchor(run, wall_due)
             return True
-        if run.state is _S.PENDING and run.worker is None and not run.blocked:
+        if run.state is _S.PENDING and run.worker is None:
             if due > now:
                 self.pending.remove(run)
                 self._schedule(run, due)
@@ -602,6 +610,7 @@ class Core:
             if not w.retiring:
                 w.retiring = True
                 self.actions.append(Stop(w.wid))
+        self._dispatch(now)  # fails whatever the endings above sent back to the queue
 
     def close(self, now: float, cancel_pending: bool) -> None:
         """Shutdown: cancel scheduled runs (and pending ones if asked); no more spawns."""
@@ -614,6 +623,10 @@ class Core:
         for entry in heap:
             if entry[2] == START and entry[3].gen == entry[4] and entry[3].state is _S.SCHEDULED:
                 self.cancel(entry[3], now, dispatch=False)
+        for stream in list(self.streams.values()):
+            for run in list(stream):
+                if run.blocked and (cancel_pending or run.due > now):  # due later: cancel
+                    self.cancel(run, now, dispatch=False)
         if cancel_pending:
             for run in list(self.pending):
                 self.cancel(run, now, dispatch=False)
@@ -777,6 +790,11 @@ class Core:
 
     def _dispatch(self, now: float) -> None:
         pending = self.pending
+        if self.broken is not None:
+            # The pool cannot start workers: whatever comes due fails, nothing hangs.
+            while pending:
+                run = pending.popleft()
+                self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
         if not pending or self.broken is not None:
             if self.closing:
                 self._stop_idle()

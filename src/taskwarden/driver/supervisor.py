@@ -166,6 +166,7 @@ class Supervisor(Executor):
         self._tasks: dict[int, Task[Any]] = {}  # loop-owned: live and recently finished
         self._jobs: dict[int, Job] = {}
         self._parked: dict[int, list[E.Run]] = {}  # killed worker -> runs to resolve when gone
+        self._applying = False
         self._core.jobs.make_run = self._make_job_run
         self._core.wall_offset = self._offset
         self._finished: deque[int] = deque()
@@ -488,9 +489,10 @@ class Supervisor(Executor):
             self._c_add(run, due, wall)
 
     def _c_add(self, run: E.Run, due: float | None, wall: float | None) -> Task[Any]:
+        self._tasks[run.seq] = run.handle
         stands = self._core.add(run, time.monotonic(), due, wall)
-        if stands is run:
-            self._tasks[run.seq] = run.handle
+        if stands is not run:
+            del self._tasks[run.seq]  # "drop": the call stands for the live task
         return stands.handle  # type: ignore[no-any-return]
 
     def _post(self, fn: Callable[[], Any]) -> None:
@@ -563,9 +565,13 @@ class Supervisor(Executor):
                 if core.closing and not core.workers and pool.alive() == 0 and core.idle():
                     break
         finally:
+            with self._close_lock:
+                self._closed = True  # no more submits: nothing would run them
             pool.close()
             for wid in list(self._parked):
                 self._release(wid)
+            while self._adds:
+                self._tasks[self._adds[0].seq] = self._adds.popleft().handle
             # Anything still unresolved (the loop died) must not hang its callers.
             for task in list(self._tasks.values()):
                 if not task.done():
@@ -599,6 +605,8 @@ class Supervisor(Executor):
     def _apply_and_settle(self) -> None:
         """Carry out the core's actions, and wait for any process killed to be gone
         (a caller of cancel() gets its answer once the process has died)."""
+        if self._applying:
+            return  # called back from a done-callback: the outer round carries on
         self._apply()
         for wid in self._pool.settle():
             self._release(wid)
@@ -609,11 +617,24 @@ class Supervisor(Executor):
             self._resolve(run)
 
     def _apply(self) -> None:
+        """Carry out the core's actions, in order. Futures are resolved after the round's
+        sends are written: resolving runs user callbacks, which may call back in (their
+        actions then wait for the next round, so a worker gets its runs in order)."""
+        if self._applying:
+            return
+        self._applying = True
+        try:
+            self._apply_rounds()
+        finally:
+            self._applying = False
+
+    def _apply_rounds(self) -> None:
         core, pool = self._core, self._pool
         while core.actions:
             actions, core.actions = core.actions, []
             sends: dict[int, list[tuple[int, bytes, dict[str, Any]]]] = {}
             killing: dict[int, int] = {}
+            resolved: list[E.Run] = []
             for a in actions:
                 kind = type(a)
                 if kind is E.Send:
@@ -624,7 +645,7 @@ class Supervisor(Executor):
                     ended = cast(E.Run, a.run)  # type: ignore[union-attr]
                     killer = killing.get(id(ended))
                     if killer is None:
-                        self._resolve(ended)
+                        resolved.append(ended)
                     else:
                         # Its process was just killed: resolve once it is gone, so that
                         # result() never raises while the process still exists.
@@ -636,8 +657,8 @@ class Supervisor(Executor):
                 elif kind is E.Spawn:
                     pool.spawn(a.wid)  # type: ignore[union-attr]
                 elif kind is E.Kill:
-                    pool.kill(a.wid)  # type: ignore[union-attr]
-                    if a.run is not None:  # type: ignore[union-attr]
+                    dying = pool.kill(a.wid)  # type: ignore[union-attr]
+                    if dying and a.run is not None:  # type: ignore[union-attr]
                         killing[id(a.run)] = a.wid  # type: ignore[union-attr]
                 elif kind is E.Skip:
                     pool.skip(a.wid, a.seq)  # type: ignore[union-attr]
@@ -647,6 +668,8 @@ class Supervisor(Executor):
                     pool.stop(a.wid)  # type: ignore[union-attr]
             for wid, batch in sends.items():
                 pool.send(wid, batch)
+            for ended in resolved:
+                self._resolve(ended)
 
     def _resolve(self, run: E.Run) -> None:
         task: Task[Any] = run.handle

@@ -142,7 +142,8 @@ class Task(Future[T]):
         return self._supervisor._cancel_run(self._run)
 
     def cancelled(self) -> bool:
-        return self._run.state in _CANCELLED_STATES
+        # Only once resolved: a killed task's future resolves when its process is gone.
+        return self._state == _FINISHED and self._run.state in _CANCELLED_STATES
 
     def running(self) -> bool:
         return self._run.state is TaskState.RUNNING

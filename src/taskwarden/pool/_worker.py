@@ -45,6 +45,7 @@ from ._wire import (
 
 INTERRUPT_SIGNAL = signal.SIGUSR1  # raise TaskTimeout in the task (grace)
 NUDGE_SIGNAL = signal.SIGUSR2  # read the channel now (a skip request is waiting)
+_RAISING_SIGNALS = {INTERRUPT_SIGNAL, signal.SIGINT}  # their handlers raise in the task
 _NO = object()
 
 
@@ -97,7 +98,13 @@ def heartbeat(progress: Any = _NO) -> None:
     if r.unsent:
         r.unsent = False
         data = dumps(r.progress)
-    r.send(frame((BEAT, r.seq, data)))
+    message = frame((BEAT, r.seq, data))
+    # The grace signal and Ctrl-C raise inside the task: not in the middle of a frame.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _RAISING_SIGNALS)
+    try:
+        r.send(message)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def current_task() -> CurrentTask | None:

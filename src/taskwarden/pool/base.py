@@ -82,8 +82,9 @@ class Pool(Protocol):
     def stop(self, wid: int) -> None:
         """Ask an idle worker to exit."""
 
-    def kill(self, wid: int) -> None:
-        """Kill a worker's whole process tree at once (it is reaped in the background)."""
+    def kill(self, wid: int) -> bool:
+        """Kill a worker's whole process tree at once (it is reaped in the background);
+        True if its exit will be reported, False if it was already gone."""
 
     def settle(self) -> list[int]:
         """Wait until every worker killed so far is gone; returns their ids."""

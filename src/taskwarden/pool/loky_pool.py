@@ -259,12 +259,15 @@ class LokyPool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, INTERRUPT_SIGNAL)
 
-    def kill(self, wid: int) -> None:
+    def kill(self, wid: int) -> bool:
+        """SIGKILL a worker's tree; True if a process will be reported gone later."""
         p = self._procs.get(wid)
         if p is None:
+            if wid not in self._early:
+                return False  # already gone (reaped earlier in this round)
             # Not adopted yet: kill it as soon as the spawner hands it over.
             self._doomed.add(wid)
-            return
+            return True
         kill_tree(p.pid)
         # The process dies in the background (its exit fd reports it); settle() waits.
         # Nothing more is read from or written to it.
@@ -273,6 +276,7 @@ class LokyPool:
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(p.fd)
         p.writing = False
+        return True
 
     def settle(self) -> list[int]:
         """Wait until every process killed so far is gone (reaped); their worker ids."""
