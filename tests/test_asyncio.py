@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from taskwarden import Supervisor, TaskState
+from taskwarden import Supervisor, TaskCancelled, TaskState, TaskSuperseded
 
 import _tasks as T
 from test_supervisor import gone, read_pid
@@ -75,3 +75,20 @@ def test_async_exit_does_not_block_the_event_loop() -> None:
         return ticks
 
     assert asyncio.run(main()) >= 5  # the loop kept ticking while shutdown waited
+
+
+def test_awaiting_a_task_cancelled_elsewhere_raises_task_cancelled() -> None:
+    async def main() -> None:
+        async with Supervisor(workers=1) as sup:
+            task = sup.schedule(T.square, args=(2,), delay=60)
+            task.cancel()
+            with pytest.raises(TaskCancelled):
+                await task
+            old = sup.schedule(T.sleep, args=(60,), key="k")
+            new = sup.schedule(T.square, args=(3,), key="k")
+            assert await new == 9
+            with pytest.raises(TaskSuperseded) as info:
+                await old
+            assert info.value.winner_id == new.id
+
+    asyncio.run(main())

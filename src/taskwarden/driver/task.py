@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Generator
 from concurrent.futures import Future
@@ -167,7 +168,33 @@ class Task(Future[T]):
         return self._supervisor._reschedule_run(self._run, at, delay)
 
     def __await__(self) -> Generator[Any, None, T]:
-        return asyncio.wrap_future(self).__await__()
+        """``await task``: its result, or what ``result()`` would raise (a cancelled or
+        superseded task raises TaskCancelled / TaskSuperseded, not asyncio's
+        CancelledError). Cancelling the awaiting coroutine cancels the task: a running
+        one's process is killed, as users of ``run_in_executor`` expect the work to stop.
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+
+        def copy(task: Future[T]) -> None:  # in the event loop's thread
+            if waiter.done():
+                return
+            if self._exception is not None:
+                waiter.set_exception(self._exception)
+            else:
+                waiter.set_result(self._result)
+
+        def on_done(task: Future[T]) -> None:  # in the thread that resolved the task
+            with contextlib.suppress(RuntimeError):  # the event loop is closed
+                loop.call_soon_threadsafe(copy, task)
+
+        def on_waiter_done(fut: asyncio.Future[T]) -> None:
+            if fut.cancelled():
+                self.cancel()
+
+        waiter.add_done_callback(on_waiter_done)
+        self.add_done_callback(on_done)
+        return waiter.__await__()
 
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""
