@@ -166,16 +166,11 @@ class Resolve:
 
 
 @dataclass(slots=True)
-class Started:
-    run: Run
-
-
-@dataclass(slots=True)
 class JobChanged:
     job: Any
 
 
-Action = Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | Started | JobChanged
+Action = Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | JobChanged
 
 
 class Core:
@@ -530,12 +525,15 @@ class Core:
             self._after_head_change(w, now)
         self._dispatch(now)
 
-    def done(self, wid: int, seq: int, ok: bool, value: Any, tb: str | None, now: float) -> None:
+    def done(self, wid: int, seq: int, ok: bool, value: Any, tb: str | None, now: float,
+             progress: Any = None, has_progress: bool = False) -> None:
         """A worker finished its head run: ``value`` is the result or the exception."""
         w = self.workers.get(wid)
         if w is None or not w.inflight or w.inflight[0].seq != seq:
             return  # a late message from a worker that was killed
         run = w.inflight.popleft()
+        if has_progress:
+            run.progress = progress
         run.worker = None
         w.done_count += 1
         self._after_head_change(w, now)  # the worker's bookkeeping first, then the outcome
@@ -765,7 +763,6 @@ class Core:
             self.push_timer(run.deadline, DEADLINE, run, run.gen)
         if p.heartbeat is not None:
             self.push_timer(now + p.heartbeat, BEAT, run, run.gen)
-        self.actions.append(Started(run))
 
     def _after_head_change(self, w: Worker, now: float) -> None:
         if w.inflight:

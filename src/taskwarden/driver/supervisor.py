@@ -580,14 +580,7 @@ class Supervisor(Executor):
     def _on_event(self, ev: P.Event, now: float) -> None:
         core = self._core
         if isinstance(ev, P.RunDone):
-            w = core.workers.get(ev.wid)
-            if w is not None and w.inflight and w.inflight[0].seq == ev.seq:
-                run = w.inflight[0]
-                if ev.has_progress:
-                    run.progress = ev.progress
-                if not ev.ok:
-                    run.handle.traceback = ev.tb
-            core.done(ev.wid, ev.seq, ev.ok, ev.value, ev.tb, now)
+            core.done(ev.wid, ev.seq, ev.ok, ev.value, ev.tb, now, ev.progress, ev.has_progress)
         elif isinstance(ev, P.Beat):
             core.beat(ev.wid, ev.seq, ev.progress, ev.has_progress, now)
         elif isinstance(ev, P.WorkerReady):
@@ -632,7 +625,7 @@ class Supervisor(Executor):
         core, pool = self._core, self._pool
         while core.actions:
             actions, core.actions = core.actions, []
-            sends: dict[int, list[tuple[int, bytes, dict[str, Any]]]] = {}
+            sends: dict[int, list[tuple[int, bytes, dict[str, Any] | None]]] = {}
             killing: dict[int, int] = {}
             resolved: list[E.Run] = []
             for a in actions:
@@ -650,8 +643,6 @@ class Supervisor(Executor):
                         # Its process was just killed: resolve once it is gone, so that
                         # result() never raises while the process still exists.
                         self._parked.setdefault(killer, []).append(ended)
-                elif kind is E.Started:
-                    pass
                 elif kind is E.JobChanged:
                     a.job.handle._changed()  # type: ignore[union-attr]
                 elif kind is E.Spawn:
@@ -679,6 +670,7 @@ class Supervisor(Executor):
         if run.value_ok:
             task.set_result(run.value)
         else:
+            task.traceback = run.tb
             task.set_exception(run.value)
         if run.job is not None:
             run.job.handle._run_finished(task)
@@ -687,9 +679,14 @@ class Supervisor(Executor):
             self._tasks.pop(self._finished.popleft(), None)
 
 
-def _opts(run: E.Run) -> dict[str, Any]:
+def _opts(run: E.Run) -> dict[str, Any] | None:
+    """What the worker needs to know besides the call; None for a plain first attempt."""
     p = run.policy
-    opts: dict[str, Any] = {"attempt": run.attempts + (0 if run.state is TaskState.RUNNING else 1)}
+    attempt = run.attempts + (0 if run.state is TaskState.RUNNING else 1)
+    if (attempt == 1 and p.timeout is None and p.heartbeat is None
+            and run.not_before is None):
+        return None
+    opts: dict[str, Any] = {"attempt": attempt}
     if p.timeout is not None:
         opts["timeout"] = p.timeout
     if p.heartbeat is not None:

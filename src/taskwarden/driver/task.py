@@ -82,6 +82,21 @@ class Task(Future[T]):
         self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
 
+    def result(self, timeout: float | None = None) -> T:
+        if self._state == _FINISHED:  # resolved: no need to take (or make) the Condition
+            if self._exception is None:
+                return self._result  # type: ignore[no-any-return]
+            try:
+                raise self._exception
+            finally:
+                self = None  # type: ignore[assignment]  # break the cycle, as Future does
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == _FINISHED:
+            return self._exception
+        return super().exception(timeout)
+
     def done(self) -> bool:
         # No lock needed to read one attribute, and none made (see __init__).
         return self._state == _FINISHED

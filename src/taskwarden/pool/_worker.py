@@ -47,6 +47,7 @@ INTERRUPT_SIGNAL = signal.SIGUSR1  # raise TaskTimeout in the task (grace)
 NUDGE_SIGNAL = signal.SIGUSR2  # read the channel now (a skip request is waiting)
 _RAISING_SIGNALS = {INTERRUPT_SIGNAL, signal.SIGINT}  # their handlers raise in the task
 _NO = object()
+_NO_OPTS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +171,7 @@ class _Inbox:
         self.nudge_fd = nudge_fd
         self.cond = threading.Condition(threading.Lock())
         self.read_lock = threading.Lock()
-        self.runs: deque[tuple[int, bytes, dict[str, Any]]] = deque()
+        self.runs: deque[tuple[int, bytes, dict[str, Any] | None]] = deque()
         self.stopping = False
         self.reader_turns = 0  # how many times the reader thread has let go of the channel
         self._buf = bytearray()
@@ -233,7 +234,7 @@ class _Inbox:
                 return  # already started: the supervisor learns it from the result
         self.send(frame((SKIPPED, seq)))
 
-    def next_run(self) -> tuple[int, bytes, dict[str, Any]] | None:
+    def next_run(self) -> tuple[int, bytes, dict[str, Any] | None] | None:
         while True:
             with self.cond:
                 if self.runs:
@@ -311,6 +312,8 @@ def worker_main(
         if item is None:
             return
         seq, payload, opts = item
+        if opts is None:
+            opts = _NO_OPTS
         not_before = opts.get("not_before")
         if not_before is not None:
             _wait_until(not_before)

@@ -70,7 +70,7 @@ class Pool(Protocol):
     def spawn(self, wid: int) -> None:
         """Start a worker; it reports ``WorkerReady`` (or ``InitFailed``) when up."""
 
-    def send(self, wid: int, runs: list[tuple[int, bytes, dict[str, Any]]]) -> None:
+    def send(self, wid: int, runs: list[tuple[int, bytes, dict[str, Any] | None]]) -> None:
         """Give a worker runs (seq, payload, options), to run in order."""
 
     def skip(self, wid: int, seq: int) -> None:

@@ -239,7 +239,7 @@ class LokyPool:
         if not p.outbuf:
             self._want_write(p, False)
 
-    def send(self, wid: int, runs: list[tuple[int, bytes, dict[str, Any]]]) -> None:
+    def send(self, wid: int, runs: list[tuple[int, bytes, dict[str, Any] | None]]) -> None:
         self._out(wid, frame((RUN, runs)))
 
     def skip(self, wid: int, seq: int) -> None:
