@@ -363,3 +363,17 @@ def test_cancelled_implies_done(sup: Supervisor) -> None:
     wait_for(lambda: task.state == "RUNNING")
     assert task.cancel() is True
     assert task.cancelled() and task.done()
+
+
+def test_tasks_work_with_concurrent_futures_wait_and_as_completed(sup: Supervisor) -> None:
+    from concurrent.futures import FIRST_COMPLETED, as_completed, wait
+
+    done_first = sup.submit(T.square, 2)
+    done_first.result(timeout=WAIT)
+    slow = sup.submit(T.sleep, 0.3)
+    quick = sup.submit(T.square, 3)
+    finished, _ = wait([slow, quick], timeout=WAIT, return_when=FIRST_COMPLETED)
+    assert quick in finished
+    results = {t.result() for t in as_completed([done_first, slow, quick], timeout=WAIT)}
+    assert results == {4, 0.3, 9}
+    assert list(sup.map(T.square, range(3), timeout=WAIT)) == [0, 1, 4]
