@@ -212,6 +212,7 @@ class Core:
         self.jobs = JobBook(self)
         self._steal_at: float | None = None
         self._refill_at: float | None = None
+        self._prefetched = False  # runs may sit queued behind a worker's head
 
     # ------------------------------------------------------------------ setup
     def start(self, now: float) -> None:
@@ -836,6 +837,7 @@ class Core:
                     run.worker = w
                     w.inflight.append(run)
                     sends.setdefault(w.wid, []).append(run)
+                    self._prefetched = True
         for wid, runs in sends.items():
             self.actions.append(Send(wid, runs))
         if not pending and self.busy < self.n_workers and self.prefetch > 1:
@@ -843,16 +845,18 @@ class Core:
 
     def _steal(self, now: float) -> None:
         """An idle worker may take back runs queued behind a long-running head."""
-        if self._steal_at is not None and now < self._steal_at:
-            return  # a check is already due then
+        if not self._prefetched or (self._steal_at is not None and now < self._steal_at):
+            return  # nothing was handed out ahead of time, or a check is already due then
         if not any(not w.inflight and self._can_take(w) for w in self.workers.values()):
             return
         retry_at: float | None = None
+        any_queued = False
         for victim in self.workers.values():
             queued = [r for r in list(victim.inflight)[1:]
                       if not r.stealing and r.cancel_pending is None and not r.state.final]
             if not queued:
                 continue
+            any_queued = True
             head = victim.inflight[0]
             started = head.started_at if head.started_at is not None else now
             when = started + STEAL_AFTER
@@ -862,6 +866,7 @@ class Core:
             for run in queued[len(queued) // 2:]:
                 run.stealing = True
                 self.actions.append(Skip(victim.wid, run.seq))
+        self._prefetched = any_queued
         if retry_at is not None and (self._steal_at is None or retry_at < self._steal_at):
             self._steal_at = retry_at
             heapq.heappush(self._heap, (retry_at, next(self._counter), CALLBACK,

@@ -329,8 +329,7 @@ class LokyPool:
                 # Drain first, then disarm: a wake() between the two leaves its byte
                 # in the pipe, so it is never lost.
                 with contextlib.suppress(BlockingIOError):
-                    while os.read(self._wake_r, 4096):
-                        pass
+                    os.read(self._wake_r, 4096)  # one byte per arming: this drains it
                 self._armed = False
         self._take_spawned()
         events, self._events = self._events, []
