@@ -377,3 +377,43 @@ def test_tasks_work_with_concurrent_futures_wait_and_as_completed(sup: Superviso
     results = {t.result() for t in as_completed([done_first, slow, quick], timeout=WAIT)}
     assert results == {4, 0.3, 9}
     assert list(sup.map(T.square, range(3), timeout=WAIT)) == [0, 1, 4]
+
+
+def test_many_threads_submitting_cancelling_and_asking_at_once(sup: Supervisor) -> None:
+    errors: list[BaseException] = []
+    all_tasks: list[object] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        try:
+            mine = []
+            for i in range(150):
+                if i % 3 == 0:
+                    t = sup.schedule(T.square, args=(i,), delay=0.05 * (i % 4))
+                elif i % 3 == 1:
+                    t = sup.schedule(T.square, args=(i,), key=f"k{n}")
+                else:
+                    t = sup.submit(T.square, i)
+                mine.append(t)
+                if i % 5 == 0:
+                    t.cancel()
+                if i % 25 == 0:
+                    sup.stats()
+                    assert sup.get(t.id) is t
+            with lock:
+                all_tasks.extend(mine)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(WAIT)
+    assert not errors
+    for t in all_tasks:
+        t.exception(timeout=WAIT)  # type: ignore[attr-defined]  # every task ends
+        assert t.state.final  # type: ignore[attr-defined]
+    stats = sup.stats()
+    assert stats["pending"] == 0 and stats["scheduled"] == 0
+    assert sum(stats["by_state"].values()) == len(all_tasks)
