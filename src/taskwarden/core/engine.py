@@ -317,14 +317,16 @@ class Core:
         with ``on_conflict="drop"``, the older run of that key still live.
         """
         key = run.policy.key
+        mode = run.policy.on_conflict
+        if key is not None and mode == "drop" and self.streams.get(key):
+            return self.streams[key][-1]
+        self.by_state[run.state] += 1
+        if run.state is _S.SCHEDULED:
+            self.scheduled += 1
         if key is not None:
-            stream = self.streams.setdefault(key, deque())
-            mode = run.policy.on_conflict
-            if stream and mode == "drop":
-                return stream[-1]
             if mode == "supersede":
                 winner = self.id_of(run.seq)
-                for old in list(stream):
+                for old in list(self.streams.get(key, ())):
                     err = TaskSuperseded(f"superseded by task {winner}", winner_id=winner)
                     self.cancel(old, now, _S.SUPERSEDED, err)
             if run.policy.debounce:
@@ -334,15 +336,9 @@ class Core:
             stream.append(run)
             if mode == "queue" and len(stream) > 1:
                 # Waits for its turn: PENDING, but not in the dispatch queue yet.
-                self.by_state[run.state] += 1
-                if run.state is _S.SCHEDULED:
-                    self.scheduled += 1
                 run.blocked = True
                 run.due = now if due is None else due
                 return run
-        self.by_state[run.state] += 1
-        if run.state is _S.SCHEDULED:
-            self.scheduled += 1
         if self.broken is not None:
             self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
             return run
@@ -515,11 +511,7 @@ class Core:
         del w.inflight[i]
         run.worker = None
         run.stealing = False
-        if run.state is _S.RUNNING:
-            # It had become the head, but the worker never started it.
-            self._invalidate(run)
-            run.attempts -= 1
-            self._set(run, _S.PENDING)
+        self._unstart(run)  # it may have become the head, but the worker never began it
         if not run.state.final:
             self.pending.appendleft(run)
         if i == 0:
@@ -550,15 +542,12 @@ class Core:
 
     def worker_exited(self, wid: int, exitcode: int | None, now: float) -> None:
         """A worker process is gone. If it was not killed on purpose, its head run crashed."""
-        w = self.workers.pop(wid, None)
+        w = self.workers.get(wid)
         if w is None:
             return  # already accounted for (we killed it)
-        if w.inflight:
-            self.busy -= 1
-            head = w.inflight.popleft()
-            head.worker = None
-            self._requeue(w)
-            if not head.state.final and head.state is _S.RUNNING:
+        head = self._release(w)
+        if head is not None:
+            if head.state is _S.RUNNING:
                 self._invalidate(head)
                 err = WorkerCrashed(_describe_exit(exitcode, w.pid), exitcode)
                 if not self._maybe_retry(head, now, err):
@@ -574,18 +563,14 @@ class Core:
     def worker_retiring(self, wid: int, now: float) -> None:
         """A worker leaves on its own (over its memory limit) after finishing its head
         run: what it was sent ahead of time, never started, goes back to the queue."""
-        w = self.workers.pop(wid, None)
+        w = self.workers.get(wid)
         if w is None:
             return
         w.retiring = True
-        if w.inflight:
-            self.busy -= 1
-            head = w.inflight[0]
-            if head.state is _S.RUNNING:  # presumed started, but the worker left first
-                self._invalidate(head)
-                head.attempts -= 1
-                self._set(head, _S.PENDING)
-            self._requeue(w)
+        head = self._release(w)
+        if head is not None and not head.state.final:
+            self._unstart(head)  # presumed started, but the worker left first
+            self.pending.appendleft(head)
         self.recycled += 1
         self._refill_soon(now)
         self._dispatch(now)
@@ -680,14 +665,28 @@ class Core:
             run.worker = None
             self.pending.appendleft(run)
 
-    def _kill_worker(self, w: Worker, now: float) -> None:
+    def _release(self, w: Worker) -> Run | None:
+        """Take a worker out of the pool: its head run is returned, the runs it was sent
+        ahead of time go back to the front of the queue, in order."""
         self.workers.pop(w.wid, None)
+        if not w.inflight:
+            return None
+        self.busy -= 1
+        head = w.inflight.popleft()
+        head.worker = None
+        self._requeue(w)
+        return head
+
+    def _unstart(self, run: Run) -> None:
+        """A run presumed started (the head) that its worker never began: PENDING again."""
+        if run.state is _S.RUNNING:
+            self._invalidate(run)
+            run.attempts -= 1
+            self._set(run, _S.PENDING)
+
+    def _kill_worker(self, w: Worker, now: float) -> None:
         self.actions.append(Kill(w.wid, w.inflight[0] if w.inflight else None))
-        if w.inflight:
-            self.busy -= 1
-            head = w.inflight.popleft()
-            head.worker = None
-            self._requeue(w)
+        self._release(w)
         self.replaced += 1
         self._refill_soon(now)
 
@@ -793,12 +792,16 @@ class Core:
             while pending:
                 run = pending.popleft()
                 self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
-        if not pending or self.broken is not None:
-            if self.closing:
-                self._stop_idle()
-            elif self.busy < self.n_workers and self.prefetch > 1:
-                self._steal(now)
-            return
+        if pending:
+            self._assign(now)
+        if self.closing:
+            self._stop_idle()
+        elif not pending and self.busy < self.n_workers and self.prefetch > 1:
+            self._steal(now)
+
+    def _assign(self, now: float) -> None:
+        """Hand pending runs to workers: idle ones first, then ahead of time."""
+        pending = self.pending
         sends: dict[int, list[Run]] = {}
         # 1. Idle workers, ready ones first, while a slot is free.
         if self.busy < self.n_workers:
@@ -840,8 +843,6 @@ class Core:
                     self._prefetched = True
         for wid, runs in sends.items():
             self.actions.append(Send(wid, runs))
-        if not pending and self.busy < self.n_workers and self.prefetch > 1:
-            self._steal(now)
 
     def _steal(self, now: float) -> None:
         """An idle worker may take back runs queued behind a long-running head."""

@@ -349,11 +349,7 @@ class Supervisor(Executor):
             now = time.monotonic()
             self._core.add_job(rec, now, first_due, wall)
 
-        with self._close_lock:
-            if self._closed:
-                raise RuntimeError("cannot schedule new jobs after shutdown")
-            self._commands.append(add)
-        self._pool.wake()
+        self._queue(lambda: self._commands.append(add))
         return job
 
     def _make_job_run(self, rec: JobRec) -> E.Run:
@@ -465,20 +461,24 @@ class Supervisor(Executor):
         run.handle = task
         if policy.key is not None and policy.on_conflict == "drop":
             # The call may return an older task of the key: ask the loop, and wait.
-            with self._close_lock:
-                if self._closed:
-                    raise RuntimeError("cannot schedule new tasks after shutdown")
+            self._queue(None)
             return self._ask(  # type: ignore[no-any-return]
                 functools.partial(self._c_add, run, due, wall)
             )
         run.due = -1.0 if due is None else due  # read back by _take_adds
         run.wall_due = wall
+        self._queue(lambda: self._adds.append(run))
+        return task
+
+    def _queue(self, put: Callable[[], object] | None) -> None:
+        """Refuse new work after shutdown; else ``put`` it on its queue and wake the loop."""
         with self._close_lock:
             if self._closed:
-                raise RuntimeError("cannot schedule new tasks after shutdown")
-            self._adds.append(run)
-        self._pool.wake()
-        return task
+                raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
+            if put is not None:
+                put()
+        if put is not None:
+            self._pool.wake()
 
     def _take_adds(self) -> None:
         adds = self._adds

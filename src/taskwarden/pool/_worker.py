@@ -54,10 +54,16 @@ _NO_OPTS: dict[str, Any] = {}
 class CurrentTask:
     """What a task may know about itself: see ``taskwarden.current_task()``."""
 
-    id: str
+    id_base: int
+    seq: int
     attempt: int
     deadline: float | None  # time.time() at which the hard limit strikes, or None
     previous_progress: Any  # the last progress of the previous attempt, or None
+
+    @property
+    def id(self) -> str:
+        """The task's id, as ``Task.id`` gives it (made only when asked for)."""
+        return make_uuid(self.id_base, self.seq)
 
 
 class _Running:
@@ -319,7 +325,8 @@ def worker_main(
             _wait_until(not_before)
         timeout = opts.get("timeout")
         info = CurrentTask(
-            id=make_uuid(id_base, seq),
+            id_base=id_base,
+            seq=seq,
             attempt=opts.get("attempt", 1),
             deadline=None if timeout is None else time.time() + timeout,
             previous_progress=opts.get("previous_progress"),
