@@ -652,15 +652,26 @@ class Supervisor(Executor):
                     if dying and a.run is not None:  # type: ignore[union-attr]
                         killing[id(a.run)] = a.wid  # type: ignore[union-attr]
                 elif kind is E.Skip:
+                    # The runs it may name go first: a skip that overtook its run
+                    # would find nothing to skip, and the run would start anyway.
+                    self._send_now(sends, a.wid)  # type: ignore[union-attr]
                     pool.skip(a.wid, a.seq)  # type: ignore[union-attr]
                 elif kind is E.Interrupt:
                     pool.interrupt(a.wid, a.seq)  # type: ignore[union-attr]
                 elif kind is E.Stop:
+                    self._send_now(sends, a.wid)  # type: ignore[union-attr]
                     pool.stop(a.wid)  # type: ignore[union-attr]
             for wid, batch in sends.items():
                 pool.send(wid, batch)
             for ended in resolved:
                 self._resolve(ended)
+
+    def _send_now(
+        self, sends: dict[int, list[tuple[int, bytes, dict[str, Any] | None]]], wid: int
+    ) -> None:
+        batch = sends.pop(wid, None)
+        if batch:
+            self._pool.send(wid, batch)
 
     def _resolve(self, run: E.Run) -> None:
         task: Task[Any] = run.handle

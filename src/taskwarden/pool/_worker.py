@@ -238,7 +238,10 @@ class _Inbox:
                     break
             else:
                 return  # already started: the supervisor learns it from the result
-        self.send(frame((SKIPPED, seq)))
+            # Answer before the main thread can start a later run: the supervisor
+            # must read SKIPPED ahead of that run's result, or it would take the
+            # result for a run it believes is still ahead of it.
+            self.send(frame((SKIPPED, seq)))
 
     def next_run(self) -> tuple[int, bytes, dict[str, Any] | None] | None:
         while True:
@@ -250,7 +253,12 @@ class _Inbox:
                 turn = self.reader_turns
             if self.read_lock.acquire(blocking=False):
                 try:
-                    self._read_once()
+                    # The reader thread may have read a run between the check above and
+                    # this lock: look again, or this read would block with a run waiting.
+                    with self.cond:
+                        waiting = bool(self.runs) or self.stopping
+                    if not waiting:
+                        self._read_once()
                 finally:
                     self.read_lock.release()
                 continue
