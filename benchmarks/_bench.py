@@ -54,7 +54,7 @@ class Config:
 
     @property
     def repeats(self) -> int:
-        return 1 if self.quick else 3
+        return 1 if self.quick else 2
 
     @property
     def tasks(self) -> int:
@@ -641,15 +641,19 @@ class Bench:
     budget_s: float  # a cell is killed past this (a hung peer must not stall the run)
     quick: bool = True  # also part of --quick
     notes: tuple[tuple[str, str], ...] = ()  # (peer, reason) shown without running
+    # Rounds of every peer's cell, interleaved (full runs only): figures are medians over
+    # rounds, and ratios medians of per-round ratios, so that drift in the machine's load
+    # falls on both sides of a ratio.
+    rounds: int = 1
 
 
 _NO_TIMEOUT = (("ppe", "no timeout"), ("loky", "no timeout"), ("mp", "no timeout"))
 
 BENCHMARKS: dict[str, Bench] = {
-    "throughput": Bench(throughput, POOLS, 150),
+    "throughput": Bench(throughput, POOLS, 150, rounds=3),
     "throughput_timeout": Bench(throughput_timeout, ("taskwarden", "pebble"), 150,
-                                notes=_NO_TIMEOUT),
-    "latency": Bench(latency, POOLS, 90),
+                                notes=_NO_TIMEOUT, rounds=3),
+    "latency": Bench(latency, POOLS, 90, rounds=3),
     "cold_start": Bench(cold_start, POOLS, 90),
     "kill_timeout": Bench(kill_timeout, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
     "cancel_running": Bench(cancel_running, ("taskwarden", "pebble", "ppe", "loky"), 120,

@@ -17,6 +17,7 @@ import ctypes
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -228,6 +229,33 @@ def run_cell(bench: str, peer: str, cfg: Config, workdir: str) -> dict[str, Any]
     return res
 
 
+def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell from its rounds: numeric figures are medians over rounds, and each
+    round's figures are kept (``rounds``) for paired ratios."""
+    if len(runs) == 1:
+        return runs[0]
+    bad = [r for r in runs if r["status"] != "ok"]
+    if bad:
+        return {**bad[0], "rounds_failed": f"{len(bad)} of {len(runs)}"}
+    merged: dict[str, Any] = {**runs[-1], "wall_s": round(sum(r["wall_s"] for r in runs), 2)}
+    figures: dict[str, Any] = {}
+    for key, value in runs[0]["figures"].items():
+        values = [r["figures"].get(key) for r in runs]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            figures[key] = statistics.median(values)
+        else:
+            figures[key] = value
+    merged["figures"] = figures
+    merged["rounds"] = [r["figures"] for r in runs]
+    for key in ("cleanup_problems", "leftover_processes", "orphans_killed", "problems"):
+        found = [x for r in runs for x in r.get(key, [])]
+        if found:
+            merged[key] = found
+        else:
+            merged.pop(key, None)
+    return merged
+
+
 # ------------------------------------------------------------------- table
 
 
@@ -270,6 +298,22 @@ def figure(results: dict[str, Any], bench: str, peer: str, key: str) -> float | 
     if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
         return float(v)
     return None
+
+
+def paired_ratio(results: dict[str, Any], bench: str, peer: str, key: str,
+                 better: str) -> float | None:
+    """The median over rounds of taskwarden's figure against ``peer``'s in the same round."""
+    cells = results.get(bench, {})
+    tw, other = cells.get("taskwarden"), cells.get(peer)
+    if not tw or not other or "rounds" not in tw or "rounds" not in other:
+        return None
+    ratios = []
+    for a, b in zip(tw["rounds"], other["rounds"], strict=False):
+        x, y = a.get(key), b.get(key)
+        if not isinstance(x, (int, float)) or not isinstance(y, (int, float)) or x <= 0 or y <= 0:
+            return None
+        ratios.append(x / y if better == "higher" else y / x)
+    return statistics.median(ratios) if ratios else None
 
 
 def build_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
@@ -318,7 +362,9 @@ def build_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]], li
             if not row.better or tw is None or peer_v is None or tw <= 0 or peer_v <= 0:
                 line.append("")
                 continue
-            ratio = tw / peer_v if row.better == "higher" else peer_v / tw
+            ratio = paired_ratio(results, row.bench, p, row.key, row.better) if not mark else None
+            if ratio is None:
+                ratio = tw / peer_v if row.better == "higher" else peer_v / tw
             line.append(f"{fmt_ratio(ratio)}x{mark}")
         rows.append(line)
     return header, rows, notes
@@ -335,7 +381,11 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> tuple[str, str]:
         "tw vs X: how many times better taskwarden is than X (throughput: tw/X; times: X/tw);"
         " >1 favours taskwarden. * = X has no per-task timeout: vs its plain throughput.",
         "Figures are medians over repeats; a noisy, shared 2-core machine: read ratios, "
-        "not absolutes.",
+        "not absolutes."
+        + ("" if meta["config"]["quick"] else
+           " Throughput and round trip run in 3 interleaved rounds (peer order rotated):"
+           " their figures are medians over rounds, their ratios the medians of the"
+           " ratios within each round."),
         "Peers: " + "; ".join(f"{PEERS[p]} = {d} [{START_METHODS[p]}]"
                               for p, d in PEER_DESCRIPTIONS.items()) + ".",
     ]
@@ -431,17 +481,22 @@ def main(argv: list[str] | None = None) -> int:
             for p, reason in spec.notes:
                 if not want_peers or p in want_peers:
                     results[b][p] = {"status": "unsupported", "message": reason}
-            for p in spec.peers:
-                if want_peers and p not in want_peers:
-                    continue
-                print(f"  {b:<20} {PEERS[p]:<20}", end=" ", flush=True)
-                res = run_cell(b, p, cfg, workdir)
-                results[b][p] = res
-                status = res["status"]
-                extra = res.get("message", "") if status != "ok" else ""
-                if res.get("leftover_processes") or res.get("orphans_killed"):
-                    extra += " [left processes behind: killed]"
-                print(f"{res['wall_s']:6.1f} s  {status} {extra}".rstrip(), flush=True)
+            peers = [p for p in spec.peers if not want_peers or p in want_peers]
+            rounds = 1 if cfg.quick else spec.rounds
+            cells: dict[str, list[dict[str, Any]]] = {p: [] for p in peers}
+            for r in range(rounds if peers else 0):
+                for p in peers[r % len(peers):] + peers[: r % len(peers)]:
+                    label = f"{b} ({r + 1}/{rounds})" if rounds > 1 else b
+                    print(f"  {label:<24} {PEERS[p]:<20}", end=" ", flush=True)
+                    res = run_cell(b, p, cfg, workdir)
+                    cells[p].append(res)
+                    status = res["status"]
+                    extra = res.get("message", "") if status != "ok" else ""
+                    if res.get("leftover_processes") or res.get("orphans_killed"):
+                        extra += " [left processes behind: killed]"
+                    print(f"{res['wall_s']:6.1f} s  {status} {extra}".rstrip(), flush=True)
+            for p, runs in cells.items():
+                results[b][p] = merge_rounds(runs)
     meta["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
 
