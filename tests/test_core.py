@@ -535,3 +535,43 @@ def test_shutdown_cancels_a_scheduled_task_waiting_its_turn_in_a_queue() -> None
     waiting = h.run(key="q", on_conflict="queue", due_in=5.0)
     h.core.close(h.now, cancel_pending=False)
     assert waiting.state is TaskState.CANCELLED
+
+
+def test_shutdown_replaces_workers_that_leave_while_due_runs_still_wait() -> None:
+    # Tasks already due run to completion at shutdown, even when every worker
+    # that could run them retires (max_tasks_per_worker) or dies on the way.
+    h = Harness(workers=1, prefetch=1, max_tasks_per_worker=1)
+    a, b, c = h.run(), h.run(), h.run()
+    h.take()
+    h.core.close(h.now, cancel_pending=False)
+    h.take()
+    for run, nxt in ((a, b), (b, c)):
+        h.finish(run)  # its worker retires: the next due run needs a new one
+        spawned = [x.wid for x in h.take(E.Spawn)]
+        h.tick(E.REPLACE_DELAY)
+        spawned += [x.wid for x in h.actions if isinstance(x, E.Spawn)]
+        assert len(spawned) <= 1  # never more than `workers` at shutdown, no spare
+        for wid in spawned:
+            h.core.worker_ready(wid, 20_000 + wid, h.now)
+        assert nxt.state is TaskState.RUNNING, f"{nxt} stranded at shutdown"
+        h.take()
+    h.finish(c)
+    ran = [a, b, c]
+    assert [r.state for r in ran] == [TaskState.COMPLETED] * 3
+    assert h.core.idle()
+
+
+def test_shutdown_runs_a_queued_successor_that_comes_due_as_its_predecessor_ends() -> None:
+    h = Harness(workers=1)
+    first = h.run(key="q", on_conflict="queue")
+    second = h.run(key="q", on_conflict="queue")
+    h.take()
+    h.core.close(h.now, cancel_pending=False)
+    h.take()
+    h.finish(first)
+    assert second.state is TaskState.RUNNING, "the successor was stranded"
+    stopped = {a.wid for a in h.core.actions if isinstance(a, E.Stop)}
+    assert second.worker is not None and second.worker.wid not in stopped
+    h.take()
+    h.finish(second)
+    assert h.core.idle() and h.take(E.Stop)

@@ -123,3 +123,18 @@ def test_a_worker_that_grew_past_its_memory_limit_is_recycled() -> None:
         later = [s.submit(T.pid).result(timeout=WAIT) for _ in range(3)]
         assert first not in later  # the grown worker left; the others never ran there
         assert s.stats()["workers_recycled"] == 1
+
+
+def test_shutdown_runs_what_is_due_even_as_every_worker_retires() -> None:
+    # One task per worker process: each run needs a fresh worker, shutdown included.
+    with Supervisor(workers=1, max_tasks_per_worker=1) as s:
+        tasks = [s.submit(T.pid) for _ in range(4)]
+    pids = [t.result(timeout=0) for t in tasks]
+    assert len(set(pids)) == 4
+
+
+def test_shutdown_runs_a_queued_task_of_a_key_after_the_one_ahead() -> None:
+    with Supervisor(workers=1) as s:
+        first = s.schedule(T.sleep, args=(0.2,), key="k", on_conflict="queue")
+        second = s.schedule(T.square, args=(3,), key="k", on_conflict="queue")
+    assert first.result(timeout=0) == 0.2 and second.result(timeout=0) == 9

@@ -227,7 +227,13 @@ class Core:
         self.actions.append(Spawn(wid))
 
     def _live_target(self) -> int:
-        return 0 if self.closing or self.broken is not None else self.n_workers + self.spare
+        if self.broken is not None:
+            return 0
+        if self.closing:
+            # Runs already due still run at shutdown: keep workers (no spare) while
+            # any wait, and replace those that leave on the way.
+            return self.n_workers if self.pending else 0
+        return self.n_workers + self.spare
 
     # ------------------------------------------------------------- states
     def _set(self, run: Run, new: TaskState) -> None:
@@ -776,8 +782,8 @@ class Core:
             self.actions.append(Stop(w.wid))
             self.workers.pop(w.wid, None)
             self._refill_soon(now)
-        elif self.closing:
-            self._stop_idle()
+        # At shutdown an idle worker is stopped by the dispatch that follows every
+        # event, once the event's outcome (which may make a queued run due) is known.
 
     def _can_take(self, w: Worker) -> bool:
         if w.retiring:
@@ -795,6 +801,8 @@ class Core:
         if pending:
             self._assign(now)
         if self.closing:
+            if pending:
+                self._refill()
             self._stop_idle()
         elif not pending and self.busy < self.n_workers and self.prefetch > 1:
             self._steal(now)
