@@ -186,3 +186,17 @@ def hoard(megabytes: int) -> int:
     """Keep memory after returning, as a leak would."""
     _hoard.append(b"x" * (megabytes << 20))
     return os.getpid()
+
+
+def leave_a_thread_running() -> int:
+    """Start a non-daemon thread that never ends: it would keep its process from exiting."""
+    threading.Thread(target=time.sleep, args=(3600,), name="left-behind").start()
+    return os.getpid()
+
+
+def hang_at_exit() -> int:
+    """Register an exit hook that never returns: the process cannot end by itself."""
+    import atexit
+
+    atexit.register(time.sleep, 3600)
+    return os.getpid()

@@ -575,3 +575,25 @@ def test_shutdown_runs_a_queued_successor_that_comes_due_as_its_predecessor_ends
     h.take()
     h.finish(second)
     assert h.core.idle() and h.take(E.Stop)
+
+
+def test_a_worker_still_there_after_it_was_told_to_stop_is_killed() -> None:
+    h = Harness(workers=1)
+    h.core.close(h.now, cancel_pending=False)
+    stopped = sorted(a.wid for a in h.take(E.Stop))
+    assert len(stopped) == 2  # the worker and the spare
+    h.core.worker_exited(stopped[0], 0, h.now + 0.01)  # this one leaves as told
+    h.tick(E.STOP_WAIT - 0.001)
+    assert not [a for a in h.actions if isinstance(a, E.Kill)]
+    h.tick(0.002)
+    assert [a.wid for a in h.actions if isinstance(a, E.Kill)] == [stopped[1]]
+
+
+def test_a_worker_retiring_over_its_memory_limit_is_killed_if_it_lingers() -> None:
+    h = Harness(workers=1, prefetch=1)
+    run = h.run()
+    wid = run.worker.wid if run.worker else -1
+    h.finish(run)
+    h.core.worker_retiring(wid, h.now)
+    h.tick(E.STOP_WAIT)
+    assert wid in [a.wid for a in h.actions if isinstance(a, E.Kill)]

@@ -417,3 +417,26 @@ def test_many_threads_submitting_cancelling_and_asking_at_once(sup: Supervisor) 
     stats = sup.stats()
     assert stats["pending"] == 0 and stats["scheduled"] == 0
     assert sum(stats["by_state"].values()) == len(all_tasks)
+
+
+def test_shutdown_ends_a_worker_that_a_task_left_a_thread_in() -> None:
+    # Python waits for non-daemon threads before a process exits: a worker told to
+    # stop must leave anyway, or shutdown(wait=True) would never return.
+    s = Supervisor(workers=1)
+    pid = s.submit(T.leave_a_thread_running).result(timeout=WAIT)
+    t0 = time.monotonic()
+    s.shutdown(wait=True)
+    assert gone(pid)
+    assert time.monotonic() - t0 < 10.0
+
+
+def test_shutdown_kills_a_worker_that_hangs_on_its_way_out() -> None:
+    from taskwarden.core.engine import STOP_WAIT
+
+    s = Supervisor(workers=1)
+    pid = s.submit(T.hang_at_exit).result(timeout=WAIT)
+    t0 = time.monotonic()
+    s.shutdown(wait=True)
+    took = time.monotonic() - t0
+    assert gone(pid)
+    assert STOP_WAIT - 0.5 < took < STOP_WAIT + 10.0  # waited for it, then killed it

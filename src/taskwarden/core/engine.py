@@ -16,6 +16,7 @@ are still PENDING and are sent back to the queue if the worker dies.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 from collections import deque
@@ -38,6 +39,9 @@ CALLBACK = 5  # an opaque timer: a callable, run when due
 JOB = 6  # a recurring job's next run
 
 SKIP_ACK_WAIT = 0.05
+# A worker told to stop, or leaving over its memory limit, is killed if it is still
+# there this long after (an atexit hook or a process a task left behind holds it).
+STOP_WAIT = 5.0
 REPLACE_DELAY = 0.02
 # A timed start is handed to a worker this early, with the exact time to begin: the worker
 # waits out the rest itself, so neither the loop's nor the worker's wake-up makes it late.
@@ -213,6 +217,7 @@ class Core:
         self._steal_at: float | None = None
         self._refill_at: float | None = None
         self._prefetched = False  # runs may sit queued behind a worker's head
+        self._leaving: set[int] = set()  # workers that should exit on their own soon
 
     # ------------------------------------------------------------------ setup
     def start(self, now: float) -> None:
@@ -548,6 +553,7 @@ class Core:
 
     def worker_exited(self, wid: int, exitcode: int | None, now: float) -> None:
         """A worker process is gone. If it was not killed on purpose, its head run crashed."""
+        self._leaving.discard(wid)
         w = self.workers.get(wid)
         if w is None:
             return  # already accounted for (we killed it)
@@ -572,7 +578,7 @@ class Core:
         w = self.workers.get(wid)
         if w is None:
             return
-        w.retiring = True
+        self._expect_exit(w, now)
         head = self._release(w)
         if head is not None and not head.state.final:
             self._unstart(head)  # presumed started, but the worker left first
@@ -598,8 +604,7 @@ class Core:
                 self.busy -= 1
             w.inflight.clear()
             if not w.retiring:
-                w.retiring = True
-                self.actions.append(Stop(w.wid))
+                self._stop(w, now)
         self._dispatch(now)  # fails whatever the endings above sent back to the queue
 
     def close(self, now: float, cancel_pending: bool) -> None:
@@ -624,7 +629,7 @@ class Core:
                 for run in list(w.inflight)[1:]:
                     self.cancel(run, now, dispatch=False)
         self._dispatch(now)
-        self._stop_idle()
+        self._stop_idle(now)
         # A process still booting with nothing to do is killed rather than waited for.
         for w in list(self.workers.values()):
             if not w.ready and not w.inflight:
@@ -636,13 +641,28 @@ class Core:
         return self.busy == 0 and not self.pending
 
     # ------------------------------------------------------------- internals
-    def _stop_idle(self) -> None:
+    def _stop_idle(self, now: float) -> None:
         if not self.closing or self.pending:
             return
         for w in self.workers.values():
             if not w.inflight and not w.retiring:
-                w.retiring = True
-                self.actions.append(Stop(w.wid))
+                self._stop(w, now)
+
+    def _stop(self, w: Worker, now: float) -> None:
+        """Tell a worker to exit (it finishes nothing more)."""
+        self.actions.append(Stop(w.wid))
+        self._expect_exit(w, now)
+
+    def _expect_exit(self, w: Worker, now: float) -> None:
+        w.retiring = True
+        self._leaving.add(w.wid)
+        heapq.heappush(self._heap, (now + STOP_WAIT, next(self._counter), CALLBACK,
+                                    functools.partial(self._exit_overdue, w.wid), 0))
+
+    def _exit_overdue(self, wid: int, now: float) -> None:
+        if wid in self._leaving:  # still there: its process tree is killed
+            self._leaving.discard(wid)
+            self.actions.append(Kill(wid))
 
     def _refill(self) -> None:
         live = sum(1 for w in self.workers.values() if not w.retiring)
@@ -778,8 +798,7 @@ class Core:
         self.busy -= 1
         limit = self.max_tasks_per_worker
         if limit is not None and w.done_count >= limit and not w.retiring:
-            w.retiring = True
-            self.actions.append(Stop(w.wid))
+            self._stop(w, now)
             self.workers.pop(w.wid, None)
             self._refill_soon(now)
         # At shutdown an idle worker is stopped by the dispatch that follows every
@@ -803,7 +822,7 @@ class Core:
         if self.closing:
             if pending:
                 self._refill()
-            self._stop_idle()
+            self._stop_idle(now)
         elif not pending and self.busy < self.n_workers and self.prefetch > 1:
             self._steal(now)
 

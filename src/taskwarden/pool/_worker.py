@@ -315,6 +315,7 @@ def worker_main(
             initializer(*initargs)
         except BaseException:
             send(frame((INIT_FAILED, traceback.format_exc())))
+            _leave()
             return
     nudge_r, nudge_w = _listen_for_nudges()
     inbox = _Inbox(fd, send, nudge_r)
@@ -324,6 +325,7 @@ def worker_main(
     while True:
         item = inbox.next_run()
         if item is None:
+            _leave()
             return
         seq, payload, opts = item
         if opts is None:
@@ -362,7 +364,20 @@ def worker_main(
                 # Grown past its limit (a leak in a task or a library): leave before the
                 # next run; the supervisor re-queues what it had sent ahead and replaces us.
                 send(frame((RETIRING, rss)))
+                _leave()
                 return
+
+
+def _leave() -> None:
+    """Before the worker returns to exit normally: a thread a task left running would
+    keep the process alive (Python waits for non-daemon threads), so then go at once.
+    (The supervisor kills a worker that is still there a few seconds later anyway.)"""
+    main = threading.main_thread()
+    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
 
 
 def _progress(running: _Running) -> bytes:
