@@ -9,20 +9,24 @@ pin each interleaving down without relying on timing.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from taskwarden import Supervisor
+from taskwarden import Supervisor, TaskTimeout
 from taskwarden._policy import Policy
 from taskwarden.core import engine as E
 from taskwarden.driver.supervisor import Supervisor as _Sup
-from taskwarden.pool import _wire
+from taskwarden.pool import _wire, _worker
 from taskwarden.pool._worker import _Inbox
+from taskwarden.pool.loky_pool import LokyPool, _Proc
 
 import _tasks as T
 
@@ -146,3 +150,122 @@ def test_fresh_pools_under_a_burst_lose_nothing() -> None:
         with Supervisor(workers=2) as sup:
             tasks = [sup.submit(T.square, x) for x in range(30)]
             assert [t.result(timeout=20) for t in tasks] == [x * x for x in range(30)]
+
+
+def test_a_grace_signal_during_a_heartbeat_is_raised_once_the_frame_is_whole() -> None:
+    written: list[bytes] = []
+
+    def send(data: bytes) -> None:  # the frame goes out in two writes...
+        written.append(data[:3])
+        if len(written) == 1:  # ...and the signal lands between them, the first time
+            _worker._on_interrupt(signal.SIGUSR1, None)
+        written.append(data[3:])
+
+    _worker._running = _worker._Running(send, 5, _worker.CurrentTask(0, 5, 1, None, None), 0.0)
+    try:
+        with pytest.raises(TaskTimeout):
+            _worker.heartbeat("half way")
+        _worker._running.next_send = 0.0
+        _worker.heartbeat()  # nothing left over from the signal: no second raise
+    finally:
+        _worker._running = None
+    frames = _wire.split_frames(bytearray(b"".join(written)))
+    assert frames[0] == (_wire.BEAT, 5, _wire.dumps("half way"))
+    assert frames[1] == (_wire.BEAT, 5, None)
+
+
+class _WatchedLock:
+    """A lock that tells when someone other than its holder tried to take it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tried = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self.lock.acquire(blocking, timeout)
+        if not got:
+            self.tried.set()
+        return got
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class _HungUp(Exception):
+    pass
+
+
+def _hang_up() -> None:
+    raise _HungUp  # where a worker would exit
+
+
+def _read_until_hung_up(inbox: _Inbox) -> None:
+    with contextlib.suppress(_HungUp):
+        inbox.reader()
+
+
+def test_a_nudge_is_answered_even_when_the_main_thread_held_the_channel_at_that_moment(
+    channel: tuple[socket.socket, socket.socket],
+) -> None:
+    nudge_r, nudge_w = os.pipe()
+    os.set_blocking(nudge_r, False)
+    answered = threading.Event()
+    sent: list[bytes] = []
+
+    def send(data: bytes) -> None:
+        sent.append(data)
+        answered.set()
+
+    inbox = _Inbox(channel[0].fileno(), send, nudge_r)
+    inbox.on_hangup = _hang_up  # type: ignore[assignment]
+    lock = _WatchedLock()
+    inbox.read_lock = lock  # type: ignore[assignment]
+    inbox.runs.extend([(1, b"", None), (2, b"", None)])
+    reader = threading.Thread(target=_read_until_hung_up, args=(inbox,), daemon=True)
+    try:
+        lock.acquire()  # the main thread is busy with what it has just read
+        reader.start()
+        os.write(channel[1].fileno(), _wire.frame((_wire.SKIP, 2)))
+        os.write(nudge_w, b"\0")
+        assert lock.tried.wait(5)  # the reader came while the channel was taken
+        lock.release()  # and no second nudge follows
+        assert answered.wait(5), "the skip request waited for a nudge that never came"
+        assert sent == [_wire.frame((_wire.SKIPPED, 2))]
+        assert [r[0] for r in inbox.runs] == [1]
+    finally:
+        channel[1].shutdown(socket.SHUT_RDWR)  # the reader sees the hang-up and ends
+        reader.join(5)
+        os.close(nudge_r)
+        os.close(nudge_w)
+    assert not reader.is_alive()
+
+
+def test_the_pool_nudges_a_worker_only_once_the_skip_request_is_in_the_channel(
+    channel: tuple[socket.socket, socket.socket],
+) -> None:
+    pool = LokyPool(0, None)
+    no_such_pid = 2**31 - 1  # above any pid_max: a stray signal would find no process
+    proc = _Proc(1, SimpleNamespace(pid=no_such_pid), channel[0])
+    proc.ready = True
+    nudged: list[int] = []
+    pool._nudge = lambda p: nudged.append(p.wid)  # type: ignore[method-assign]
+    pool._procs[1] = proc
+    try:
+        proc.outbuf += b"rest of a batch of runs"  # the socket was full a moment ago
+        pool.skip(1, 7)
+        assert nudged == []
+        pool._flush(proc)
+        assert nudged == [1]
+        expected = b"rest of a batch of runs" + _wire.frame((_wire.SKIP, 7))
+        assert channel[1].recv(1 << 16) == expected
+        pool.skip(1, 8)  # nothing queued: at once
+        assert nudged == [1, 1]
+    finally:
+        pool._procs.clear()
+        pool.close()

@@ -22,7 +22,7 @@ import types
 from collections import deque
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from .._errors import TaskTimeout
 from .._ids import make_uuid
@@ -45,7 +45,6 @@ from ._wire import (
 
 INTERRUPT_SIGNAL = signal.SIGUSR1  # raise TaskTimeout in the task (grace)
 NUDGE_SIGNAL = signal.SIGUSR2  # read the channel now (a skip request is waiting)
-_RAISING_SIGNALS = {INTERRUPT_SIGNAL, signal.SIGINT}  # their handlers raise in the task
 _NO = object()
 _NO_OPTS: dict[str, Any] = {}
 
@@ -106,12 +105,18 @@ def heartbeat(progress: Any = _NO) -> None:
         r.unsent = False
         data = dumps(r.progress)
     message = frame((BEAT, r.seq, data))
-    # The grace signal and Ctrl-C raise inside the task: not in the middle of a frame.
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _RAISING_SIGNALS)
+    # The grace signal and Ctrl-C raise inside the task, but never in the middle of a
+    # frame (a cut frame would garble the channel): their handlers leave the exception
+    # for here while the frame is being written.
+    global _sending, _deferred
+    _sending = True
     try:
         r.send(message)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        _sending = False
+        exc, _deferred = _deferred, None
+        if exc is not None:
+            raise exc
 
 
 def current_task() -> CurrentTask | None:
@@ -120,9 +125,21 @@ def current_task() -> CurrentTask | None:
     return None if r is None else r.info
 
 
+_sending = False  # heartbeat() is writing a frame
+_deferred: BaseException | None = None  # what a signal raises once that frame is out
+
+
+def _raise_in_task(exc: BaseException) -> None:
+    global _deferred
+    if _sending:
+        _deferred = exc
+        return
+    raise exc
+
+
 def _on_interrupt(signum: int, frame_: FrameType | None) -> None:
     if _running is not None:
-        raise TaskTimeout("time limit reached: the task is being stopped (grace period)")
+        _raise_in_task(TaskTimeout("time limit reached: the task is being stopped (grace period)"))
 
 
 def _on_sigint(signum: int, frame_: FrameType | None) -> None:
@@ -130,7 +147,7 @@ def _on_sigint(signum: int, frame_: FrameType | None) -> None:
     # KeyboardInterrupt (and ends FAILED, as in ProcessPoolExecutor); an idle
     # worker ignores it, so the pool is not torn down under its supervisor.
     if _running is not None:
-        raise KeyboardInterrupt
+        _raise_in_task(KeyboardInterrupt())
 
 
 SPIN = 0.0005
@@ -189,7 +206,7 @@ class _Inbox:
         except OSError:
             chunk = b""
         if not chunk:
-            os._exit(1)  # the supervisor is gone
+            self.on_hangup()  # the supervisor is gone
         self._buf += chunk
         for msg in split_frames(self._buf):
             kind = msg[0]
@@ -214,21 +231,30 @@ class _Inbox:
         while True:
             for fd, _ in poller.poll():
                 if fd == self.fd:
-                    os._exit(1)  # the supervisor's end closed: it is gone
+                    self.on_hangup()  # the supervisor's end closed: it is gone
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self.nudge_fd, 512):
                         pass
-            if not probe.poll(0) or not self.read_lock.acquire(blocking=False):
-                continue  # nothing waiting, or the idle main thread is reading it
-            try:
-                if probe.poll(0):
-                    self._read_once()  # data is there: this read does not block
-            finally:
-                self.read_lock.release()
-                with self.cond:
-                    # Wake a main thread that found the channel taken: it may read now.
-                    self.reader_turns += 1
-                    self.cond.notify()
+            # Read until the channel is empty at a frame boundary, so that the request
+            # behind this nudge is answered. The main thread may hold the channel for a
+            # moment (it reads, or parses what it read): try again shortly rather than
+            # wait for a nudge that will not come.
+            while probe.poll(0) or self._buf:
+                if not self.read_lock.acquire(timeout=0.001):
+                    continue
+                try:
+                    if probe.poll(0) or self._buf:
+                        self._read_once()  # data is there, or the rest of a frame is coming
+                finally:
+                    self.read_lock.release()
+                    with self.cond:
+                        # Wake a main thread that found the channel taken: it may read now.
+                        self.reader_turns += 1
+                        self.cond.notify()
+
+    @staticmethod
+    def on_hangup() -> NoReturn:
+        os._exit(1)
 
     def _skip(self, seq: int) -> None:
         with self.cond:

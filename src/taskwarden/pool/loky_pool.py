@@ -57,8 +57,8 @@ _TIMER = 4
 
 
 class _Proc:
-    __slots__ = ("conn", "dead", "exit_fd", "fd", "inbuf", "killed", "outbuf", "pid", "process",
-                 "ready", "wid", "writing")
+    __slots__ = ("conn", "dead", "exit_fd", "fd", "inbuf", "killed", "nudge", "outbuf", "pid",
+                 "process", "ready", "wid", "writing")
 
     def __init__(self, wid: int, process: Any, conn: Any) -> None:
         self.wid = wid
@@ -72,6 +72,7 @@ class _Proc:
         self.dead = False
         self.killed = False
         self.ready = False
+        self.nudge = False  # nudge the worker once outbuf is written out
         self.exit_fd: int = -1
 
 
@@ -238,6 +239,9 @@ class LokyPool:
         del p.outbuf[:n]
         if not p.outbuf:
             self._want_write(p, False)
+            if p.nudge:
+                p.nudge = False
+                self._nudge(p)
 
     def send(self, wid: int, runs: list[tuple[int, bytes, dict[str, Any] | None]]) -> None:
         self._out(wid, frame((RUN, runs)))
@@ -246,9 +250,16 @@ class LokyPool:
         self._out(wid, frame((SKIP, seq)))
         p = self._procs.get(wid)
         if p is not None and p.ready and not p.killed:
-            # The worker may be busy in a task: nudge its reader thread to answer now.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, NUDGE_SIGNAL)
+            # The worker may be busy in a task: nudge its reader thread to answer now,
+            # or, while the request still waits in outbuf, once it is in the channel.
+            if p.outbuf:
+                p.nudge = True
+            else:
+                self._nudge(p)
+
+    def _nudge(self, p: _Proc) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, NUDGE_SIGNAL)
 
     def stop(self, wid: int) -> None:
         self._out(wid, frame((STOP,)))
