@@ -440,3 +440,17 @@ def test_shutdown_kills_a_worker_that_hangs_on_its_way_out() -> None:
     took = time.monotonic() - t0
     assert gone(pid)
     assert STOP_WAIT - 0.5 < took < STOP_WAIT + 10.0  # waited for it, then killed it
+
+
+def test_workers_are_reaped_by_the_pool_alone(sup: Supervisor) -> None:
+    # multiprocessing reaps the processes it lists on every Process.start() and
+    # active_children(), anywhere in the program: were the workers listed, a crash's
+    # exit status could be taken from under the pool ("exit status unknown").
+    import multiprocessing
+
+    workers = {sup.submit(T.pid).result(timeout=WAIT) for _ in range(4)}
+    assert not workers & {p.pid for p in multiprocessing.active_children()}
+    crashed = sup.submit(T.exit_with, 7)
+    multiprocessing.active_children()
+    with pytest.raises(WorkerCrashed, match="exited with code 7"):
+        crashed.result(timeout=WAIT)

@@ -10,6 +10,7 @@ seen through a pidfd (Linux) or loky's sentinel, without polling.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.process
 import os
 import pickle
 import queue
@@ -169,6 +170,11 @@ class LokyPool:
                     name=f"taskwarden-worker-{wid}",
                 )
                 process.start()
+                # Only this pool reaps its workers. multiprocessing's own bookkeeping
+                # would reap a dead one on the next Process.start() or
+                # active_children() anywhere in the program (its waitpid racing ours),
+                # and the exit status of a crash would be lost.
+                multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
                 child_conn.close()
             except Exception:
                 self._spawned.append((wid, None, None))
