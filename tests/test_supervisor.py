@@ -454,3 +454,18 @@ def test_workers_are_reaped_by_the_pool_alone(sup: Supervisor) -> None:
     multiprocessing.active_children()
     with pytest.raises(WorkerCrashed, match="exited with code 7"):
         crashed.result(timeout=WAIT)
+
+
+def test_a_drop_keyed_call_that_races_shutdown_is_refused_not_lost() -> None:
+    s = Supervisor(workers=1)
+    check = s._queue
+
+    def check_then_shut_down(put: Callable[[], object] | None) -> None:
+        check(put)
+        if put is None:  # the loop ends between the call's check and its add
+            s.shutdown(wait=True)
+
+    s._queue = check_then_shut_down  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        s.schedule(T.square, args=(2,), key="k", on_conflict="drop")
+    assert s.stats()["by_state"]["PENDING"] == 0

@@ -462,9 +462,14 @@ class Supervisor(Executor):
         if policy.key is not None and policy.on_conflict == "drop":
             # The call may return an older task of the key: ask the loop, and wait.
             self._queue(None)
-            return self._ask(  # type: ignore[no-any-return]
-                functools.partial(self._c_add, run, due, wall)
-            )
+
+            def add() -> Task[Any]:
+                if threading.get_ident() != self._loop_ident:
+                    # The loop ended after the check above: nothing would run the task.
+                    raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
+                return self._c_add(run, due, wall)
+
+            return self._ask(add)  # type: ignore[no-any-return]
         run.due = -1.0 if due is None else due  # read back by _take_adds
         run.wall_due = wall
         self._queue(lambda: self._adds.append(run))
