@@ -38,6 +38,8 @@ from taskwarden.cli._records import (
 )
 from taskwarden.cli._runner import RunResult, RunSpec, run_measured
 
+from test_supervisor import gone
+
 SCRIPTS = Path(__file__).parent / "cli_scripts"
 WAIT = 30.0  # upper bound of every wait; a healthy run takes a fraction of it
 
@@ -80,27 +82,19 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) ->
         time.sleep(0.02)
 
 
-def is_gone(pid: int) -> bool:
-    """Dead: no such process, or a zombie waiting for init to reap it."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def running_with(marker: str) -> list[psutil.Process]:
     """Live processes whose command line mentions ``marker``."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if any(marker in part for part in cmdline) and not is_gone(proc.pid):
+        if any(marker in part for part in cmdline) and not gone(proc.pid):
             found.append(proc)
     return found
 
 
 def assert_nothing_left(marker: Path, *pids: int) -> None:
     # Processes killed a moment ago may take a little while to be reaped.
-    wait_for(lambda: all(is_gone(pid) for pid in pids), f"pids {pids} to be gone", timeout=10)
+    wait_for(lambda: all(gone(pid) for pid in pids), f"pids {pids} to be gone", timeout=10)
     wait_for(lambda: not running_with(str(marker)), f"no process mentioning {marker}", 10)
 
 
