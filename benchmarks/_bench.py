@@ -40,7 +40,7 @@ from _common import (
     warm,
 )
 
-from _tasks import hang, heartbeat_cost, identity, noop, record_time
+from _tasks import hang, heartbeat_cost, identity, noop, record_time, sleep_pid
 
 perf = time.perf_counter
 
@@ -598,6 +598,94 @@ def heap_1m(peer: str, cfg: Config, tmp: str) -> Figures:
     return _heap(peer, cfg, 1_000_000)
 
 
+# ------------------------------------------------------------- hang storm
+
+STORM_TASKS = 100  # half of them hang
+
+
+def _storm(peer: str, cfg: Config, limit: float) -> Figures:
+    """100 tasks on 2 workers, every other one hanging, each with ``limit`` as its time
+    limit: total time until every task has its outcome, against the floor (the time
+    spent waiting on deadlines alone: hangs x limit / workers)."""
+    if peer not in ("taskwarden", "pebble"):
+        raise NotSupported("no per-task timeout")
+    totals: list[float] = []
+    problems: list[str] = []
+    hangs = STORM_TASKS // 2
+    floor = hangs * limit / 2
+    with pool_of(peer) as pool:
+        for r in range(cfg.repeats + 1):
+            warm(pool)
+            t0 = perf()
+            handles = [
+                pool.submit_timeout(hang if i % 2 else identity, (() if i % 2 else (i,)), limit)
+                for i in range(STORM_TASKS)
+            ]
+            timed_out = 0
+            for i, h in enumerate(handles):
+                exc = h.exception(timeout=60)
+                if i % 2:
+                    timed_out += isinstance(exc, TimeoutError)
+                elif exc is not None:
+                    problems.append(f"round {r}: trivial task {i} failed: {exc!r}")
+            totals.append(perf() - t0)
+            if timed_out != hangs:
+                problems.append(f"round {r}: {timed_out} of {hangs} hung tasks timed out")
+    total = median(totals)
+    out: Figures = {
+        "total_s": total,
+        "floor_s": floor,
+        "x_floor": total / floor,
+        "limit_s": limit,
+        "tasks": STORM_TASKS,
+        "rounds": len(totals),
+        "total_runs_s": [round(t, 4) for t in totals],
+    }
+    if problems:
+        out["problems"] = problems
+    return out
+
+
+def storm_10ms(peer: str, cfg: Config, tmp: str) -> Figures:
+    return _storm(peer, cfg, 0.01)
+
+
+def storm_50ms(peer: str, cfg: Config, tmp: str) -> Figures:
+    return _storm(peer, cfg, 0.05)
+
+
+def replacement(peer: str, cfg: Config, tmp: str) -> Figures:
+    """Both workers hang past a 0.1 s limit; at the deadline a 1 s task takes the first
+    process free (taskwarden's spare), so that the trivial task submitted next has to
+    wait for a freshly started process: time from the deadline to its result."""
+    if peer not in ("taskwarden", "pebble"):
+        raise NotSupported("no per-task timeout")
+    T = 0.1
+    ready: list[float] = []
+    with pool_of(peer) as pool:
+        for _ in range(cfg.kill_repeats):
+            warm(pool)
+            t0 = perf()
+            hung = [pool.submit_timeout(hang, (), T) for _ in range(2)]
+            time.sleep(max(0.0, t0 + T - perf()))
+            busy = pool.submit(sleep_pid, 1.0)
+            probe = pool.submit(identity, 7)
+            served = done_time(probe)
+            if pool.result(probe, 30) != 7:
+                raise AssertionError("the task after the kills returned a wrong result")
+            for h in hung:
+                if not isinstance(h.exception(timeout=30), TimeoutError):
+                    raise AssertionError("a hung task did not time out")
+            ready.append(served[0] - (t0 + T))
+            pool.result(busy, 30)
+    return {
+        "ready_ms": median(ready) * 1e3,
+        "limit_s": T,
+        "repeats": len(ready),
+        "ready_runs_ms": _ms(ready),
+    }
+
+
 # --------------------------------------------------------------- heartbeat
 
 
@@ -664,4 +752,7 @@ BENCHMARKS: dict[str, Bench] = {
     "heap_100k": Bench(heap_100k, ("taskwarden", "sched"), 180),
     "heap_1m": Bench(heap_1m, ("taskwarden", "sched"), 420, quick=False),
     "heartbeat": Bench(heartbeat, ("taskwarden",), 120),
+    "storm_10ms": Bench(storm_10ms, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
+    "storm_50ms": Bench(storm_50ms, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
+    "replacement": Bench(replacement, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
 }

@@ -94,6 +94,11 @@ ROWS: tuple[Row, ...] = (
     Row("1M: shutdown, s", "heap_1m", "shutdown_s", ""),
     Row("heartbeat() in a task, us", "heartbeat", "heartbeat_us", ""),
     Row("heartbeat(progress) in a task, us", "heartbeat", "heartbeat_progress_us", ""),
+    Row("hang storm, timeout=0.01: 100 tasks, half hang, s", "storm_10ms", "total_s", "lower"),
+    Row("hang storm, timeout=0.01: times its floor", "storm_10ms", "x_floor", ""),
+    Row("hang storm, timeout=0.05: 100 tasks, half hang, s", "storm_50ms", "total_s", "lower"),
+    Row("hang storm, timeout=0.05: times its floor", "storm_50ms", "x_floor", ""),
+    Row("replacement ready after a kill, spare used up, ms", "replacement", "ready_ms", "lower"),
 )
 
 RATIO_PEERS = ("ppe", "loky", "pebble", "mp", "sched", "apscheduler")
