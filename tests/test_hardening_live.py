@@ -311,6 +311,20 @@ def test_cancelling_an_await_does_not_block_the_event_loop(
     assert gap < 0.3
 
 
+# ------------------------------------------------------- 13. kick of a queued task
+
+
+def test_kick_of_a_queued_task_submitted_without_a_delay_is_false() -> None:
+    with Supervisor(workers=1) as s:
+        blocker = s.submit(T.sleep, 0.5)
+        wait_for(lambda: blocker.state is TaskState.RUNNING)
+        time.sleep(0.05)  # past the moment a worker's queue is filled ahead of time
+        queued = s.submit(T.square, 2)
+        assert queued.kick() is False  # nothing moved: it waits for the worker
+        assert queued.state is TaskState.PENDING
+        assert queued.result(timeout=WAIT) == 4
+
+
 # ------------------------------------------------------------- 8. os.fork()
 
 
