@@ -576,13 +576,13 @@ class Supervisor(Executor):
         """Cancel; with ``wait``, answer once the outcome is final: True if the body never
         ran or its process is gone. The loop itself never waits for a process: a killed
         run resolves when its worker's exit is seen, and this caller waits for that."""
-        if not wait:  # e.g. from an asyncio event loop, which must not block
-            self._check_process()
-            self._post(lambda: self._core.cancel(run, time.monotonic()))
-            return True
         answer = self._ask(lambda: self._core.cancel(run, time.monotonic()))
         if answer is False:
             return False
+        if not wait:
+            # From an asyncio event loop: the loop's answer comes within one of its rounds
+            # (it never waits for a process), the process's end is not waited for.
+            return True
         task: Task[Any] = run.handle
         if threading.get_ident() != self._loop_ident:
             concurrent.futures.wait((task,))

@@ -234,7 +234,8 @@ class Task(Future[T]):
 
         def on_waiter_done(fut: asyncio.Future[T]) -> None:
             if fut.cancelled() and not self._run.state.final:
-                # Without waiting for the process to go: the event loop must not block.
+                # The task is CANCELLED when this returns, but its process may still be
+                # going: the event loop does not wait for that.
                 self._supervisor._cancel_run(self._run, wait=False)
 
         waiter.add_done_callback(on_waiter_done)
