@@ -38,6 +38,7 @@ from _common import (
     wait_gone,
     wait_until,
     warm,
+    when,
 )
 
 from _tasks import hang, heartbeat_cost, identity, noop, record_time, sleep_pid
@@ -241,12 +242,12 @@ def kill_timeout(peer: str, cfg: Config, tmp: str) -> Figures:
                 exc = h.exception(timeout=15)
                 if not isinstance(exc, TimeoutError):
                     problems.append(f"run {r}{name}: expected a TimeoutError, got {exc!r}")
-            late += [da[0] - (ta + T), db[0] - (tb + T)]
+            late += [when(da) - (ta + T), when(db) - (tb + T)]
             if t_gone is None:
                 problems.append(f"run {r}: worker {pid} still alive 5 s after the deadline")
             else:
                 gone.append(t_gone - deadline)
-            recovery.append(dc[0] - tc)
+            recovery.append(when(dc) - tc)
             warm(pool)
     out: Figures = {
         "lateness_ms": median(late) * 1e3,
@@ -318,7 +319,7 @@ def cancel_running(peer: str, cfg: Config, tmp: str) -> Figures:
             else:
                 gone.append(t_gone - t0)
             if dh:
-                done.append(dh[0] - t0)
+                done.append(when(dh) - t0)
             warm(pool)
     out: Figures = {
         "gone_ms": median(gone) * 1e3 if gone else math.nan,
@@ -377,8 +378,8 @@ def supersede(peer: str, cfg: Config, tmp: str) -> Figures:
                 problems.append(f"run {r}: old process {pid} alive 5 s later")
             else:
                 gone.append(t_gone - t0)
-            old_done.append(do[0] - t0)
-            served.append(dn[0] - t0)
+            old_done.append(when(do) - t0)
+            served.append(when(dn) - t0)
             warm(pool)
     out: Figures = {
         "gone_ms": median(gone) * 1e3 if gone else math.nan,

@@ -191,6 +191,18 @@ def done_time(fut: Any) -> list[float]:
     return box
 
 
+def when(box: list[float], timeout: float = 5.0) -> float:
+    """The time ``done_time`` recorded. A done-callback may run in another thread than
+    the one that resolved the future (taskwarden runs them on a callback thread), so
+    it may come a moment after ``result()`` returned: wait for it."""
+    deadline = time.monotonic() + timeout
+    while not box:
+        if time.monotonic() > deadline:
+            raise AssertionError("the done-callback did not run")
+        time.sleep(0.0005)
+    return box[0]
+
+
 # ------------------------------------------------------------------------ adapters
 
 

@@ -200,3 +200,52 @@ def hang_at_exit() -> int:
 
     atexit.register(time.sleep, 3600)
     return os.getpid()
+
+
+# Decorated task functions (the binding check must look at what is actually called).
+def inject_first(value: int) -> Any:
+    """A decorator that passes ``value`` as the first argument: callers give one less."""
+    import functools
+
+    def decorate(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(value, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+@inject_first(10)
+def add_to_ten(a: int, b: int) -> int:
+    return a + b
+
+
+def negatable(fn: Any) -> Any:
+    """A decorator that adds a keyword of its own."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(x: int, *, negate: bool = False) -> Any:
+        result = fn(x)
+        return -result if negate else result
+
+    return wrapper
+
+
+@negatable
+def square_or_negated(x: int) -> int:
+    return x * x
+
+
+def _cache(fn: Any) -> Any:
+    import functools
+
+    return functools.lru_cache(maxsize=None)(fn)
+
+
+@_cache
+def lru_square(x: int) -> int:
+    """Wrapped by C code (no signature of its own): the wrapped function's is checked."""
+    return x * x

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 SUPERVISOR_POLICY = frozenset(
@@ -18,6 +20,9 @@ OVERLAP = ("skip", "queue", "parallel", "replace")
 ANCHOR = ("start", "end")
 
 MAX_RETRY_DELAY = 300.0
+# A time further off than this (about 100 years) means "never", and is clamped to it:
+# ``timeout=sys.maxsize`` is a common way to say "no limit", and must not overflow a timer.
+MAX_SECONDS = 100 * 365.25 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,17 +42,24 @@ class Policy:
 
 
 def seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
-    """A duration in seconds from a number or a timedelta; refuses NaN, inf and negatives."""
+    """A duration in seconds from any real number (int, float, numpy, Fraction, Decimal)
+    or a timedelta; refuses NaN and negatives. Anything longer than MAX_SECONDS (about a
+    century, ``inf`` and ``sys.maxsize`` included) is clamped to it."""
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal)):
         raise TypeError(f"{name} must be a number of seconds or a timedelta, not {value!r}")
-    result = float(value)
-    if math.isnan(result) or math.isinf(result):
-        raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+    try:
+        result = float(value)
+    except OverflowError:  # an int or Fraction past float's range
+        result = math.inf if value > 0 else -math.inf  # type: ignore[operator]
+    except (ValueError, ArithmeticError):  # Decimal('sNaN')
+        result = math.nan
+    if math.isnan(result):
+        raise ValueError(f"{name} must be a number of seconds, not {value!r}")
     if result < 0 or (result == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, not {value!r}")
-    return result
+    return min(result, MAX_SECONDS)
 
 
 def check_keywords(given: dict[str, Any], allowed: frozenset[str], where: str) -> None:
@@ -71,9 +83,10 @@ def normalize(given: dict[str, Any]) -> dict[str, Any]:
         out["retry_delay"] = seconds("retry_delay", given["retry_delay"])
     if "retries" in given:
         retries = given["retries"]
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        if (isinstance(retries, bool) or not isinstance(retries, numbers.Integral)
+                or retries < 0):
             raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
-        out["retries"] = retries
+        out["retries"] = int(retries)
     if "retry_on" in given:
         retry_on = given["retry_on"]
         if retry_on is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class Run:
     __slots__ = (
         "attempts",
         "blocked",
+        "cancel_error",
         "cancel_pending",
         "deadline",
         "due",
@@ -102,7 +104,10 @@ class Run:
         self.value: Any = None
         self.value_ok = False
         self.tb: str | None = None
+        # A cancel asked while the run sits on a worker, not started: the state and error
+        # it ends with once the worker confirms the skip (or its process is killed).
         self.cancel_pending: TaskState | None = None
+        self.cancel_error: BaseException | None = None
         self.stealing = False
         self.blocked = False
         self.hb_reason: str | None = None
@@ -151,6 +156,7 @@ class Skip:
 class Kill:
     wid: int
     run: Run | None = None  # the run it was executing: resolved once the process is gone
+    also: tuple[Run, ...] = ()  # cancelled runs it held that may have begun: the same
 
 
 @dataclass(slots=True)
@@ -174,7 +180,16 @@ class JobChanged:
     job: Any
 
 
-Action = Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | JobChanged
+@dataclass(slots=True)
+class Note:
+    """A supervision event for the driver to log (kill and why, crash, retry, replacement,
+    broken pool): the core decides what is worth telling, the driver does the I/O."""
+
+    level: int
+    text: str
+
+
+Action = Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | JobChanged | Note
 
 
 class Core:
@@ -309,14 +324,18 @@ class Core:
                                  f"(heartbeat={hb:g} s)")
             elif kind == GRACE:
                 if run.worker is not None and run.state is _S.RUNNING:
-                    self._kill_worker(run.worker, now)
+                    self._kill_worker(run.worker, now, f"task {self.id_of(run.seq)} "
+                                      f"{run.hb_reason}, and its grace of "
+                                      f"{run.policy.grace:g} s ran out", logging.WARNING)
                     self._finish_timeout(run, now)
             elif kind == SKIP_WAIT:
                 # A cancelled prefetched run is at its worker's head and the worker
                 # has not said it skipped it: it may be running, so kill.
                 w = run.worker
                 if w is not None and w.inflight and w.inflight[0] is run:
-                    self._kill_worker(w, now)
+                    self._kill_worker(w, now, f"task {self.id_of(run.seq)} was cancelled "
+                                      f"and may have begun before its worker read the cancel")
+                    self._end_cancelled(run, now)
         self._dispatch(now)
 
     # ----------------------------------------------------------------- input
@@ -450,10 +469,11 @@ class Core:
                 self._anchor(run, wall_due)
             return True
         if run.state is _S.PENDING and run.worker is None:
-            if due > now:
-                self.pending.remove(run)
-                self._schedule(run, due)
-                self._anchor(run, wall_due)
+            if due <= now:
+                return False  # already due and queued: nothing moved
+            self.pending.remove(run)
+            self._schedule(run, due)
+            self._anchor(run, wall_due)
             return True
         return False
 
@@ -465,8 +485,15 @@ class Core:
             self.wall_anchored[("run", run.seq)] = run
 
     def cancel(self, run: Run, now: float, state: TaskState = _S.CANCELLED,
-               error: BaseException | None = None, dispatch: bool = True) -> bool:
-        """Cancel in any state but a final one; a running run's worker is killed."""
+               error: BaseException | None = None, dispatch: bool = True) -> bool | None:
+        """Cancel in any state but a final one; a running run's worker is killed.
+
+        True: the run is cancelled (a killed worker's run resolves once the process is
+        gone). False: it had already ended. None: not known yet: the run was handed to
+        a worker ahead of time, and the worker may have begun it before reading the
+        request; it ends cancelled once the worker confirms the skip (or once its
+        process is killed, if it reaches the head without a confirmation), and ends
+        with its own outcome if its result arrives first (the body ran)."""
         if run.state.final:
             return False
         if error is None:
@@ -475,11 +502,16 @@ class Core:
         w = run.worker
         if run.state is _S.RUNNING:
             assert w is not None
-            self._kill_worker(w, now)  # takes run off the worker, re-queues the rest
+            what = "superseded" if state is _S.SUPERSEDED else "cancelled"
+            # Takes run off the worker, re-queues the rest.
+            self._kill_worker(w, now, f"task {self.id_of(run.seq)} was {what}")
         elif w is not None:
-            # Prefetched on a worker, not started: ask the worker to skip it.
-            run.cancel_pending = state
-            self.actions.append(Skip(w.wid, run.seq))
+            # Handed out ahead of time, not started: ask the worker to skip it.
+            if run.cancel_pending is None:
+                run.cancel_pending = state
+                run.cancel_error = error
+                self.actions.append(Skip(w.wid, run.seq))
+            return None
         elif run.state is _S.PENDING and not run.blocked:
             self.pending.remove(run)
         run.blocked = False
@@ -523,7 +555,9 @@ class Core:
         run.worker = None
         run.stealing = False
         self._unstart(run)  # it may have become the head, but the worker never began it
-        if not run.state.final:
+        if run.cancel_pending is not None:
+            self._end_cancelled(run, now)
+        elif not run.state.final:
             self.pending.appendleft(run)
         if i == 0:
             self._after_head_change(w, now)
@@ -541,7 +575,21 @@ class Core:
         run.worker = None
         w.done_count += 1
         self._after_head_change(w, now)  # the worker's bookkeeping first, then the outcome
-        if not run.state.final and run.hb_reason is not None:
+        if not run.state.final and run.cancel_pending is not None:
+            # It began before its worker read the cancel, and ran to its end: its own
+            # outcome stands (cancel() said "not known yet" and now answers False).
+            self._invalidate(run)
+            run.cancel_pending = None
+            if run.state is not _S.RUNNING:
+                self._set(run, _S.RUNNING)
+                run.attempts += 1
+                run.started_at = now
+                run.worker_pid = w.pid
+            if ok:
+                self._end(run, _S.COMPLETED, now, ok=True, value=value)
+            else:
+                self._end(run, _S.FAILED, now, ok=False, value=value, tb=tb)
+        elif not run.state.final and run.hb_reason is not None:
             self._finish_timeout(run, now)  # it ended inside its grace period
         elif not run.state.final:
             self._invalidate(run)
@@ -557,16 +605,22 @@ class Core:
         w = self.workers.get(wid)
         if w is None:
             return  # already accounted for (we killed it)
-        head = self._release(w)
+        head = self._release(w, now)
         if head is not None:
             if head.state is _S.RUNNING:
                 self._invalidate(head)
-                err = WorkerCrashed(_describe_exit(exitcode, w.pid), exitcode)
+                what = _describe_exit(exitcode, w.pid)
+                self._note(logging.WARNING, f"task {self.id_of(head.seq)} crashed: {what}")
+                err = WorkerCrashed(what, exitcode)
                 if not self._maybe_retry(head, now, err):
                     self._end(head, _S.FAILED, now, ok=False, value=err)
+            elif head.cancel_pending is not None:
+                self._end_cancelled(head, now)  # its process is gone
             elif not head.state.final:
                 # Never started (the worker died before it was ready): try it again.
                 self.pending.appendleft(head)
+        elif not w.retiring:
+            self._note(logging.WARNING, f"{_describe_exit(exitcode, w.pid, idle=True)}")
         if not w.retiring:
             self.replaced += 1
         self._refill_soon(now)
@@ -579,8 +633,10 @@ class Core:
         if w is None:
             return
         self._expect_exit(w, now)
-        head = self._release(w)
-        if head is not None and not head.state.final:
+        head = self._release(w, now)
+        if head is not None and head.cancel_pending is not None:
+            self._end_cancelled(head, now)  # the worker leaves before starting it
+        elif head is not None and not head.state.final:
             self._unstart(head)  # presumed started, but the worker left first
             self.pending.appendleft(head)
         self.recycled += 1
@@ -592,6 +648,8 @@ class Core:
         if self.broken is not None:
             return
         self.broken = "the worker initializer failed:\n" + tb
+        self._note(logging.ERROR, "the pool is broken (every task fails from now on): "
+                   + self.broken)
         while self.pending:
             run = self.pending.popleft()
             self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
@@ -662,12 +720,20 @@ class Core:
     def _exit_overdue(self, wid: int, now: float) -> None:
         if wid in self._leaving:  # still there: its process tree is killed
             self._leaving.discard(wid)
+            self._note(logging.WARNING, f"killing a worker that did not exit "
+                       f"{STOP_WAIT:g} s after it was told to")
             self.actions.append(Kill(wid))
 
-    def _refill(self) -> None:
+    def _note(self, level: int, text: str) -> None:
+        self.actions.append(Note(level, text))
+
+    def _refill(self) -> int:
         live = sum(1 for w in self.workers.values() if not w.retiring)
+        started = 0
         for _ in range(self._live_target() - live):
             self._spawn()
+            started += 1
+        return started
 
     def _refill_soon(self, now: float) -> None:
         """Start replacements a moment later: a new process's fork and exec would
@@ -680,18 +746,25 @@ class Core:
 
     def _refill_timer(self, now: float) -> None:
         self._refill_at = None
-        self._refill()
+        started = self._refill()
+        if started:
+            self._note(logging.INFO, f"starting {started} replacement worker process"
+                       f"{'es' if started > 1 else ''}")
         self._dispatch(now)
 
-    def _requeue(self, w: Worker) -> None:
-        """Runs prefetched on a dead worker go back to the front of the queue, in order."""
+    def _requeue(self, w: Worker, now: float) -> None:
+        """Runs prefetched on a dead worker go back to the front of the queue, in order
+        (but those being cancelled: they end so)."""
         rest = [r for r in w.inflight if not r.state.final]
         w.inflight.clear()
         for run in reversed(rest):
             run.worker = None
-            self.pending.appendleft(run)
+            if run.cancel_pending is not None:
+                self._end_cancelled(run, now)
+            else:
+                self.pending.appendleft(run)
 
-    def _release(self, w: Worker) -> Run | None:
+    def _release(self, w: Worker, now: float) -> Run | None:
         """Take a worker out of the pool: its head run is returned, the runs it was sent
         ahead of time go back to the front of the queue, in order."""
         self.workers.pop(w.wid, None)
@@ -700,8 +773,19 @@ class Core:
         self.busy -= 1
         head = w.inflight.popleft()
         head.worker = None
-        self._requeue(w)
+        self._requeue(w, now)
         return head
+
+    def _end_cancelled(self, run: Run, now: float) -> None:
+        """A cancel that waited for its worker's answer: the run never began, or its
+        process is gone (then the driver resolves it once the process has died)."""
+        state, err = run.cancel_pending, run.cancel_error
+        if state is None or run.state.final:
+            return
+        self._invalidate(run)
+        run.cancel_pending = None
+        run.cancel_error = None
+        self._end(run, state, now, ok=False, value=err)
 
     def _unstart(self, run: Run) -> None:
         """A run presumed started (the head) that its worker never began: PENDING again."""
@@ -710,9 +794,16 @@ class Core:
             run.attempts -= 1
             self._set(run, _S.PENDING)
 
-    def _kill_worker(self, w: Worker, now: float) -> None:
-        self.actions.append(Kill(w.wid, w.inflight[0] if w.inflight else None))
-        self._release(w)
+    def _kill_worker(self, w: Worker, now: float, why: str = "",
+                     level: int = logging.INFO) -> None:
+        head = w.inflight[0] if w.inflight else None
+        # Cancelled runs queued behind the head may have begun in the worker (it finished
+        # the head before the core heard): they resolve once the process is gone too.
+        also = tuple(r for r in list(w.inflight)[1:] if r.cancel_pending is not None)
+        self.actions.append(Kill(w.wid, head, also))
+        if why:
+            self._note(level, f"killing worker process {w.pid}: {why}")
+        self._release(w, now)
         self.replaced += 1
         self._refill_soon(now)
 
@@ -724,10 +815,12 @@ class Core:
         grace = run.policy.grace
         if grace:
             self._invalidate(run)
+            self._note(logging.WARNING, f"task {self.id_of(run.seq)} {reason}: TaskTimeout "
+                       f"raised in it; its worker is killed if it is still there in {grace:g} s")
             self.actions.append(Interrupt(w.wid, run.seq))
             self.push_timer(now + grace, GRACE, run, run.gen)
             return
-        self._kill_worker(w, now)
+        self._kill_worker(w, now, f"task {self.id_of(run.seq)} {reason}", logging.WARNING)
         self._finish_timeout(run, now)
 
     def _finish_timeout(self, run: Run, now: float) -> None:
@@ -743,7 +836,11 @@ class Core:
         if p.retry_on is not None and not isinstance(error, p.retry_on):
             return False
         run.not_before = None
-        delay = min(p.retry_delay * (2 ** (run.attempts - 1)), MAX_RETRY_DELAY)
+        # The doubling stops at 2**64: a float cannot hold 2**1024 (retries=sys.maxsize).
+        delay = min(p.retry_delay * (2.0 ** min(run.attempts - 1, 64)), MAX_RETRY_DELAY)
+        self._note(logging.INFO, f"task {self.id_of(run.seq)}: attempt {run.attempts} failed "
+                   f"({type(error).__name__}: {error}); retry {run.attempts} of {p.retries}"
+                   f" in {delay:g} s")
         if delay > 0:
             self._schedule(run, now + delay)
         else:
@@ -918,10 +1015,12 @@ class Core:
         }
 
 
-def _describe_exit(exitcode: int | None, pid: int | None) -> str:
+def _describe_exit(exitcode: int | None, pid: int | None, idle: bool = False) -> str:
     import signal
 
     who = f"worker process {pid}" if pid else "worker process"
+    if idle:
+        who = "idle " + who
     if exitcode is None:
         return f"{who} died (exit status unknown)"
     if exitcode < 0:
@@ -930,4 +1029,6 @@ def _describe_exit(exitcode: int | None, pid: int | None) -> str:
         except ValueError:
             name = f"signal {-exitcode}"
         return f"{who} was killed by {name} (exit code {exitcode})"
+    if idle:
+        return f"{who} exited with code {exitcode}"
     return f"{who} exited with code {exitcode} while running the task"

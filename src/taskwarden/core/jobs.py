@@ -116,10 +116,14 @@ class JobBook:
         job.wall_due = None
         self.core.wall_anchored.pop(("job", job.seq), None)
 
-    def _arm_next_after(self, job: JobRec, now: float) -> None:
-        """The next run from ``now`` on: one interval, or the next cron time."""
+    def _arm_next_after(self, job: JobRec, now: float, wall_from: float | None = None) -> None:
+        """The next run from ``now`` on: one interval, or the next cron time (after
+        ``wall_from`` if that is later: the slot just fired, which ``now`` may precede)."""
         if job.cron is not None:
-            wall = job.cron.next_after(self._wall(now))
+            wall = self._wall(now)
+            if wall_from is not None and wall_from > wall:
+                wall = wall_from
+            wall = job.cron.next_after(wall)
             self._arm(job, wall - self.core.wall_offset, wall)
         else:
             assert job.every is not None
@@ -148,7 +152,23 @@ class JobBook:
             return
         slot = job.due if job.due is not None else now
         live = [r for r in job.live if not r.state.final]
-        start = True
+        if live and job.overlap != "parallel":
+            if slot > now:
+                from .engine import JOB
+
+                # Fired LEAD early. Whether the previous run is still running is asked at
+                # the slot itself: a fast job's previous run has not even begun yet.
+                self.core.push_timer(slot, JOB, job, job.gen)
+                return
+            if any(not _has_begun(r, now) for r in live):
+                # The previous run waits for a worker: it stands for this slot too
+                # (late runs are coalesced, never piled up).
+                live = []
+                start = False
+            else:
+                start = True
+        else:
+            start = True
         if live:
             if job.overlap == "skip":
                 start = False
@@ -167,7 +187,7 @@ class JobBook:
         if job.anchor == "end" and start:
             self._disarm(job)
         elif job.cron is not None:
-            self._arm_next_after(job, now)
+            self._arm_next_after(job, now, job.wall_due)
         else:
             assert job.every is not None
             if job.anchor == "end":
@@ -262,3 +282,8 @@ class JobBook:
             return False
         self._arm(job, due, wall_due)
         return True
+
+
+def _has_begun(run: Run, now: float) -> bool:
+    """The run is executing on a worker (not queued, nor waiting for its start time)."""
+    return run.state is TaskState.RUNNING and (run.started_at is None or run.started_at <= now)

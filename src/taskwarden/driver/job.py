@@ -75,6 +75,8 @@ class Job:
         Raises TimeoutError after ``timeout`` seconds, and TaskCancelled if the job
         ended without any run finishing.
         """
+        if self._last_done is None:
+            self._supervisor._check_process()  # in a forked child no run would finish
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._last_done is None:

@@ -16,16 +16,25 @@ Data flow::
 
 The loop blocks in one ``epoll`` wait until the earliest deadline of the
 core's heap, a worker message, a worker's exit or a command: it never polls.
+It never waits for anything else either: a killed worker is reaped when its
+exit fd fires, and user code (done-callbacks) runs on a callback thread of
+its own, so that nothing a callback does can delay a watchdog.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import contextlib
 import functools
 import inspect
 import itertools
+import logging
 import math
+import numbers
+import os
 import pickle
+import queue
 import threading
 import time
 import weakref
@@ -33,6 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar, cast, overload
 
 import cloudpickle
@@ -43,6 +53,7 @@ from .._ids import make_uuid, new_base, seq_of
 from .._policy import (
     ANCHOR,
     JOB_POLICY,
+    MAX_SECONDS,
     OVERLAP,
     SUPERVISOR_POLICY,
     TASK_POLICY,
@@ -64,6 +75,10 @@ T = TypeVar("T")
 FAR_FUTURE = 24 * 3600.0  # a start this far ahead follows the wall clock
 WALL_CHECK = 60.0  # how often the wall clock is compared while starts follow it
 CLOCK_STEP = 0.05  # a change of wall - monotonic larger than this is a clock step
+MAX_WAIT = 24 * 3600.0  # the loop wakes at least this often (no far deadline reaches a timer)
+LOOP_ERRORS = 100  # this many failing rounds in a row: the loop gives up (tasks are resolved)
+
+_log = logging.getLogger("taskwarden")
 
 _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 
@@ -71,7 +86,7 @@ _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 @atexit.register
 def _shutdown_all() -> None:
     for sup in list(_supervisors):
-        sup.shutdown(wait=True)
+        sup.shutdown(wait=True)  # a no-op in a forked child: the parent owns the workers
 
 
 class _Call:
@@ -129,14 +144,18 @@ class Supervisor(Executor):
             workers = loky.cpu_count()
         if not _whole(workers) or workers < 1:
             raise ValueError(f"workers must be a whole number >= 1, not {workers!r}")
+        workers = int(workers)  # numpy integers and the like: a plain int from here on
         if max_tasks_per_worker is not None and (
             not _whole(max_tasks_per_worker) or max_tasks_per_worker < 1
         ):
             raise ValueError(
                 f"max_tasks_per_worker must be a whole number >= 1, not {max_tasks_per_worker!r}"
             )
+        if max_tasks_per_worker is not None:
+            max_tasks_per_worker = int(max_tasks_per_worker)
         if not _whole(keep_finished) or keep_finished < 0:
             raise ValueError(f"keep_finished must be a whole number >= 0, not {keep_finished!r}")
+        keep_finished = int(keep_finished)
         if max_memory_per_worker is not None and (
             not _whole(max_memory_per_worker) or max_memory_per_worker < 1
         ):
@@ -144,6 +163,8 @@ class Supervisor(Executor):
                 f"max_memory_per_worker must be a number of bytes >= 1, "
                 f"not {max_memory_per_worker!r}"
             )
+        if max_memory_per_worker is not None:
+            max_memory_per_worker = int(max_memory_per_worker)
         init_payload = None
         if initializer is not None:
             if not callable(initializer):
@@ -152,6 +173,13 @@ class Supervisor(Executor):
 
         self._workers = workers
         self._keep_finished = keep_finished
+        self._pid = os.getpid()  # the process that owns the workers (see _check_process)
+        # Done-callbacks run here, in order, so that user code never runs on the loop.
+        self._callbacks: queue.SimpleQueue[tuple[Task[Any], list[Any]] | None] = (
+            queue.SimpleQueue())
+        self._callback_thread: threading.Thread | None = None
+        self._callbacks_closed = False
+        self._callback_lock = threading.Lock()
         self._id_base = new_base()
         self._offset = time.time() - time.monotonic()
         self._seq = itertools.count(1)
@@ -167,6 +195,7 @@ class Supervisor(Executor):
         self._jobs: dict[int, Job] = {}
         self._parked: dict[int, list[E.Run]] = {}  # killed worker -> runs to resolve when gone
         self._applying = False
+        self._round_failed = False
         self._core.jobs.make_run = self._make_job_run
         self._core.wall_offset = self._offset
         self._finished: deque[int] = deque()
@@ -321,6 +350,8 @@ class Supervisor(Executor):
         max_runs = job_opts.get("max_runs")
         if max_runs is not None and (not _whole(max_runs) or max_runs < 1):
             raise ValueError(f"max_runs must be a whole number >= 1, not {max_runs!r}")
+        if max_runs is not None:
+            max_runs = int(max_runs)
         until = job_opts.get("until")
         until_wall = None if until is None else _timestamp(until)
         first_due, wall = self._start_of(at, delay)
@@ -383,7 +414,13 @@ class Supervisor(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work. Scheduled tasks and jobs are cancelled; due tasks run
         to completion unless ``cancel_futures`` (then pending ones are cancelled).
-        With ``wait``, return once no task runs and no worker process is alive."""
+        With ``wait``, return once no task runs and no worker process is alive (and
+        the done-callbacks of every task have run).
+
+        In a child made by ``os.fork()`` this does nothing: the workers are the
+        parent's."""
+        if os.getpid() != self._pid:
+            return
         with self._close_lock:
             first = not self._closed
             self._closed = True
@@ -393,6 +430,9 @@ class Supervisor(Executor):
             self._post(lambda: self._core.close(time.monotonic(), True))
         if wait and threading.get_ident() != self._loop_ident:
             self._thread.join()
+            cb = self._callback_thread
+            if cb is not None and cb is not threading.current_thread():
+                cb.join()
 
     def jobs(self) -> list[Job]:
         """Every job scheduled on this supervisor, active or ended."""
@@ -477,6 +517,7 @@ class Supervisor(Executor):
 
     def _queue(self, put: Callable[[], object] | None) -> None:
         """Refuse new work after shutdown; else ``put`` it on its queue and wake the loop."""
+        self._check_process()
         with self._close_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
@@ -504,16 +545,25 @@ class Supervisor(Executor):
         self._commands.append(fn)
         self._pool.wake()
 
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"this Supervisor belongs to process {self._pid}: it cannot be used in a "
+                f"child made by os.fork() (nothing there would run its tasks); create a new "
+                f"Supervisor in the child"
+            )
+
     def _ask(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` in the loop thread and return its answer (inline if we are it)."""
+        self._check_process()
         if threading.get_ident() == self._loop_ident or not self._thread.is_alive():
             if threading.get_ident() == self._loop_ident:
                 self._take_adds()
             value = fn()
             if threading.get_ident() == self._loop_ident:
-                self._apply_and_settle()
+                self._apply()
             return value
-        call = _Call(fn, self._apply_and_settle)
+        call = _Call(fn, self._apply)
         self._post(call)
         while not call.done.wait(1.0):
             if not self._thread.is_alive():
@@ -522,8 +572,21 @@ class Supervisor(Executor):
             raise call.error
         return call.value
 
-    def _cancel_run(self, run: E.Run) -> bool:
-        return bool(self._ask(lambda: self._core.cancel(run, time.monotonic())))
+    def _cancel_run(self, run: E.Run, wait: bool = True) -> bool:
+        """Cancel; with ``wait``, answer once the outcome is final: True if the body never
+        ran or its process is gone. The loop itself never waits for a process: a killed
+        run resolves when its worker's exit is seen, and this caller waits for that."""
+        answer = self._ask(lambda: self._core.cancel(run, time.monotonic()))
+        if answer is False:
+            return False
+        if not wait:
+            # From an asyncio event loop: the loop's answer comes within one of its rounds
+            # (it never waits for a process), the process's end is not waited for.
+            return True
+        task: Task[Any] = run.handle
+        if threading.get_ident() != self._loop_ident:
+            concurrent.futures.wait((task,))
+        return task.done() and run.state in (TaskState.CANCELLED, TaskState.SUPERSEDED)
 
     def _postpone_run(self, run: E.Run, delay: float | timedelta | None) -> bool:
         d = (run.handle._delay or 0.0) if delay is None else seconds("delay", delay)
@@ -543,8 +606,10 @@ class Supervisor(Executor):
         core, pool, commands = self._core, self._pool, self._commands
         core.start(time.monotonic())
         self._apply()
+        failures = 0  # rounds in a row that raised
         try:
             while True:
+                self._round_failed = False
                 deadline = core.next_deadline()
                 if core.wall_anchored:
                     # Starts that follow the wall clock: look at it now and then, so that a
@@ -553,22 +618,41 @@ class Supervisor(Executor):
                     deadline = check if deadline is None else min(deadline, check)
                 if commands or self._adds:
                     deadline = 0.0  # work is waiting: do not block
+                elif deadline is not None:
+                    # A far deadline (timeout=sys.maxsize) never reaches the timer as such.
+                    deadline = min(deadline, time.monotonic() + MAX_WAIT)
                 events = pool.wait(deadline)
                 now = time.monotonic()
                 for ev in events:
-                    self._on_event(ev, now)
+                    try:
+                        self._on_event(ev, now)
+                    except Exception:
+                        self._contained(f"handling {type(ev).__name__}")
                 self._take_adds()
                 while commands:
                     self._take_adds()  # a command must see every task added before it
-                    commands.popleft()()
+                    try:
+                        commands.popleft()()
+                    except Exception:
+                        self._contained("running a command")
                 now = time.monotonic()
                 offset = time.time() - now
-                if abs(offset - core.wall_offset) > CLOCK_STEP:
-                    core.clock_changed(offset, now)
-                core.advance(now)
+                try:
+                    if abs(offset - core.wall_offset) > CLOCK_STEP:
+                        core.clock_changed(offset, now)
+                    core.advance(now)
+                except Exception:
+                    self._contained("firing timers")
                 self._apply()
+                failures = failures + 1 if self._round_failed else 0
+                if failures >= LOOP_ERRORS:
+                    raise RuntimeError(f"{failures} rounds of the supervisor loop failed in a row")
                 if core.closing and not core.workers and pool.alive() == 0 and core.idle():
                     break
+        except BaseException:
+            _log.critical("the supervisor loop stopped: every unfinished task is cancelled",
+                          exc_info=True)
+            raise
         finally:
             with self._close_lock:
                 self._closed = True  # no more submits: nothing would run them
@@ -577,10 +661,45 @@ class Supervisor(Executor):
                 self._release(wid)
             while self._adds:
                 self._tasks[self._adds[0].seq] = self._adds.popleft().handle
-            # Anything still unresolved (the loop died) must not hang its callers.
+            # Anything still unresolved (the loop died) must not hang its callers, and
+            # its state says what its future says.
             for task in list(self._tasks.values()):
                 if not task.done():
+                    if not task._run.state.final:
+                        task._run.state = TaskState.CANCELLED
                     task.set_exception(TaskCancelled("the supervisor stopped"))
+            self._close_callbacks()
+
+    # ------------------------------------------------------------ callbacks
+    def _run_callbacks(self, task: Task[Any], callbacks: list[Any]) -> None:
+        """A task resolved: its done-callbacks run on the callback thread, in order, so
+        that one that blocks, waits for another task or raises cannot stall the loop."""
+        with self._callback_lock:
+            if not self._callbacks_closed:
+                if self._callback_thread is None:
+                    self._callback_thread = threading.Thread(
+                        target=self._callback_loop, name="taskwarden-callbacks", daemon=True
+                    )
+                    self._callback_thread.start()
+                self._callbacks.put((task, callbacks))
+                return
+        _invoke_callbacks(task, callbacks)  # after shutdown: in the resolving thread
+
+    def _callback_loop(self) -> None:
+        while (item := self._callbacks.get()) is not None:
+            _invoke_callbacks(*item)
+
+    def _close_callbacks(self) -> None:
+        with self._callback_lock:
+            self._callbacks_closed = True
+            if self._callback_thread is not None:
+                self._callbacks.put(None)  # after every callback queued so far
+
+    def _contained(self, what: str) -> None:
+        """An error in the loop (a bug): logged, and the loop carries on with the rest."""
+        self._round_failed = True
+        _log.error("internal error in the supervisor loop while %s (contained)", what,
+                   exc_info=True)
 
     def _on_event(self, ev: P.Event, now: float) -> None:
         core = self._core
@@ -600,15 +719,6 @@ class Supervisor(Executor):
         elif isinstance(ev, P.WorkerRetiring):
             core.worker_retiring(ev.wid, now)
 
-    def _apply_and_settle(self) -> None:
-        """Carry out the core's actions, and wait for any process killed to be gone
-        (a caller of cancel() gets its answer once the process has died)."""
-        if self._applying:
-            return  # called back from a done-callback: the outer round carries on
-        self._apply()
-        for wid in self._pool.settle():
-            self._release(wid)
-
     def _release(self, wid: int) -> None:
         """A killed worker is gone: resolve the run it was executing."""
         for run in self._parked.pop(wid, ()):
@@ -623,6 +733,8 @@ class Supervisor(Executor):
         self._applying = True
         try:
             self._apply_rounds()
+        except Exception:
+            self._contained("carrying out the core's actions")
         finally:
             self._applying = False
 
@@ -634,42 +746,55 @@ class Supervisor(Executor):
             killing: dict[int, int] = {}
             resolved: list[E.Run] = []
             for a in actions:
-                kind = type(a)
-                if kind is E.Send:
-                    # One write per worker per round: runs for a worker travel together.
-                    batch = sends.setdefault(a.wid, [])  # type: ignore[union-attr]
-                    batch.extend((r.seq, r.payload, _opts(r)) for r in a.runs)  # type: ignore[union-attr]
-                elif kind is E.Resolve:
-                    ended = cast(E.Run, a.run)  # type: ignore[union-attr]
-                    killer = killing.get(id(ended))
-                    if killer is None:
-                        resolved.append(ended)
-                    else:
-                        # Its process was just killed: resolve once it is gone, so that
-                        # result() never raises while the process still exists.
-                        self._parked.setdefault(killer, []).append(ended)
-                elif kind is E.JobChanged:
-                    a.job.handle._changed()  # type: ignore[union-attr]
-                elif kind is E.Spawn:
-                    pool.spawn(a.wid)  # type: ignore[union-attr]
-                elif kind is E.Kill:
-                    dying = pool.kill(a.wid)  # type: ignore[union-attr]
-                    if dying and a.run is not None:  # type: ignore[union-attr]
-                        killing[id(a.run)] = a.wid  # type: ignore[union-attr]
-                elif kind is E.Skip:
-                    # The runs it may name go first: a skip that overtook its run
-                    # would find nothing to skip, and the run would start anyway.
-                    self._send_now(sends, a.wid)  # type: ignore[union-attr]
-                    pool.skip(a.wid, a.seq)  # type: ignore[union-attr]
-                elif kind is E.Interrupt:
-                    pool.interrupt(a.wid, a.seq)  # type: ignore[union-attr]
-                elif kind is E.Stop:
-                    self._send_now(sends, a.wid)  # type: ignore[union-attr]
-                    pool.stop(a.wid)  # type: ignore[union-attr]
+                try:
+                    kind = type(a)
+                    if kind is E.Send:
+                        # One write per worker per round: runs for a worker travel together.
+                        batch = sends.setdefault(a.wid, [])  # type: ignore[union-attr]
+                        batch.extend((r.seq, r.payload, _opts(r)) for r in a.runs)  # type: ignore[union-attr]
+                    elif kind is E.Resolve:
+                        ended = cast(E.Run, a.run)  # type: ignore[union-attr]
+                        killer = killing.get(id(ended))
+                        if killer is None:
+                            resolved.append(ended)
+                        else:
+                            # Its process was just killed: resolve once it is gone, so that
+                            # result() never raises while the process still exists.
+                            self._parked.setdefault(killer, []).append(ended)
+                    elif kind is E.JobChanged:
+                        a.job.handle._changed()  # type: ignore[union-attr]
+                    elif kind is E.Spawn:
+                        pool.spawn(a.wid)  # type: ignore[union-attr]
+                    elif kind is E.Kill:
+                        dying = pool.kill(a.wid)  # type: ignore[union-attr]
+                        if dying:
+                            for r in (a.run, *a.also):  # type: ignore[union-attr]
+                                if r is not None:
+                                    killing[id(r)] = a.wid  # type: ignore[union-attr]
+                    elif kind is E.Skip:
+                        # The runs it may name go first: a skip that overtook its run
+                        # would find nothing to skip, and the run would start anyway.
+                        self._send_now(sends, a.wid)  # type: ignore[union-attr]
+                        pool.skip(a.wid, a.seq)  # type: ignore[union-attr]
+                    elif kind is E.Interrupt:
+                        pool.interrupt(a.wid, a.seq)  # type: ignore[union-attr]
+                    elif kind is E.Stop:
+                        self._send_now(sends, a.wid)  # type: ignore[union-attr]
+                        pool.stop(a.wid)  # type: ignore[union-attr]
+                    elif kind is E.Note:
+                        _log.log(a.level, "%s", a.text)  # type: ignore[union-attr]
+                except Exception:
+                    self._contained(f"carrying out {type(a).__name__}")
             for wid, batch in sends.items():
-                pool.send(wid, batch)
+                try:
+                    pool.send(wid, batch)
+                except Exception:
+                    self._contained("sending runs")
             for ended in resolved:
-                self._resolve(ended)
+                try:
+                    self._resolve(ended)
+                except Exception:
+                    self._contained("resolving a task")
 
     def _send_now(
         self, sends: dict[int, list[tuple[int, bytes, dict[str, Any] | None]]], wid: int
@@ -714,12 +839,25 @@ def _opts(run: E.Run) -> dict[str, Any] | None:
     return opts
 
 
+def _invoke_callbacks(task: Task[Any], callbacks: list[Any]) -> None:
+    for callback in callbacks:
+        try:
+            callback(task)
+        except BaseException:  # KeyboardInterrupt and SystemExit too: logged, not fatal
+            _log.exception("a done-callback of %r raised", task)
+
+
 def _timestamp(at: datetime | float) -> float:
+    """A ``time.time()`` timestamp; one beyond MAX_SECONDS from now is clamped there."""
     if isinstance(at, datetime):
         return at.timestamp()  # naive datetimes are local time, as datetime does
-    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+    wall = None
+    if not isinstance(at, bool) and isinstance(at, (numbers.Real, Decimal)):
+        with contextlib.suppress(ValueError, OverflowError):
+            wall = float(at)
+    if wall is None or not math.isfinite(wall):
         raise TypeError(f"at must be a datetime or a finite time.time() timestamp, not {at!r}")
-    return float(at)
+    return min(wall, time.time() + MAX_SECONDS)
 
 
 def _pickle_call(
@@ -766,10 +904,7 @@ def _check_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
     try:
         sig = _SIGNATURES[fn]
     except (KeyError, TypeError):
-        try:
-            sig = inspect.signature(fn)
-        except (ValueError, TypeError):
-            sig = None  # builtins without a signature: the worker will tell
+        sig = _signature(fn)
         try:
             if len(_SIGNATURES) > 4096:
                 _SIGNATURES.clear()
@@ -785,8 +920,23 @@ def _check_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
         raise TypeError(f"arguments do not match {name}{sig}: {exc}") from None
 
 
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature of what a worker will call: a decorator's wrapper's own, not that of
+    the function it names in ``__wrapped__`` (the wrapper may add, inject or drop
+    arguments; one taking ``*args, **kwargs`` binds anything). A wrapper with no
+    signature of its own (a C one, such as ``functools.lru_cache``'s) passes the call
+    through: the wrapped function's signature is checked then."""
+    for follow_wrapped in (False, True):
+        try:
+            return inspect.signature(fn, follow_wrapped=follow_wrapped)
+        except (ValueError, TypeError):
+            continue
+    return None  # builtins without a signature: the worker will tell
+
+
 def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A count: any integral number (numpy's included), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _process_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Generator
 from concurrent.futures import Future
@@ -58,6 +59,7 @@ class Task(Future[T]):
 
     _waiters: Any = ()
     _done_callbacks: Any = ()
+    _inline_callbacks: Any = ()  # taskwarden's own (the asyncio bridge): never block
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -79,8 +81,30 @@ class Task(Future[T]):
             self._result = result
             self._exception = exception
             self._state = _FINISHED
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self._invoke_callbacks()
         return True
+
+    def _invoke_callbacks(self) -> None:
+        """Future calls this once resolved. Done-callbacks run on the supervisor's
+        callback thread (in order), not in the loop thread that resolved the task: a
+        callback that blocks, waits for another task or raises cannot stall the loop."""
+        for callback in self._inline_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                logging.getLogger("taskwarden").exception("internal callback failed")
+        if self._done_callbacks:
+            self._supervisor._run_callbacks(self, list(self._done_callbacks))
+
+    def _add_inline_callback(self, fn: Any) -> None:
+        """A callback of taskwarden's own that never blocks: run in the resolving thread."""
+        with self._condition:
+            if self._state != _FINISHED:
+                if not self._inline_callbacks:
+                    self._inline_callbacks = []
+                self._inline_callbacks.append(fn)
+                return
+        fn(self)
 
     def result(self, timeout: float | None = None) -> T:
         if self._state == _FINISHED:  # resolved: no need to take (or make) the Condition
@@ -90,11 +114,13 @@ class Task(Future[T]):
                 raise self._exception
             finally:
                 self = None  # type: ignore[assignment]  # break the cycle, as Future does
+        self._supervisor._check_process()  # in a forked child nothing would resolve it
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if self._state == _FINISHED:
             return self._exception
+        self._supervisor._check_process()
         return super().exception(timeout)
 
     def done(self) -> bool:
@@ -151,7 +177,10 @@ class Task(Future[T]):
     def cancel(self) -> bool:
         """Cancel in any state but a final one; a running task's process is killed.
 
-        Returns True if the task is now CANCELLED, False if it had already ended.
+        Returns True if the task is now CANCELLED: its body never ran, or the process
+        that ran it is gone (the call waits for that). False if it had already ended,
+        or (rarely) if it had been handed to a worker ahead of time, began before the
+        worker read the cancel and ran to its end: then its own outcome stands.
         """
         if self._run.state.final:
             return False
@@ -204,11 +233,13 @@ class Task(Future[T]):
                 loop.call_soon_threadsafe(copy, task)
 
         def on_waiter_done(fut: asyncio.Future[T]) -> None:
-            if fut.cancelled():
-                self.cancel()
+            if fut.cancelled() and not self._run.state.final:
+                # The task is CANCELLED when this returns, but its process may still be
+                # going: the event loop does not wait for that.
+                self._supervisor._cancel_run(self._run, wait=False)
 
         waiter.add_done_callback(on_waiter_done)
-        self.add_done_callback(on_done)
+        self._add_inline_callback(on_done)
         return waiter.__await__()
 
     def __repr__(self) -> str:

@@ -23,6 +23,7 @@ CLOCK_MONOTONIC = 1
 TFD_TIMER_ABSTIME = 1
 TFD_NONBLOCK = os.O_NONBLOCK
 TFD_CLOEXEC = getattr(os, "O_CLOEXEC", 0o2000000)
+MAX_DEADLINE = float(2**31 - 1)
 
 
 class _Timespec(ctypes.Structure):
@@ -50,7 +51,9 @@ class DeadlineTimer:
     def arm(self, deadline: float) -> None:
         if deadline == self.armed_at:
             return
-        frac, whole = math.modf(max(deadline, 1e-9))
+        # Clamped to what a 32-bit time_t holds (68 years of uptime: "never"), so that a
+        # far deadline neither overflows tv_sec nor wraps to zero and fires at once.
+        frac, whole = math.modf(min(max(deadline, 1e-9), MAX_DEADLINE))
         spec = _Itimerspec()
         spec.it_value.tv_sec = int(whole)
         spec.it_value.tv_nsec = int(frac * 1e9)
