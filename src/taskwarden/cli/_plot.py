@@ -37,8 +37,12 @@ def write_plot(path: str, summaries: Sequence[TargetSummary]) -> None:
     whiskers.set_xticks(range(1, len(labels) + 1), labels, rotation=20, ha="right")
     whiskers.set_ylabel(f"wall time [{name}]")
     whiskers.set_title("completed runs")
+    # The same bins for every target, so that their bars line up.
+    low, high = min(min(v) for v in data), max(max(v) for v in data)
+    count = min(40, max(8, max(len(v) for v in data) // 2))
+    edges = [low + (high - low) * i / count for i in range(count + 1)] if high > low else count
     for values, label in zip(data, labels, strict=True):
-        histogram.hist(values, bins=min(30, max(5, len(values) // 2)), alpha=0.6, label=label)
+        histogram.hist(values, bins=edges, alpha=0.6, label=label)
     histogram.set_xlabel(f"wall time [{name}]")
     histogram.set_ylabel("runs")
     histogram.set_title("distribution")
