@@ -2,21 +2,30 @@
 
     worker process (run_one)                      the run's process tree
     ────────────────────────                      ──────────────────────
-    Popen ─────────────────────────────────────▶  script / sh -c (+ children)
-    reader threads  ◀── stdout, stderr pipes ───
+    [--prepare, untimed] ──────────────────────▶  sh -c CMD
+    Popen ─────────────────────────────────────▶  script / command (+ children)
+    reader threads  ◀── stdout, stderr pipes ───  (only --heartbeat, --output pipe)
       │ chunks
       ▼
-    main thread: echo or capture, stderr tail, heartbeat(last line)
+    main thread: echo or file, stderr tail, heartbeat(last line)
     waiter thread: os.wait4 → exit status, rusage (CPU, ru_maxrss)
-    TreeSampler thread: tree RSS every 20 ms → peak memory
+    TreeSampler thread: tree PSS every 20 ms → peak memory
 
-Only the main thread calls ``taskwarden.heartbeat``, once per burst of
-output (at most every 50 ms), with the last line printed as progress: a run
-that prints nothing for ``--heartbeat`` seconds is judged hung.
+Where output goes is what the run is measured with, so nothing is added
+that the user did not ask for: with ``--output null`` (the default) stdout is
+/dev/null and stderr a file (its tail is read from there), with ``inherit``
+both are the worker's own (the terminal), with FILE stdout is appended to
+FILE. Only ``--heartbeat`` (output is the sign of life) and ``--output pipe``
+read through pipes. Only the main thread calls ``taskwarden.heartbeat``, once
+per burst of output (at most every 50 ms), with the last line printed as
+progress: a run that prints nothing for ``--heartbeat`` seconds is judged hung.
 
-If the worker is killed (timeout, heartbeat, cancel), the supervisor kills
-this whole tree; nothing here runs. If ``run_one`` itself is interrupted
-(an exception, KeyboardInterrupt), its ``finally`` kills the tree.
+When the run's process exits, ``_sweep`` kills whatever it left running (the
+worker is a child subreaper, see ``_treewatch``) and reports it; that also
+closes any pipe a leftover held, so the drain ends at once. If the worker is
+killed (timeout, heartbeat, cancel), the supervisor kills this whole tree;
+nothing here runs. If ``run_one`` itself is interrupted (an exception,
+KeyboardInterrupt), its ``finally`` kills the tree.
 """
 
 from __future__ import annotations
