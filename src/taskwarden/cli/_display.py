@@ -1,11 +1,14 @@
-"""What the user sees: progress while running, the summary table at the end.
+"""What the user sees: progress while running, the summary at the end.
 
 On a terminal, a rich live area shows a progress bar and the runs in
-flight (elapsed time, last line printed); each run's output is captured and
-printed above the live area when the run ends, so parallel runs never
-interleave and the live area is never scribbled over. Off a terminal
-(a pipe, a CI log), output streams through as it comes and each finished
-run gets one plain line.
+flight (elapsed time, last line printed). Off a terminal (a pipe, a CI
+log), or with ``--output inherit`` (the runs' own output would scribble
+over a live area), each finished run gets one plain line.
+
+The summary: a table per target (timing of the completed runs, mean ± sd,
+median, min…max, a histogram in block characters; failures counted apart),
+how the targets compare ("`a` ran 1.83 ± 0.04 times faster than `b`"),
+warnings (outliers, a busy machine), and the stderr tails of failures.
 """
 
 from __future__ import annotations
@@ -25,18 +28,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from taskwarden.cli._args import RunConfig
 from taskwarden.cli._records import (
     CANCELLED,
     COMPLETED,
     FAILED,
     TIMED_OUT,
     RunRecord,
-    Spread,
     TargetSummary,
     describe_exit,
 )
+from taskwarden.cli._stats import Timing
 
-_CAPTURE_MAX_LINES = 1000
 _FAILURES_SHOWN_PER_TARGET = 3
 _STDERR_LINES_SHOWN = 10  # of the 20 kept (the JSON has them all)
 _STATE_STYLE = {COMPLETED: "green", FAILED: "red", TIMED_OUT: "magenta", CANCELLED: "yellow"}
@@ -82,16 +85,59 @@ def format_bytes(value: float | None) -> str:
     raise AssertionError("unreachable")
 
 
-def format_spread(spread: Spread | None) -> str:
-    if spread is None:
+def time_unit(timing: Timing | None) -> tuple[str, float]:
+    """Milliseconds for a target whose mean is under a second, else seconds."""
+    if timing is not None and timing.mean < 1.0:
+        return "ms", 1000.0
+    return "s", 1.0
+
+
+def format_time(value: float | None, unit: tuple[str, float]) -> str:
+    if value is None:
         return "-"
-    return " / ".join(format_seconds(v) for v in (spread.low, spread.median, spread.high))
+    name, scale = unit
+    scaled = value * scale
+    digits = 1 if name == "ms" else 3
+    return f"{scaled:.{digits}f} {name}"
+
+
+def format_mean(timing: Timing | None) -> str:
+    """``312.4 ms ± 3.1 ms`` (no ± for a single run)."""
+    if timing is None:
+        return "-"
+    unit = time_unit(timing)
+    mean = format_time(timing.mean, unit)
+    return mean if timing.stddev is None else f"{mean} ± {format_time(timing.stddev, unit)}"
+
+
+def format_range(timing: Timing | None) -> str:
+    if timing is None:
+        return "-"
+    unit = time_unit(timing)
+    return f"{format_time(timing.low, unit)} … {format_time(timing.high, unit)}"
+
+
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def histogram_line(values: Sequence[float], bins: int = 12) -> str:
+    """The distribution of ``values`` from min to max, one block character per bin."""
+    if len(values) < 2:
+        return ""
+    low, high = min(values), max(values)
+    if high == low:
+        return "█"
+    counts = [0] * bins
+    for value in values:
+        counts[min(bins - 1, int((value - low) / (high - low) * bins))] += 1
+    top = max(counts)
+    return "".join(_BLOCKS[0 if c == 0 else max(1, round(c / top * 8))] for c in counts)
 
 
 def run_line(record: RunRecord, done: int, total: int) -> str:
     """The one line a finished run gets, e.g. ``[2/6] FAILED     a.py #2  exit status 3 ...``."""
     width = len(str(total))
-    head = f"[{done:>{width}}/{total}] {record.state:<9} {record.name}"
+    head = f"[{done:>{width}}/{max(total, done)}] {record.state:<9} {record.name}"
     parts: list[str] = []
     if record.exit_status is not None:
         parts.append(describe_exit(record.exit_status))
@@ -100,7 +146,13 @@ def run_line(record: RunRecord, done: int, total: int) -> str:
         parts.append(f"peak {format_bytes(record.peak_rss)}")
     elif record.error:
         parts.append(record.error)
+    if record.left_behind:
+        parts.append(_left_behind_text(len(record.left_behind)))
     return "  ".join([head, *parts])
+
+
+def _left_behind_text(count: int) -> str:
+    return f"{count} process{'es' if count != 1 else ''} left behind, killed"
 
 
 @dataclass(frozen=True)
@@ -113,19 +165,15 @@ class InFlight:
 
 
 class Display(Protocol):
-    capture_output: bool  # runs' output goes to files that ``finished`` prints
-
     def start(self, total: int) -> None: ...
     def update(self, in_flight: Sequence[InFlight]) -> None: ...
-    def finished(self, record: RunRecord, done: int, captured: bytes | None) -> None: ...
+    def finished(self, record: RunRecord, done: int, total: int) -> None: ...
     def note(self, message: str) -> None: ...
     def stop(self) -> None: ...
 
 
 class PlainDisplay:
-    """One line per finished run; runs' own output streams through untouched."""
-
-    capture_output = False
+    """One line per finished run."""
 
     def __init__(self, console: Console) -> None:
         self._console = console
@@ -138,8 +186,8 @@ class PlainDisplay:
     def update(self, in_flight: Sequence[InFlight]) -> None:
         pass
 
-    def finished(self, record: RunRecord, done: int, captured: bytes | None) -> None:
-        self._print(run_line(record, done, self._total))
+    def finished(self, record: RunRecord, done: int, total: int) -> None:
+        self._print(run_line(record, done, total))
 
     def note(self, message: str) -> None:
         self._print(message)
@@ -159,8 +207,6 @@ class PlainDisplay:
 
 class LiveDisplay:
     """A progress bar and the runs in flight, redrawn in place on a terminal."""
-
-    capture_output = True
 
     def __init__(self, console: Console) -> None:
         self._console = console
@@ -192,16 +238,11 @@ class LiveDisplay:
             table.add_row(run.name, elapsed, run.last_line)
         self._live.update(Group(self._progress, table), refresh=True)
 
-    def finished(self, record: RunRecord, done: int, captured: bytes | None) -> None:
-        if captured:
-            self._console.rule(Text(record.name, style="dim"), style="dim")
-            self._console.print(_captured_text(captured), end="", soft_wrap=True)
-            if not captured.endswith(b"\n"):
-                self._console.print()
-        line = Text(run_line(record, done, self._total))
+    def finished(self, record: RunRecord, done: int, total: int) -> None:
+        line = Text(run_line(record, done, total))
         line.stylize(_STATE_STYLE.get(record.state, ""), 0, len(line.plain))
         self._console.print(line)
-        self._progress.update(self._bar, completed=done)
+        self._progress.update(self._bar, completed=done, total=max(total, done))
 
     def note(self, message: str) -> None:
         self._console.print(message, markup=False, highlight=False, style="yellow")
@@ -210,49 +251,160 @@ class LiveDisplay:
         self._live.stop()
 
 
-def _captured_text(data: bytes) -> Text:
-    lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
-    dropped = len(lines) - _CAPTURE_MAX_LINES
-    text = Text()
-    if dropped > 0:
-        text.append(f"[... {dropped} earlier lines not shown ...]\n", style="dim")
-        lines = lines[-_CAPTURE_MAX_LINES:]
-    text.append(Text.from_ansi("".join(lines)))
+SIGMA = "\N{GREEK SMALL LETTER SIGMA}"
+_SUMMARY_HEADER = (
+    "target", "runs", "states", f"mean ± {SIGMA}", "median", "min … max", "cpu (mean)",
+    "peak mem", "exit", "distribution",
+)  # fmt: skip
+
+
+def summary_rows(summaries: Sequence[TargetSummary]) -> list[list[str]]:
+    """The summary table's cells, as text (the terminal table and --export-markdown)."""
+    rows = []
+    for s in summaries:
+        exits = ", ".join(
+            _exit_label(status) if len(s.exit_statuses) == 1 else f"{_exit_label(status)} x{count}"
+            for status, count in s.exit_statuses.items()
+        )
+        rows.append(
+            [
+                s.target.label,
+                str(s.runs),
+                ", ".join(f"{count} {state}" for state, count in s.states.items()),
+                format_mean(s.wall),
+                format_time(s.wall.median, time_unit(s.wall)) if s.wall else "-",
+                format_range(s.wall),
+                format_time(s.cpu.mean, time_unit(s.cpu)) if s.cpu else "-",
+                format_bytes(s.peak_rss),
+                exits or "-",
+                histogram_line(s.walls),
+            ]
+        )
+    return rows
+
+
+def relative_lines(summaries: Sequence[TargetSummary]) -> list[str]:
+    r"""``\`a.py\` ran 1.83 ± 0.04 times faster than \`b.py\```, fastest first."""
+    ranked = sorted(
+        (s for s in summaries if s.relative is not None),
+        key=lambda s: s.relative.ratio if s.relative else 0.0,
+    )
+    if len(ranked) < 2:
+        return []
+    fastest = ranked[0]
+    lines = []
+    for other in ranked[1:]:
+        assert other.relative is not None
+        spread = other.relative.stddev
+        ratio = f"{other.relative.ratio:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
+        lines.append(
+            f"`{fastest.target.label}` ran {ratio} times faster than `{other.target.label}`"
+        )
+    return lines
+
+
+def markdown_table(summaries: Sequence[TargetSummary]) -> str:
+    """--export-markdown: the summary table as shown, and the comparison below it."""
+    from taskwarden.cli._export import markdown_report
+
+    text = markdown_report(summary_rows(summaries), _SUMMARY_HEADER)
+    lines = relative_lines(summaries)
+    if lines:
+        text += "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
     return text
 
 
-def print_summary(console: Console, summaries: Sequence[TargetSummary]) -> None:
-    """The results table (a row per target), then the stderr tails of failed runs."""
+def noise_warnings(
+    config: RunConfig,
+    summaries: Sequence[TargetSummary],
+    load_at_start: tuple[float, float, float] | None,
+) -> list[str]:
+    """Why the numbers may mislead: outliers, a slow first run, a busy machine."""
+    warnings = []
+    cores = os.cpu_count() or 1
+    if config.jobs > cores:
+        warnings.append(
+            f"--jobs {config.jobs} on {cores} cores: parallel runs compete for the CPU "
+            "and their times grow"
+        )
+    if load_at_start is not None and load_at_start[0] > cores * 0.9:
+        warnings.append(
+            f"the machine was busy (load average {load_at_start[0]:.2f} on {cores} cores): "
+            "times may be inflated and noisy"
+        )
+    for s in summaries:
+        label = s.target.label
+        if s.first_run_slow:
+            warnings.append(
+                f"{label}: the first run was much slower than the rest (a cold cache?): "
+                "consider --warmup or --prepare"
+            )
+        elif s.outliers:
+            warnings.append(
+                f"{label}: {s.outliers} statistical outlier{'s' if s.outliers > 1 else ''} "
+                f"among {len(s.walls)} runs: other programs may have interfered; consider "
+                "re-running on a quiet machine"
+            )
+        if s.wall is not None and s.wall.mean < 0.005:
+            warnings.append(
+                f"{label}: runs took under 5 ms: start-up overhead dominates, the "
+                "numbers are inexact"
+            )
+        failed = s.runs - s.completed
+        if failed:
+            warnings.append(
+                f"{label}: {failed} of {s.runs} runs did not complete; the statistics "
+                f"cover the {s.completed} that did"
+            )
+    return warnings
+
+
+def print_summary(
+    console: Console,
+    summaries: Sequence[TargetSummary],
+    *,
+    warnings: Sequence[str] = (),
+    phases: Sequence[RunRecord] = (),
+) -> None:
+    """The results table (a row per target), the comparison, warnings, failures."""
     table = Table(box=box.SIMPLE_HEAD, title="taskwarden run", title_justify="left")
-    table.add_column("target", overflow="fold")
-    table.add_column("runs", justify="right")
-    table.add_column("states")
-    table.add_column("wall s min / med / max", justify="right")
-    table.add_column("cpu s min / med / max", justify="right")
-    table.add_column("peak mem", justify="right")
-    table.add_column("exit", justify="right")
-    for summary in summaries:
+    for i, name in enumerate(_SUMMARY_HEADER):
+        table.add_column(name, justify="left" if i in (0, 2, 9) else "right", overflow="fold")
+    for summary, cells in zip(summaries, summary_rows(summaries), strict=True):
         states = Text()
         for i, (state, count) in enumerate(summary.states.items()):
             if i:
                 states.append(", ")
             states.append(f"{count} {state}", style=_STATE_STYLE.get(state, ""))
-        exits = ", ".join(
-            _exit_label(status)
-            if len(summary.exit_statuses) == 1
-            else f"{_exit_label(status)} x{count}"
-            for status, count in summary.exit_statuses.items()
-        )
-        table.add_row(
-            Text(summary.target.label),
-            str(summary.runs),
-            states,
-            format_spread(summary.wall),
-            format_spread(summary.cpu),
-            format_bytes(summary.peak_rss),
-            exits or "-",
-        )
+        table.add_row(Text(cells[0]), cells[1], states, *cells[3:9], Text(cells[9], style="cyan"))
     console.print(table)
+    interpreters = {
+        (" ".join(s.target.interpreter), s.target.interpreter_source)
+        for s in summaries
+        if s.target.kind == "script"
+    }
+    for interpreter, source in sorted(interpreters):
+        console.print(Text(f"scripts ran under {interpreter} ({source})", style="dim"))
+    lines = relative_lines(summaries)
+    if lines:
+        console.print(Text("Relative speed (mean of the completed runs):", style="bold"))
+        for line in lines:
+            console.print(Text("  " + line), soft_wrap=True)
+    for summary in summaries:
+        if summary.left_behind:
+            console.print(
+                Text(
+                    f"{summary.target.label}: {_left_behind_text(summary.left_behind)}",
+                    style="yellow",
+                )
+            )
+    for record in phases:
+        if not record.ok:
+            console.print(
+                Text(f"{record.target.label}: {record.error or record.state}", style="red")
+            )
+    for warning in warnings:
+        console.print(Text(f"Warning: {warning}", style="yellow"), soft_wrap=True)
     for summary in summaries:
         _print_failures(console, summary)
 

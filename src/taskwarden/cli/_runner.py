@@ -2,21 +2,30 @@
 
     worker process (run_one)                      the run's process tree
     ────────────────────────                      ──────────────────────
-    Popen ─────────────────────────────────────▶  script / sh -c (+ children)
-    reader threads  ◀── stdout, stderr pipes ───
+    [--prepare, untimed] ──────────────────────▶  sh -c CMD
+    Popen ─────────────────────────────────────▶  script / command (+ children)
+    reader threads  ◀── stdout, stderr pipes ───  (only --heartbeat, --output pipe)
       │ chunks
       ▼
-    main thread: echo or capture, stderr tail, heartbeat(last line)
+    main thread: echo or file, stderr tail, heartbeat(last line)
     waiter thread: os.wait4 → exit status, rusage (CPU, ru_maxrss)
-    TreeSampler thread: tree RSS every 20 ms → peak memory
+    TreeSampler thread: tree PSS every 20 ms → peak memory
 
-Only the main thread calls ``taskwarden.heartbeat``, once per burst of
-output (at most every 50 ms), with the last line printed as progress: a run
-that prints nothing for ``--heartbeat`` seconds is judged hung.
+Where output goes is what the run is measured with, so nothing is added
+that the user did not ask for: with ``--output null`` (the default) stdout is
+/dev/null and stderr a file (its tail is read from there), with ``inherit``
+both are the worker's own (the terminal), with FILE stdout is appended to
+FILE. Only ``--heartbeat`` (output is the sign of life) and ``--output pipe``
+read through pipes. Only the main thread calls ``taskwarden.heartbeat``, once
+per burst of output (at most every 50 ms), with the last line printed as
+progress: a run that prints nothing for ``--heartbeat`` seconds is judged hung.
 
-If the worker is killed (timeout, heartbeat, cancel), the supervisor kills
-this whole tree; nothing here runs. If ``run_one`` itself is interrupted
-(an exception, KeyboardInterrupt), its ``finally`` kills the tree.
+When the run's process exits, ``_sweep`` kills whatever it left running (the
+worker is a child subreaper, see ``_treewatch``) and reports it; that also
+closes any pipe a leftover held, so the drain ends at once. If the worker is
+killed (timeout, heartbeat, cancel), the supervisor kills this whole tree;
+nothing here runs. If ``run_one`` itself is interrupted (an exception,
+KeyboardInterrupt), its ``finally`` kills the tree.
 """
 
 from __future__ import annotations
@@ -32,17 +41,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import BinaryIO, TypedDict
+from typing import BinaryIO, Literal, TypedDict
 
 import psutil
 
-from taskwarden.cli._treewatch import TreeSampler, kill_tree
+from taskwarden.cli._treewatch import (
+    RUN_MARKER,
+    TreeSampler,
+    alive,
+    become_subreaper,
+    describe,
+    kill_tree,
+    leftovers,
+    marked,
+    reap_zombie_children,
+)
 
 STDERR_TAIL_LINES = 20
 _TAIL_BYTES = 64 * 1024
 _HEARTBEAT_EVERY = 0.05
 _PROGRESS_CHARS = 200
-_DRAIN_AFTER_EXIT = 5.0  # seconds to wait for the pipes to close once the tree is dead
+# Once the run's tree is dead, its pipes close at once; this bounds the wait for a
+# process out of our reach (one that received the pipe over a socket, say).
+_DRAIN_AFTER_EXIT = 0.5
+
+OutputMode = Literal["null", "pipe", "inherit", "file"]
 
 
 @dataclass(frozen=True)
@@ -52,10 +75,14 @@ class RunSpec:
     command: tuple[str, ...]  # argv; for a shell target, (shell command,)
     shell: bool
     cwd: str
-    stderr_path: str  # the run's stderr is appended here too, for runs that get killed
+    stderr_path: str  # where stderr is kept (or copied), for the failure report
     stats_path: str  # peak memory and CPU so far, for runs that get killed
-    capture_path: str | None = None  # if set, stdout+stderr go here instead of the terminal
+    output: OutputMode = "null"  # where the run's stdout goes (see module docstring)
+    output_path: str | None = None  # the file, for output="file"
+    watch: bool = False  # read stdout and stderr through pipes and heartbeat on output
     env: dict[str, str] = field(default_factory=dict)  # added to the worker's environment
+    prepare: str | None = None  # shell command run (untimed) just before the run
+    run_id: str = ""  # TASKWARDEN_RUN: every process of the run inherits it
 
 
 class RunResult(TypedDict):
@@ -64,21 +91,34 @@ class RunResult(TypedDict):
     exit_status: int  # negative: killed by that signal (as subprocess reports it)
     wall: float  # seconds, from start to exit
     cpu: float  # user + system seconds of the tree (the script and its waited-for children)
-    peak_rss: int  # bytes, the tree's total resident memory at its largest
+    peak_rss: int  # bytes: the tree's memory at its largest (PSS summed, see _treewatch)
     stderr_tail: list[str]
     pid: int
+    argv: list[str]  # what was executed
+    left_behind: list[str]  # processes still running when the run ended (killed)
+    prepare_status: int | None  # --prepare's exit status when it failed (the run did not start)
+
+
+# Set in a worker of the command line (see quiet_worker): every process under it is a run's.
+_dedicated_worker = False
 
 
 def quiet_worker() -> None:
-    """Worker initializer: let the command line, not KeyboardInterrupt, handle Ctrl-C.
+    """Worker initializer: Ctrl-C is the command line's business, orphans are ours.
 
     A terminal's Ctrl-C signals the whole foreground process group. The
     command line then cancels every run; a worker that died of
     KeyboardInterrupt on its own would only add a traceback. The handler is a
     Python function, not SIG_IGN, because exec resets handlers (but not
     SIG_IGN) to the default: the scripts still see Ctrl-C as usual.
+
+    The worker also becomes a child subreaper, so that whatever a run leaves
+    behind (double-forked, ``setsid``) is handed to it and found when the run
+    ends (see ``_treewatch``).
     """
+    global _dedicated_worker
     signal.signal(signal.SIGINT, _ignore_signal)
+    _dedicated_worker = become_subreaper()
 
 
 def _ignore_signal(signum: int, frame: FrameType | None) -> None:
@@ -92,42 +132,78 @@ def run_one(spec: RunSpec) -> RunResult:
     return run_measured(spec, heartbeat)
 
 
+def executed_argv(spec: RunSpec) -> list[str]:
+    """The argv that ``spec`` executes (a shell target goes through ``/bin/sh -c``)."""
+    return ["/bin/sh", "-c", spec.command[0]] if spec.shell else list(spec.command)
+
+
 def run_measured(spec: RunSpec, beat: Callable[[object], None]) -> RunResult:
     """``run_one`` with the heartbeat function passed in (so tests can run it in-process)."""
     env = {**os.environ, **spec.env}
-    command: str | list[str] = spec.command[0] if spec.shell else list(spec.command)
+    if spec.run_id:
+        env[RUN_MARKER] = spec.run_id
+    argv = executed_argv(spec)
+    if spec.prepare is not None:
+        status = _prepare(spec, env, beat)
+        if status != 0:
+            return RunResult(
+                exit_status=status, wall=0.0, cpu=0.0, peak_rss=0, pid=0, argv=argv,
+                stderr_tail=_file_tail(spec.stderr_path), left_behind=[], prepare_status=status,
+            )  # fmt: skip
+    piped = spec.watch or spec.output == "pipe"
+    with contextlib.ExitStack() as files:
+        stdout: int | BinaryIO | None
+        stderr: int | BinaryIO | None
+        if piped:
+            stdout = stderr = subprocess.PIPE
+        elif spec.output == "inherit":
+            stdout = stderr = None
+        else:
+            stderr = files.enter_context(open(spec.stderr_path, "ab"))
+            if spec.output == "file":
+                assert spec.output_path is not None
+                stdout = files.enter_context(open(spec.output_path, "ab"))
+            else:
+                stdout = subprocess.DEVNULL
+        inherited_maxrss = _own_maxrss()
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            argv, cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+        )
+    return _follow(spec, proc, started, inherited_maxrss, beat, argv)
+
+
+def _follow(
+    spec: RunSpec,
+    proc: subprocess.Popen[bytes],
+    started: float,
+    inherited_maxrss: int,
+    beat: Callable[[object], None],
+    argv: list[str],
+) -> RunResult:
+    """Wait for the run's process (reading its pipes, if any), then sweep its tree."""
     events: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
-    inherited_maxrss = _own_maxrss()
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        command,
-        shell=spec.shell,
-        cwd=spec.cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
     try:
-        root = psutil.Process(proc.pid)
+        root: psutil.Process | None = psutil.Process(proc.pid)
     except psutil.Error:  # already gone (and not yet reaped, so this is rare)
         root = None
     sampler = TreeSampler(proc.pid, spec.stats_path) if root is not None else None
     waiter = _Waiter(proc, events)
+    pipes = [p for p in (proc.stdout, proc.stderr) if p is not None]
     readers = [
-        threading.Thread(target=_pump, args=(proc.stdout, "out", events), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr, "err", events), daemon=True),
+        threading.Thread(target=_pump, args=(pipe, kind, events), daemon=True)
+        for pipe, kind in zip(pipes, ("out", "err"), strict=False)
     ]
     exited = False
+    left_behind: list[str] = []
     try:
         if sampler is not None:
             sampler.start()
         waiter.start()
         for reader in readers:
             reader.start()
-        with _Output(spec) as output:
-            open_streams = 2
+        with _Output(spec, keep_tail=bool(pipes)) as output:
+            open_streams = len(pipes)
             last_beat = 0.0
             drain_deadline: float | None = None
             while open_streams or not exited:
@@ -135,20 +211,21 @@ def run_measured(spec: RunSpec, beat: Callable[[object], None]) -> RunResult:
                     timeout = None if drain_deadline is None else drain_deadline - time.monotonic()
                     kind, data = events.get(timeout=timeout if timeout is None else max(timeout, 0))
                 except queue.Empty:
-                    break  # a process we never saw still holds the pipes: give up on them
+                    break  # a process out of our reach still holds the pipes: give up on them
                 if kind == "exit":
                     exited = True
-                    # Whatever the script left running dies with the run.
+                    # Whatever the script left running dies with the run; that closes the
+                    # pipes it held, so the drain below ends at once.
                     if sampler is not None:
                         sampler.stop()
-                        kill_tree(sampler.descendants())
+                    left_behind = _sweep(spec, sampler)
                     drain_deadline = time.monotonic() + _DRAIN_AFTER_EXIT
                 elif not data:
                     open_streams -= 1
                 else:
                     output.write(kind, data)
                     now = time.monotonic()
-                    if now - last_beat >= _HEARTBEAT_EVERY:
+                    if spec.watch and now - last_beat >= _HEARTBEAT_EVERY:
                         last_beat = now
                         beat(output.last_line)
         wall = waiter.finished_at - started
@@ -159,7 +236,7 @@ def run_measured(spec: RunSpec, beat: Callable[[object], None]) -> RunResult:
             waiter.join()
         if sampler is not None:
             sampler.stop()
-        for pipe in (proc.stdout, proc.stderr):
+        for pipe in pipes:
             with contextlib.suppress(OSError):
                 pipe.close()
     cpu = waiter.cpu_seconds
@@ -175,9 +252,67 @@ def run_measured(spec: RunSpec, beat: Callable[[object], None]) -> RunResult:
         wall=wall,
         cpu=cpu,
         peak_rss=peak,
-        stderr_tail=output.stderr_tail(),
+        stderr_tail=output.stderr_tail() if pipes else _file_tail(spec.stderr_path),
         pid=proc.pid,
+        argv=argv,
+        left_behind=left_behind,
+        prepare_status=None,
     )
+
+
+def _prepare(spec: RunSpec, env: dict[str, str], beat: Callable[[object], None]) -> int:
+    """Run ``--prepare`` (heartbeating while it runs, so it does not count as silence)."""
+    assert spec.prepare is not None
+    with open(spec.stderr_path, "ab") as err:
+        proc = subprocess.Popen(
+            spec.prepare, shell=True, cwd=spec.cwd, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        while True:
+            try:
+                status = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if spec.watch:
+                    beat("(--prepare)")
+    finally:
+        if proc.returncode is None:
+            kill_tree([psutil.Process(proc.pid)])
+            proc.wait()
+    _sweep(spec, None)
+    return status
+
+
+def _sweep(spec: RunSpec, sampler: TreeSampler | None) -> list[str]:
+    """Kill what the run left running; describe each process killed.
+
+    In a command-line worker (a subreaper) every process under the worker is
+    the run's; elsewhere (a test calling ``run_measured``), the run's are the
+    ones carrying its marker, and those the sampler saw.
+    """
+    candidates = leftovers()
+    if not _dedicated_worker:
+        candidates = [p for p in candidates if spec.run_id and marked(p, spec.run_id)]
+    if sampler is not None:
+        known = {p.pid for p in candidates}
+        candidates += [p for p in sampler.descendants() if p.pid not in known]
+    running = [p for p in candidates if alive(p)]
+    report = [describe(p) for p in running]
+    kill_tree(candidates)
+    if _dedicated_worker:
+        reap_zombie_children()
+    return report
+
+
+def _file_tail(path: str) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _TAIL_BYTES))
+            return tail_lines(f.read())
+    except OSError:
+        return []
 
 
 def _own_maxrss() -> int:
@@ -239,39 +374,42 @@ class _Waiter:
 
 
 class _Output:
-    """Where a run's output goes: echoed to this process's stdout/stderr, or to a file.
+    """Where piped output goes: discarded (null, pipe), echoed (inherit), or a file.
 
     The stderr tail is kept either way, and stderr is also appended to
     ``spec.stderr_path`` so that the parent can show it for a killed run.
     """
 
-    def __init__(self, spec: RunSpec) -> None:
+    def __init__(self, spec: RunSpec, *, keep_tail: bool) -> None:
         self._spec = spec
+        self._keep_tail = keep_tail
         self._tail = bytearray()
         self.last_line = ""
         self._stderr_file: BinaryIO | None = None
-        self._capture_file: BinaryIO | None = None
+        self._stdout_file: BinaryIO | None = None
         self._closed: set[str] = set()  # streams we can no longer echo to
 
     def __enter__(self) -> _Output:
-        self._stderr_file = open(self._spec.stderr_path, "ab", buffering=0)
-        if self._spec.capture_path is not None:
-            self._capture_file = open(self._spec.capture_path, "ab", buffering=0)
+        if self._keep_tail:
+            self._stderr_file = open(self._spec.stderr_path, "ab", buffering=0)
+            if self._spec.output == "file":
+                assert self._spec.output_path is not None
+                self._stdout_file = open(self._spec.output_path, "ab", buffering=0)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for f in (self._stderr_file, self._capture_file):
+        for f in (self._stderr_file, self._stdout_file):
             if f is not None:
                 f.close()
 
     def write(self, kind: str, data: bytes) -> None:
-        if self._capture_file is not None:
-            self._capture_file.write(data)
-        elif kind not in self._closed:
+        if self._spec.output == "inherit" and kind not in self._closed:
             try:
                 _echo(sys.stdout if kind == "out" else sys.stderr, data)
             except OSError:  # the reader went away (``| head``): the run goes on
                 self._closed.add(kind)
+        elif kind == "out" and self._stdout_file is not None:
+            self._stdout_file.write(data)
         if kind == "err":
             assert self._stderr_file is not None
             self._stderr_file.write(data)

@@ -1,18 +1,31 @@
 """Watching and killing one run's process tree (the script and everything it starts).
 
-``TreeSampler`` samples the resident memory of the whole tree every 20 ms,
-because ``ru_maxrss`` only knows the largest single process, not the sum of
-a script and its children alive at the same time. It also remembers every
-descendant it has seen, so that processes a script leaves behind (orphans,
-which the kernel hands to init) can still be found and killed when the run
-ends.
+``TreeSampler`` samples the memory of the whole tree every 20 ms, because
+``ru_maxrss`` only knows the largest single process, not the sum of a script
+and its children alive at the same time. The sum is of proportional set
+sizes (PSS, from ``/proc/PID/smaps_rollup``): a page shared by ten processes
+counts a tenth in each, so the tree's shared libraries count once, not once
+per process (summed RSS made 100 idle ``sleep`` processes look like 180 MiB).
+Where smaps_rollup cannot be read, RSS stands in.
+
+Finding what a run leaves behind. A process that double-forks or calls
+``setsid`` leaves its parent's tree: the kernel hands an orphan to the
+nearest *child subreaper* among its ancestors, else to init. So the command
+line makes itself a subreaper (``become_subreaper``), and so does each of its
+workers: an orphan of a run lands on the worker that ran it (or on the
+command line, if that worker was killed), never on init. Each run also
+carries ``TASKWARDEN_RUN=<id>`` in its environment, which every descendant
+inherits, so that the command line can tell whose orphan it holds. When a
+run ends, ``leftovers`` lists what is still there, and ``kill_tree`` ends it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -23,6 +36,63 @@ SAMPLE_INTERVAL = 0.02
 _CHILDREN_EVERY = 5  # listing descendants scans /proc: do it every 5th sample only
 _STATS_EVERY = 0.25  # seconds between writes of the stats file
 _KILL_WAIT = 5.0  # seconds to wait for killed processes to die
+_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+RUN_MARKER = "TASKWARDEN_RUN"  # environment variable naming the run a process belongs to
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux); True if it is.
+
+    Process-wide, so only for processes the command line owns (itself and its
+    workers), never for a library caller.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def describe(proc: psutil.Process) -> str:
+    """``1234 sleep 60``: a pid and its command line, for reports."""
+    try:
+        cmdline = " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        cmdline = "?"
+    return f"{proc.pid} {cmdline}"[:200]
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def marked(proc: psutil.Process, run_id: str) -> bool:
+    """Whether ``proc`` was started (directly or not) by the run ``run_id``."""
+    try:
+        return proc.environ().get(RUN_MARKER) == run_id
+    except psutil.Error:
+        return False
+
+
+def leftovers(under: int | None = None) -> list[psutil.Process]:
+    """Every descendant of ``under`` (default: this process), zombies included."""
+    try:
+        return psutil.Process(under).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def reap_zombie_children() -> None:
+    """Reap this process's children that have already exited (orphans handed to us)."""
+    for child in leftovers():
+        with contextlib.suppress(psutil.Error, ChildProcessError, OSError):
+            if child.ppid() == os.getpid() and child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
 
 
 class TreeSampler:
@@ -88,7 +158,7 @@ class TreeSampler:
         for proc in members:
             try:
                 with proc.oneshot():
-                    rss += proc.memory_info().rss
+                    rss += _proportional_size(proc)
                     times = proc.cpu_times()
             except psutil.Error:  # gone, zombie or not ours: it no longer holds memory
                 continue
@@ -108,6 +178,18 @@ class TreeSampler:
             with open(tmp, "w") as f:
                 json.dump({"peak_rss": self.peak_rss, "cpu": self.cpu_seconds}, f)
             os.replace(tmp, self._stats_path)
+
+
+def _proportional_size(proc: psutil.Process) -> int:
+    """The process's PSS in bytes (Linux), else its RSS."""
+    try:
+        with open(f"/proc/{proc.pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(proc.memory_info().rss)
 
 
 def _high_water_mark(pid: int) -> int:

@@ -1,0 +1,174 @@
+"""``taskwarden run`` against hyperfine, on the same commands, in one command.
+
+    python benchmarks/cli_vs_hyperfine.py            # about a minute
+    python benchmarks/cli_vs_hyperfine.py --quick    # fewer runs
+    python benchmarks/cli_vs_hyperfine.py --json out.json
+
+Workloads: ``python3 -c pass``, ``sleep 0.2``, a fixed 0.3 s of CPU work
+(``cli_workloads/cpu.py``) and a print-heavy script (``cli_workloads/prints.py``,
+200,000 lines). Each is measured three ways, in alternating rounds so that a
+drift of the machine touches all three alike:
+
+- *floor*: this script starts the command itself (``subprocess.Popen``, stdout
+  to /dev/null, no shell) and times start to exit: what the command costs;
+- *hyperfine*: ``hyperfine -N`` (no shell), its default ``--output null``;
+- *taskwarden*: ``taskwarden run -c CMD`` with its default ``--output null`` (a
+  command without shell syntax runs without a shell there too).
+
+It prints each tool's mean ± sd, the ratio of the means (taskwarden /
+hyperfine) and each tool's overhead over the floor, and writes JSON
+(``benchmarks/results/cli_vs_hyperfine.json`` unless ``--json``). Without
+hyperfine installed (Debian: ``apt-get install hyperfine``) it says so and
+measures taskwarden against the floor alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOADS = {
+    "python3 -c pass": "python3 -c pass",
+    "sleep 0.2": "sleep 0.2",
+    "cpu 0.3 s": f"python3 {os.path.join(HERE, 'cli_workloads', 'cpu.py')}",
+    "print-heavy": f"python3 {os.path.join(HERE, 'cli_workloads', 'prints.py')}",
+}
+WARMUP = 2
+
+
+def floor(command: str, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(command.split(), stdout=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def hyperfine(command: str, runs: int, directory: str) -> list[float]:
+    out = os.path.join(directory, "hyperfine.json")
+    subprocess.run(
+        ["hyperfine", "-N", "--style", "none", "--warmup", str(WARMUP), "--runs", str(runs),
+         "--export-json", out, command],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    with open(out) as f:
+        times: list[float] = json.load(f)["results"][0]["times"]
+    return times
+
+
+def taskwarden(command: str, runs: int, directory: str) -> list[float]:
+    out = os.path.join(directory, "taskwarden.json")
+    subprocess.run(
+        [sys.executable, "-m", "taskwarden", "run", "--warmup", str(WARMUP), "--repeat",
+         str(runs), "--export-json", out, "-c", command],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    with open(out) as f:
+        report = json.load(f)
+    return [
+        r["wall_seconds"] for r in report["runs"] if not r["warmup"] and r["state"] == "COMPLETED"
+    ]
+
+
+def runs_for(name: str, quick: bool) -> int:
+    full = {"python3 -c pass": 60, "sleep 0.2": 10, "cpu 0.3 s": 10, "print-heavy": 20}[name]
+    return max(5, full // 3) if quick else full
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(times),
+        "stddev": statistics.stdev(times) if len(times) > 1 else 0.0,
+        "median": statistics.median(times),
+        "runs": len(times),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs, one round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
+    parser.add_argument("--json", default=os.path.join(HERE, "results", "cli_vs_hyperfine.json"))
+    options = parser.parse_args()
+    have_hyperfine = shutil.which("hyperfine") is not None
+    if not have_hyperfine:
+        print(
+            "hyperfine is not installed (Debian: apt-get install hyperfine): "
+            "measuring taskwarden against the floor only."
+        )
+    rounds = 1 if options.quick else options.rounds
+    tools = ["floor", *(["hyperfine"] if have_hyperfine else []), "taskwarden"]
+    raw: dict[str, dict[str, list[float]]] = {w: {t: [] for t in tools} for w in WORKLOADS}
+    with tempfile.TemporaryDirectory() as directory:
+        for round_ in range(rounds):
+            for name, command in WORKLOADS.items():
+                runs = max(3, runs_for(name, options.quick) // rounds)
+                order = tools if round_ % 2 == 0 else list(reversed(tools))
+                for tool in order:
+                    if tool == "floor":
+                        times = floor(command, runs)
+                    elif tool == "hyperfine":
+                        times = hyperfine(command, runs, directory)
+                    else:
+                        times = taskwarden(command, runs, directory)
+                    raw[name][tool].extend(times)
+                print(f"round {round_ + 1}/{rounds}: {name} done", file=sys.stderr)
+    results: dict[str, Any] = {}
+    header = f"{'workload':<16} " + " ".join(f"{t + ' mean ± sd':>24}" for t in tools)
+    if have_hyperfine:
+        header += f" {'tw/hf':>7} {'hf overhead':>12}"
+    header += f" {'tw overhead':>12}"
+    print(header)
+    for name in WORKLOADS:
+        stats = {tool: summary(raw[name][tool]) for tool in tools}
+        cells = [
+            f"{1000 * s['mean']:>11.1f} ± {1000 * s['stddev']:>6.1f} ms" for s in stats.values()
+        ]
+        line = f"{name:<16} " + " ".join(f"{c:>24}" for c in cells)
+        entry: dict[str, Any] = {"command": WORKLOADS[name], "tools": stats}
+        base = stats["floor"]["mean"]
+        if have_hyperfine:
+            ratio = stats["taskwarden"]["mean"] / stats["hyperfine"]["mean"]
+            entry["ratio_taskwarden_to_hyperfine"] = ratio
+            entry["hyperfine_overhead_seconds"] = stats["hyperfine"]["mean"] - base
+            line += f" {ratio:>7.3f} {1000 * (stats['hyperfine']['mean'] - base):>9.1f} ms"
+        entry["taskwarden_overhead_seconds"] = stats["taskwarden"]["mean"] - base
+        line += f" {1000 * (stats['taskwarden']['mean'] - base):>9.1f} ms"
+        results[name] = entry
+        print(line)
+    document = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "load_average": list(os.getloadavg()),
+            "hyperfine": subprocess.run(
+                ["hyperfine", "--version"], capture_output=True, text=True
+            ).stdout.strip()
+            if have_hyperfine
+            else None,
+        },
+        "rounds": rounds,
+        "results": results,
+        "raw": raw,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(options.json)), exist_ok=True)
+    with open(options.json, "w") as f:
+        json.dump(document, f, indent=2)
+    print(f"wrote {options.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
