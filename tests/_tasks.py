@@ -249,3 +249,32 @@ def _cache(fn: Any) -> Any:
 def lru_square(x: int) -> int:
     """Wrapped by C code (no signature of its own): the wrapped function's is checked."""
     return x * x
+
+
+def blob(i: int, size: int = 1 << 20) -> bytes:
+    """A result of ``size`` bytes (1 MiB by default)."""
+    return bytes([i % 256]) * size
+
+
+class Box:
+    """A result that can be watched with a weakref (bytes and ints cannot)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def boxed(i: int) -> Box:
+    return Box(i)
+
+
+class Holder:
+    """An object whose bound methods are submitted; a weakref tells when it is freed."""
+
+    def __init__(self, payload: Any = None) -> None:
+        self.payload = payload
+
+    def times(self, x: int, factor: int = 2) -> int:
+        return x * factor
+
+    def __call__(self, x: int, factor: int = 3) -> int:
+        return x * factor

@@ -96,12 +96,16 @@ def test_get_tasks_and_stats(sup: Supervisor) -> None:
 
 
 def test_keep_finished_bounds_what_is_remembered() -> None:
+    # What the supervisor keeps for get() after the fact: schedule() tasks (a submit()
+    # task is found while the caller holds it; see test_memory.py).
     with Supervisor(workers=1, keep_finished=5) as s:
-        tasks = [s.submit(T.square, i) for i in range(20)]
+        tasks = [s.schedule(T.square, args=(i,)) for i in range(20)]
         for t in tasks:
             t.result(timeout=WAIT)
+        first, last = tasks[0].id, tasks[-1]
+        del t, tasks
         assert len(s.tasks()) == 5
-        assert s.get(tasks[0].id) is None and s.get(tasks[-1].id) is tasks[-1]
+        assert s.get(first) is None and s.get(last.id) is last
 
 
 # --------------------------------------------------------------- isolation

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .._errors import TaskCancelled
 from .._ids import make_uuid
 from .._states import JobState
+from ..core.jobs import RUNS_KEPT
 from .task import Task
 
 if TYPE_CHECKING:
@@ -35,6 +37,11 @@ class Job:
         self.name = name
         self._cond = threading.Condition()
         self._last_done: Task[Any] | None = None
+        # Loop-owned: the recent runs. A finished one stays while the supervisor keeps
+        # it for get() (keep_finished, keep_finished_bytes); the latest always.
+        self._runs: deque[Task[Any]] = deque(maxlen=RUNS_KEPT)
+        self._latest: Task[Any] | None = None
+        self._retired = False  # ended, and handed to the registry's bounds
 
     @property
     def id(self) -> str:
@@ -57,16 +64,15 @@ class Job:
 
     @property
     def runs(self) -> list[Task[Any]]:
-        """The recent runs (the last 100), oldest first."""
-        return self._supervisor._ask(  # type: ignore[no-any-return]
-            lambda: [r.handle for r in self._rec.runs]
-        )
+        """The recent runs (at most 100), oldest first. A finished run stays listed
+        while the supervisor keeps it for ``get()`` (``keep_finished``,
+        ``keep_finished_bytes``)."""
+        return self._supervisor._ask(lambda: list(self._runs))  # type: ignore[no-any-return]
 
     @property
     def latest(self) -> Task[Any] | None:
         """The last run started, or None."""
-        run = self._rec.latest
-        return None if run is None else run.handle
+        return self._latest
 
     def result(self, timeout: float | None = None) -> Any:
         """The latest finished run's result (or its exception, raised), waiting for the
@@ -121,6 +127,14 @@ class Job:
         return bool(self._supervisor._ask(lambda: fn(self._rec, time.monotonic())))
 
     # Called by the supervisor loop.
+    def _started(self, task: Task[Any]) -> None:
+        self._runs.append(task)
+        self._latest = task
+
+    def _forget(self, task: Task[Any]) -> None:
+        if task in self._runs:
+            self._runs.remove(task)
+
     def _run_finished(self, task: Task[Any]) -> None:
         with self._cond:
             self._last_done = task

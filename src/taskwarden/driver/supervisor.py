@@ -37,6 +37,7 @@ import pickle
 import queue
 import threading
 import time
+import types
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -62,7 +63,7 @@ from .._policy import (
     normalize,
     seconds,
 )
-from .._states import TaskState
+from .._states import JobState, TaskState
 from ..core import engine as E
 from ..core.jobs import MIN_INTERVAL, CronTrigger, JobRec
 from ..pool import base as P
@@ -79,6 +80,7 @@ MAX_WAIT = 24 * 3600.0  # the loop wakes at least this often (no far deadline re
 LOOP_ERRORS = 100  # this many failing rounds in a row: the loop gives up (tasks are resolved)
 
 _log = logging.getLogger("taskwarden")
+KEEP_FINISHED_BYTES = 128 * 2**20  # default bound on the outcomes kept for get()
 
 _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 
@@ -136,6 +138,7 @@ class Supervisor(Executor):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         keep_finished: int = 10_000,
+        keep_finished_bytes: int = KEEP_FINISHED_BYTES,
         **policy: Any,
     ) -> None:
         check_keywords(policy, SUPERVISOR_POLICY, "Supervisor()")
@@ -156,6 +159,11 @@ class Supervisor(Executor):
         if not _whole(keep_finished) or keep_finished < 0:
             raise ValueError(f"keep_finished must be a whole number >= 0, not {keep_finished!r}")
         keep_finished = int(keep_finished)
+        if not _whole(keep_finished_bytes) or keep_finished_bytes < 0:
+            raise ValueError(
+                f"keep_finished_bytes must be a whole number >= 0, not {keep_finished_bytes!r}"
+            )
+        keep_finished_bytes = int(keep_finished_bytes)
         if max_memory_per_worker is not None and (
             not _whole(max_memory_per_worker) or max_memory_per_worker < 1
         ):
@@ -180,6 +188,7 @@ class Supervisor(Executor):
         self._callback_thread: threading.Thread | None = None
         self._callbacks_closed = False
         self._callback_lock = threading.Lock()
+        self._keep_finished_bytes = keep_finished_bytes
         self._id_base = new_base()
         self._offset = time.time() - time.monotonic()
         self._seq = itertools.count(1)
@@ -191,14 +200,22 @@ class Supervisor(Executor):
         self._core = E.Core(workers, max_tasks_per_worker=max_tasks_per_worker)
         self._core.id_of = functools.partial(make_uuid, self._id_base)
         self._pool = LokyPool(self._id_base, init_payload, max_memory_per_worker)
-        self._tasks: dict[int, Task[Any]] = {}  # loop-owned: live and recently finished
-        self._jobs: dict[int, Job] = {}
+        # Loop-owned registries. Live tasks, and finished ones kept for get() (schedule()
+        # tasks and job runs, within keep_finished and keep_finished_bytes):
+        self._tasks: dict[int, Task[Any]] = {}
+        self._jobs: dict[int, Job] = {}  # active and paused jobs, and ended ones kept
+        # Finished submit()/map() tasks, and whatever the bounds pushed out: found while
+        # the caller holds them, freed when it lets go (as ProcessPoolExecutor's futures).
+        self._held: weakref.WeakValueDictionary[int, Task[Any] | Job] = (
+            weakref.WeakValueDictionary()
+        )
         self._parked: dict[int, list[E.Run]] = {}  # killed worker -> runs to resolve when gone
         self._applying = False
         self._round_failed = False
         self._core.jobs.make_run = self._make_job_run
         self._core.wall_offset = self._offset
-        self._finished: deque[int] = deque()
+        self._finished: deque[tuple[int, int]] = deque()  # kept, oldest first: (seq, bytes)
+        self._kept_bytes = 0
         self._loop_ident: int | None = None
         self._thread = threading.Thread(
             target=self._loop, name="taskwarden-supervisor", daemon=True
@@ -290,7 +307,8 @@ class Supervisor(Executor):
         postpone_by = None if delay is None else seconds("delay", delay)
         if postpone_by is None and due is not None:
             postpone_by = max(0.0, due - time.monotonic())
-        return self._new_task(fn, tuple(args), kwargs or {}, pol, name, due, postpone_by, wall)
+        return self._new_task(fn, tuple(args), kwargs or {}, pol, name, due, postpone_by, wall,
+                              keep=True)
 
     def _start_of(
         self, at: datetime | float | None, delay: float | timedelta | None, required: bool = False
@@ -385,10 +403,13 @@ class Supervisor(Executor):
 
     def _make_job_run(self, rec: JobRec) -> E.Run:
         run = E.Run(next(self._seq), rec.payload, rec.policy)
-        task: Task[Any] = Task(self, run, rec.handle.name)
-        task.job = rec.handle
+        job: Job = rec.handle
+        task: Task[Any] = Task(self, run, job.name)
+        task.job = job
+        task._keep = True
         run.handle = task
         self._tasks[run.seq] = task
+        job._started(task)
         return run
 
     def map(
@@ -409,7 +430,7 @@ class Supervisor(Executor):
             _chunked(zip(*iterables, strict=False), chunksize),
             timeout=timeout,
         )
-        return itertools.chain.from_iterable(chunks)
+        return _chain_popping(chunks)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work. Scheduled tasks and jobs are cancelled; due tasks run
@@ -435,28 +456,39 @@ class Supervisor(Executor):
                 cb.join()
 
     def jobs(self) -> list[Job]:
-        """Every job scheduled on this supervisor, active or ended."""
-        return self._ask(lambda: list(self._jobs.values()))  # type: ignore[no-any-return]
+        """The jobs active or paused, and the ended ones that are kept or still held."""
+        def read() -> list[Job]:
+            held = [j for j in self._held.values() if isinstance(j, Job)]
+            return sorted([*self._jobs.values(), *held], key=lambda j: j._rec.seq)
+
+        return self._ask(read)  # type: ignore[no-any-return]
 
     def get(self, task_id: str) -> Task[Any] | Job | None:
-        """The task (or job) with this id, while it is live or among the last finished."""
+        """The task (or job) with this id: while it is live, while it is kept (finished
+        ``schedule()`` tasks, job runs and ended jobs, within ``keep_finished`` and
+        ``keep_finished_bytes``), or while the caller still holds it; else None."""
         seq = seq_of(self._id_base, task_id) if isinstance(task_id, str) else None
         if seq is None:
             return None
         return self._ask(  # type: ignore[no-any-return]
-            lambda: self._tasks.get(seq) or self._jobs.get(seq)
+            lambda: self._tasks.get(seq) or self._jobs.get(seq) or self._held.get(seq)
         )
 
     def tasks(self) -> list[Task[Any]]:
-        """Every task the supervisor holds: live ones and the last ``keep_finished``."""
-        return self._ask(lambda: list(self._tasks.values()))  # type: ignore[no-any-return]
+        """Every task ``get()`` finds (live, kept, or held by the caller), oldest first."""
+        def read() -> list[Task[Any]]:
+            held = [t for t in self._held.values() if isinstance(t, Task)]
+            return sorted([*self._tasks.values(), *held], key=lambda t: t._run.seq)
+
+        return self._ask(read)  # type: ignore[no-any-return]
 
     def stats(self) -> dict[str, Any]:
         """Counts by state, workers alive and replaced, pending and scheduled tasks."""
         def read() -> dict[str, Any]:
             s = self._core.stats()
             s["workers_alive"] = self._pool.alive()
-            s["retained"] = len(self._tasks)
+            s["retained"] = len(self._finished)  # finished tasks and ended jobs kept
+            s["retained_bytes"] = self._kept_bytes  # what their outcomes took on the wire
             return s
 
         return self._ask(read)  # type: ignore[no-any-return]
@@ -489,6 +521,7 @@ class Supervisor(Executor):
         due: float | None,
         delay: float | None,
         wall: float | None,
+        keep: bool = False,
     ) -> Task[Any]:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
@@ -498,6 +531,8 @@ class Supervisor(Executor):
         if (due is not None and due > time.monotonic()) or (policy.debounce and policy.key):
             run.state = TaskState.SCHEDULED  # as the caller will see it, from the start
         task: Task[Any] = Task(self, run, name, delay)
+        if keep:
+            task._keep = True  # get() finds it after the fact (see _retain)
         run.handle = task
         if policy.key is not None and policy.on_conflict == "drop":
             # The call may return an older task of the key: ask the loop, and wait.
@@ -576,6 +611,7 @@ class Supervisor(Executor):
         """Cancel; with ``wait``, answer once the outcome is final: True if the body never
         ran or its process is gone. The loop itself never waits for a process: a killed
         run resolves when its worker's exit is seen, and this caller waits for that."""
+        task: Task[Any] | None = run.handle  # taken first: a final run lets go of it
         answer = self._ask(lambda: self._core.cancel(run, time.monotonic()))
         if answer is False:
             return False
@@ -583,13 +619,14 @@ class Supervisor(Executor):
             # From an asyncio event loop: the loop's answer comes within one of its rounds
             # (it never waits for a process), the process's end is not waited for.
             return True
-        task: Task[Any] = run.handle
-        if threading.get_ident() != self._loop_ident:
+        if task is not None and threading.get_ident() != self._loop_ident:
             concurrent.futures.wait((task,))
-        return task.done() and run.state in (TaskState.CANCELLED, TaskState.SUPERSEDED)
+        return (task is None or task.done()) and run.state in (
+            TaskState.CANCELLED, TaskState.SUPERSEDED)
 
     def _postpone_run(self, run: E.Run, delay: float | timedelta | None) -> bool:
-        d = (run.handle._delay or 0.0) if delay is None else seconds("delay", delay)
+        handle = run.handle  # None once the task is final (it cannot move then)
+        d = ((handle and handle._delay) or 0.0) if delay is None else seconds("delay", delay)
         return bool(self._ask(lambda: self._core.reschedule(run, time.monotonic() + d,
                                                             time.monotonic())))
 
@@ -621,13 +658,8 @@ class Supervisor(Executor):
                 elif deadline is not None:
                     # A far deadline (timeout=sys.maxsize) never reaches the timer as such.
                     deadline = min(deadline, time.monotonic() + MAX_WAIT)
-                events = pool.wait(deadline)
-                now = time.monotonic()
-                for ev in events:
-                    try:
-                        self._on_event(ev, now)
-                    except Exception:
-                        self._contained(f"handling {type(ev).__name__}")
+                # No local keeps the batch: an outcome delivered is the task's alone.
+                self._on_events(pool.wait(deadline))
                 self._take_adds()
                 while commands:
                     self._take_adds()  # a command must see every task added before it
@@ -701,9 +733,21 @@ class Supervisor(Executor):
         _log.error("internal error in the supervisor loop while %s (contained)", what,
                    exc_info=True)
 
+    def _on_events(self, events: list[P.Event]) -> None:
+        now = time.monotonic()
+        for ev in events:
+            try:
+                self._on_event(ev, now)
+            except Exception:
+                self._contained(f"handling {type(ev).__name__}")
+
     def _on_event(self, ev: P.Event, now: float) -> None:
         core = self._core
         if isinstance(ev, P.RunDone):
+            if ev.size:
+                task = self._tasks.get(ev.seq)
+                if task is not None and task._keep:
+                    task._size = ev.size  # what keeping it for get() costs
             core.done(ev.wid, ev.seq, ev.ok, ev.value, ev.tb, now, ev.progress, ev.has_progress)
         elif isinstance(ev, P.Beat):
             core.beat(ev.wid, ev.seq, ev.progress, ev.has_progress, now)
@@ -762,7 +806,7 @@ class Supervisor(Executor):
                             # result() never raises while the process still exists.
                             self._parked.setdefault(killer, []).append(ended)
                     elif kind is E.JobChanged:
-                        a.job.handle._changed()  # type: ignore[union-attr]
+                        self._job_changed(a.job)  # type: ignore[union-attr]
                     elif kind is E.Spawn:
                         pool.spawn(a.wid)  # type: ignore[union-attr]
                     elif kind is E.Kill:
@@ -804,20 +848,74 @@ class Supervisor(Executor):
             self._pool.send(wid, batch)
 
     def _resolve(self, run: E.Run) -> None:
-        task: Task[Any] = run.handle
-        run.payload = b""  # the arguments are no longer needed: free them now
-        if task.done():
+        task: Task[Any] | None = run.handle
+        run.payload = b""  # the call is no longer needed (no attempt is left): free it now
+        if task is None or task.done():
             return
+        # The run may stay named by the core a while (a stale timer, a job's recent runs):
+        # it lets go of the task and of the outcome, which the task alone holds from now.
+        run.handle = None
+        value, run.value = run.value, None
+        self._retain(task)  # before the callbacks, which may look it up
         if run.value_ok:
-            task.set_result(run.value)
+            task.set_result(value)
         else:
             task.traceback = run.tb
-            task.set_exception(run.value)
-        if run.job is not None:
-            run.job.handle._run_finished(task)
-        self._finished.append(run.seq)
-        while len(self._finished) > self._keep_finished:
-            self._tasks.pop(self._finished.popleft(), None)
+            task.set_exception(value)
+        del value
+        rec = run.job
+        if rec is not None:
+            rec.handle._run_finished(task)
+            if rec.state in _JOB_ENDED and not rec.live:
+                self._job_ended(rec.handle)
+
+    def _retain(self, item: Task[Any] | Job) -> None:
+        """A task is final, or a job ended: keep it for get() (a schedule() task, a job
+        run, a job) within the bounds, or hold it only weakly (a submit() task)."""
+        if isinstance(item, Task):
+            seq, keep, size = item._run.seq, item._keep, item._size
+        else:
+            last = item._last_done
+            seq, keep, size = item._rec.seq, True, 0 if last is None else last._size
+        if keep and self._keep_finished:
+            self._finished.append((seq, size))
+            self._kept_bytes += size
+            self._trim()
+        else:
+            self._let_go(seq, item)
+
+    def _trim(self) -> None:
+        finished = self._finished
+        while finished and (len(finished) > self._keep_finished
+                            or self._kept_bytes > self._keep_finished_bytes):
+            seq, size = finished.popleft()
+            self._kept_bytes -= size
+            item = self._tasks.get(seq) or self._jobs.get(seq)
+            if item is not None:
+                self._let_go(seq, item)
+
+    def _let_go(self, seq: int, item: Task[Any] | Job) -> None:
+        if isinstance(item, Task):
+            self._tasks.pop(seq, None)
+            if item.job is not None:
+                item.job._forget(item)  # a job's recent runs are what is kept of them
+        else:
+            self._jobs.pop(seq, None)
+        self._held[seq] = item
+
+    def _job_changed(self, rec: JobRec) -> None:
+        rec.handle._changed()
+        if rec.state in _JOB_ENDED and not rec.live:
+            self._job_ended(rec.handle)
+
+    def _job_ended(self, job: Job) -> None:
+        """An ended job has no run left: it lets go of its call, and leaves the registry
+        under the rule of finished tasks."""
+        if job._retired or job._rec.seq not in self._jobs:
+            return
+        job._retired = True
+        job._rec.payload = b""  # no run will start again
+        self._retain(job)
 
 
 def _opts(run: E.Run) -> dict[str, Any] | None:
@@ -845,6 +943,7 @@ def _invoke_callbacks(task: Task[Any], callbacks: list[Any]) -> None:
             callback(task)
         except BaseException:  # KeyboardInterrupt and SystemExit too: logged, not fatal
             _log.exception("a done-callback of %r raised", task)
+_JOB_ENDED = (JobState.FINISHED, JobState.CANCELLED)
 
 
 def _timestamp(at: datetime | float) -> float:
@@ -884,7 +983,10 @@ def _pickle_call(
         ) from exc
 
 
-_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+# Weak keys: the cache must not keep a callable (and all it references) alive.
+_SIGNATURES: weakref.WeakKeyDictionary[Any, inspect.Signature | None] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _check_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -901,20 +1003,22 @@ def _check_binding(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
         n_defaults = len(getattr(fn, "__defaults__", None) or ())
         if code.co_argcount - n_defaults <= len(args) <= code.co_argcount:
             return
+    target, bound = fn, args
+    if type(fn) is types.MethodType:
+        # ``obj.method`` is a new object each time: cache its function, bind its self.
+        target, bound = fn.__func__, (fn.__self__, *args)
     try:
-        sig = _SIGNATURES[fn]
+        sig = _SIGNATURES[target]
     except (KeyError, TypeError):
-        sig = _signature(fn)
-        try:
+        sig = _signature(target)
+        with contextlib.suppress(TypeError):  # not weakly referenceable: not cached
             if len(_SIGNATURES) > 4096:
                 _SIGNATURES.clear()
-            _SIGNATURES[fn] = sig
-        except TypeError:
-            pass
+            _SIGNATURES[target] = sig
     if sig is None:
         return
     try:
-        sig.bind(*args, **kwargs)
+        sig.bind(*bound, **kwargs)
     except TypeError as exc:
         name = getattr(fn, "__qualname__", repr(fn))
         raise TypeError(f"arguments do not match {name}{sig}: {exc}") from None
@@ -941,6 +1045,15 @@ def _whole(value: object) -> bool:
 
 def _process_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
     return [fn(*args) for args in chunk]
+
+
+def _chain_popping(chunks: Iterator[list[T]]) -> Iterator[T]:
+    """``chain.from_iterable`` that holds no item it has yielded (each chunk's list is
+    emptied as it goes), as ProcessPoolExecutor's map does."""
+    for chunk in chunks:
+        chunk.reverse()
+        while chunk:
+            yield chunk.pop()
 
 
 def _chunked(items: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:

@@ -60,6 +60,8 @@ class Task(Future[T]):
     _waiters: Any = ()
     _done_callbacks: Any = ()
     _inline_callbacks: Any = ()  # taskwarden's own (the asyncio bridge): never block
+    _keep = False  # kept for get() once finished (schedule() tasks and job runs)
+    _size = 0  # bytes its outcome took on the wire (counted against keep_finished_bytes)
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]

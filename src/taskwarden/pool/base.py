@@ -27,6 +27,7 @@ class RunDone:
     tb: str | None
     progress: Any
     has_progress: bool
+    size: int = 0  # bytes the outcome took on the wire: what keeping it for get() costs
 
 
 @dataclass(slots=True)

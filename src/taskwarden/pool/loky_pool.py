@@ -389,7 +389,8 @@ class LokyPool:
             ok, value = _load_outcome(ok, data, tb, type_name, message)
             has_progress = progress != b""
             prog = _load_quiet(progress) if has_progress else None
-            self._events.append(RunDone(p.wid, seq, ok, value, tb, prog, has_progress))
+            size = (len(data) if data else 0) + (len(tb) if tb else 0)
+            self._events.append(RunDone(p.wid, seq, ok, value, tb, prog, has_progress, size))
         elif kind == BEAT:
             _, seq, data = msg
             has_progress = data is not None
