@@ -142,6 +142,7 @@ class LokyPool:
         self._spawned: deque[tuple[int, Any, Any]] = deque()
         self._spawner: threading.Thread | None = None
         self._events: list[Event] = []
+        self._scratch = memoryview(bytearray(1 << 20))  # reads land here: no buffer each
         self._doomed: set[int] = set()
         self._killed: list[_Proc] = []
         # What was sent to a worker before its process was handed over by the spawner.
@@ -363,21 +364,22 @@ class LokyPool:
     def _read(self, p: _Proc) -> None:
         if p.dead or p.killed:
             return
+        scratch = self._scratch
         while True:
             try:
-                chunk = os.read(p.fd, 1 << 20)
+                n = os.readv(p.fd, (scratch,))
             except BlockingIOError:
                 break
             except OSError:
-                chunk = b""
-            if not chunk:
+                n = 0
+            if not n:
                 # EOF: the worker closed its end; its exit event follows.
                 self._sel.unregister(p.fd)
                 p.writing = False
                 p.dead = True
                 break
-            p.inbuf += chunk
-            if len(chunk) < (1 << 20):
+            p.inbuf += scratch[:n]
+            if n < len(scratch):
                 break
         for msg in split_frames(p.inbuf):
             self._on_message(p, msg)
