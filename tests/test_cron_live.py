@@ -49,7 +49,7 @@ def test_a_fast_job_with_overlap_skip_loses_no_slot(every: float) -> None:
     slots = (stamps[-1] - stamps[0]) / every + 1
     # The old loop counted a run handed over early as running, and skipped the next
     # slots: one run in 2 (5 ms) to 6 (2 ms). Late slots on a loaded machine coalesce.
-    assert n / slots > 0.7, (n, slots)
+    assert n / slots > 0.6, (n, slots)  # the old loop: 0.5 at 5 ms, 1/6 at 2 ms
 
 
 def test_a_fast_job_with_overlap_replace_replaces_only_runs_still_running() -> None:
