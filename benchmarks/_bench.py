@@ -41,7 +41,7 @@ from _common import (
     when,
 )
 
-from _tasks import hang, heartbeat_cost, identity, noop, record_time, sleep_pid
+from _tasks import blob, hang, heartbeat_cost, identity, noop, record_time, sleep_pid
 
 perf = time.perf_counter
 
@@ -717,6 +717,42 @@ def heartbeat(peer: str, cfg: Config, tmp: str) -> Figures:
     }
 
 
+# ----------------------------------------------------------- large results
+
+BIG_RESULTS = 1_000
+BIG_SIZE = 1 << 20
+
+
+def big_results(peer: str, cfg: Config, tmp: str) -> Figures:
+    """1,000 tasks returning 1 MiB each through the pool's ``map``, every result consumed
+    and dropped as it comes: how much the parent's RSS grew (after ``gc.collect()``)."""
+    mib = float(1 << 20)
+    with pool_of(peer) as pool:
+        warm(pool)
+        assert len(list(pool.map(blob, range(8)))) == 8  # the result path, warm
+        gc.collect()
+        r0 = rss()
+        peak = r0
+        total = 0
+        t0 = perf()
+        for i, b in enumerate(pool.map(blob, range(BIG_RESULTS))):
+            total += len(b)
+            if i % 25 == 0:
+                peak = max(peak, rss())
+        del b
+        elapsed = perf() - t0
+        gc.collect()
+        r1 = rss()
+    if total != BIG_RESULTS * BIG_SIZE:
+        raise AssertionError(f"got {total} bytes of results, not {BIG_RESULTS * BIG_SIZE}")
+    return {
+        "grown_mib": (r1 - r0) / mib,
+        "peak_mib": (max(peak, r1) - r0) / mib,  # while consuming, sampled every 25 results
+        "elapsed_s": elapsed,
+        "tasks": BIG_RESULTS,
+    }
+
+
 # ---------------------------------------------------------------- registry
 
 
@@ -756,4 +792,5 @@ BENCHMARKS: dict[str, Bench] = {
     "storm_10ms": Bench(storm_10ms, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
     "storm_50ms": Bench(storm_50ms, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
     "replacement": Bench(replacement, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
+    "big_results": Bench(big_results, ("taskwarden", "ppe", "loky", "pebble"), 90, rounds=3),
 }

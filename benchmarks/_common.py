@@ -12,7 +12,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import ProcessPoolExecutor as StdProcessPoolExecutor
 from typing import Any
@@ -221,6 +221,10 @@ class PoolAdapter:
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         raise NotImplementedError
 
+    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> Iterator[Any]:
+        """The pool's own ``map`` (results in order, as they are consumed)."""
+        raise NotSupported("no map")
+
     def result(self, handle: Any, timeout: float) -> Any:
         return handle.result(timeout=timeout)
 
@@ -246,6 +250,9 @@ class PPEAdapter(PoolAdapter):
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         return self.ex.submit(fn, *args)
 
+    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> Iterator[Any]:
+        return self.ex.map(fn, items)
+
     def shutdown(self) -> None:
         self.ex.shutdown(wait=True, cancel_futures=True)
 
@@ -260,6 +267,9 @@ class LokyAdapter(PoolAdapter):
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.ex.submit(fn, *args)
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> Iterator[Any]:
+        return self.ex.map(fn, items)  # type: ignore[no-any-return]
 
     def shutdown(self) -> None:
         self.ex.shutdown(wait=True, kill_workers=True)
@@ -276,6 +286,9 @@ class PebbleAdapter(PoolAdapter):
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.pool.schedule(fn, args=args, timeout=self.timeout)
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> Iterator[Any]:
+        return self.pool.map(fn, items, timeout=self.timeout).result()  # type: ignore[no-any-return]
 
     def submit_timeout(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> Any:
         return self.pool.schedule(fn, args=args, timeout=timeout)
@@ -319,6 +332,9 @@ class TaskwardenAdapter(PoolAdapter):
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.sup.submit(fn, *args)
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> Iterator[Any]:
+        return self.sup.map(fn, items)
 
     def submit_timeout(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> Any:
         return self.sup.schedule(fn, args=args, timeout=timeout)

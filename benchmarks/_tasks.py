@@ -16,6 +16,11 @@ def identity(x: int) -> int:
     return x
 
 
+def blob(i: int, size: int = 1 << 20) -> bytes:
+    """A large result: ``size`` bytes (1 MiB by default)."""
+    return bytes([i % 256]) * size
+
+
 def sleep_pid(seconds: float) -> int:
     """Sleep, then return the worker pid (used to check that all workers are up)."""
     time.sleep(seconds)

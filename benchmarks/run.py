@@ -99,6 +99,11 @@ ROWS: tuple[Row, ...] = (
     Row("hang storm, timeout=0.05: 100 tasks, half hang, s", "storm_50ms", "total_s", "lower"),
     Row("hang storm, timeout=0.05: times its floor", "storm_50ms", "x_floor", ""),
     Row("replacement ready after a kill, spare used up, ms", "replacement", "ready_ms", "lower"),
+    # no ratio: a difference of a few MiB is the figure (the target: within 16 MiB of PPE)
+    Row("parent memory after 1,000 × 1 MiB results consumed and dropped, MiB",  # noqa: RUF001
+        "big_results", "grown_mib", ""),
+    Row("1,000 × 1 MiB results: peak while consuming, MiB", "big_results",  # noqa: RUF001
+        "peak_mib", ""),
 )
 
 RATIO_PEERS = ("ppe", "loky", "pebble", "mp", "sched", "apscheduler")

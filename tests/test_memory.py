@@ -220,3 +220,16 @@ def test_keep_finished_bytes_is_validated() -> None:
     for bad in (-1, 1.5, "10", True):
         with pytest.raises(ValueError, match="keep_finished_bytes"):
             Supervisor(workers=1, keep_finished_bytes=bad)
+
+
+def test_the_weak_registry_of_dropped_tasks_stays_small(sup: Supervisor) -> None:
+    from taskwarden.driver.supervisor import HELD_SWEEP
+
+    for start in range(0, 3 * HELD_SWEEP, 100):
+        batch = [sup.submit(T.square, i) for i in range(start, start + 100)]
+        for t in batch:
+            t.result(timeout=WAIT)
+        del batch, t
+    settled(sup)
+    assert sup.tasks() == []
+    assert len(sup._held) <= HELD_SWEEP  # dead references are swept, not hoarded

@@ -81,6 +81,7 @@ LOOP_ERRORS = 100  # this many failing rounds in a row: the loop gives up (tasks
 
 _log = logging.getLogger("taskwarden")
 KEEP_FINISHED_BYTES = 128 * 2**20  # default bound on the outcomes kept for get()
+HELD_SWEEP = 1024  # weak references to finished tasks are swept from this many on
 
 _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 
@@ -206,9 +207,10 @@ class Supervisor(Executor):
         self._jobs: dict[int, Job] = {}  # active and paused jobs, and ended ones kept
         # Finished submit()/map() tasks, and whatever the bounds pushed out: found while
         # the caller holds them, freed when it lets go (as ProcessPoolExecutor's futures).
-        self._held: weakref.WeakValueDictionary[int, Task[Any] | Job] = (
-            weakref.WeakValueDictionary()
-        )
+        # Plain weak references (no callback, so no other thread touches the dict); dead
+        # ones are swept when the dict has doubled since the last sweep.
+        self._held: dict[int, weakref.ref[Task[Any] | Job]] = {}
+        self._sweep_at = HELD_SWEEP
         self._parked: dict[int, list[E.Run]] = {}  # killed worker -> runs to resolve when gone
         self._applying = False
         self._round_failed = False
@@ -458,7 +460,7 @@ class Supervisor(Executor):
     def jobs(self) -> list[Job]:
         """The jobs active or paused, and the ended ones that are kept or still held."""
         def read() -> list[Job]:
-            held = [j for j in self._held.values() if isinstance(j, Job)]
+            held = [j for j in self._alive_held() if isinstance(j, Job)]
             return sorted([*self._jobs.values(), *held], key=lambda j: j._rec.seq)
 
         return self._ask(read)  # type: ignore[no-any-return]
@@ -471,13 +473,13 @@ class Supervisor(Executor):
         if seq is None:
             return None
         return self._ask(  # type: ignore[no-any-return]
-            lambda: self._tasks.get(seq) or self._jobs.get(seq) or self._held.get(seq)
+            lambda: self._tasks.get(seq) or self._jobs.get(seq) or self._find_held(seq)
         )
 
     def tasks(self) -> list[Task[Any]]:
         """Every task ``get()`` finds (live, kept, or held by the caller), oldest first."""
         def read() -> list[Task[Any]]:
-            held = [t for t in self._held.values() if isinstance(t, Task)]
+            held = [t for t in self._alive_held() if isinstance(t, Task)]
             return sorted([*self._tasks.values(), *held], key=lambda t: t._run.seq)
 
         return self._ask(read)  # type: ignore[no-any-return]
@@ -901,7 +903,19 @@ class Supervisor(Executor):
                 item.job._forget(item)  # a job's recent runs are what is kept of them
         else:
             self._jobs.pop(seq, None)
-        self._held[seq] = item
+        held = self._held
+        held[seq] = weakref.ref(item)
+        if len(held) >= self._sweep_at:
+            for dead in [k for k, ref in held.items() if ref() is None]:
+                del held[dead]
+            self._sweep_at = max(HELD_SWEEP, 2 * len(held))
+
+    def _find_held(self, seq: int) -> Task[Any] | Job | None:
+        ref = self._held.get(seq)
+        return None if ref is None else ref()
+
+    def _alive_held(self) -> list[Task[Any] | Job]:
+        return [x for x in (ref() for ref in self._held.values()) if x is not None]
 
     def _job_changed(self, rec: JobRec) -> None:
         rec.handle._changed()
