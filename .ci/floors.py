@@ -5,8 +5,9 @@ CI installs the project once with these, so that a declared floor is one that wo
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 project = tomllib.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "pyproject.toml").read_text())
 project = project["project"]
