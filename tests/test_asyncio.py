@@ -10,7 +10,7 @@ import pytest
 from taskwarden import Supervisor, TaskCancelled, TaskState, TaskSuperseded
 
 import _tasks as T
-from test_supervisor import gone, read_pid
+from _live import gone, read_pid
 
 
 def test_tasks_are_awaitable_inside_async_with() -> None:

@@ -44,7 +44,7 @@ from taskwarden.cli._records import (
 from taskwarden.cli._runner import RunResult, RunSpec, run_measured
 from taskwarden.cli._stats import outliers, relative_speed, student_t_two_sided, welch
 
-from test_supervisor import gone
+from _live import gone
 
 SCRIPTS = Path(__file__).parent / "cli_scripts"
 WAIT = 30.0  # upper bound of every wait; a healthy run takes a fraction of it

@@ -8,29 +8,17 @@ from typing import Any
 import pytest
 
 from taskwarden import TaskCancelled, TaskState
-from taskwarden._policy import Policy
 from taskwarden.core import engine as E
 from taskwarden.core.jobs import CronTrigger, JobRec
 
-from test_core import Harness
+from _harness import Harness, JobHarness
 
 
-class Jobs(Harness):
+class Jobs(JobHarness):
     """A core with jobs; the wall clock reads a whole second at the start."""
 
-    def __init__(self, workers: int = 2, **kw: Any) -> None:
-        super().__init__(workers, **kw)
-        self.core.wall_offset = 1_700_000_000.0 - self.now
-        self.core.jobs.make_run = self._make_run
-
-    def _make_run(self, job: JobRec) -> E.Run:
-        self.seq += 1
-        return E.Run(self.seq, b"", job.policy)
-
     def job(self, first_in: float | None = None, **kw: Any) -> JobRec:
-        self.seq += 1
-        job = JobRec(self.seq, b"", Policy(), **kw)
-        self.core.add_job(job, self.now, None if first_in is None else self.now + first_in)
+        job = super().job(first_in, **kw)
         self.take()
         return job
 

@@ -10,7 +10,7 @@ import pytest
 from taskwarden import Job, Supervisor, TaskState
 
 import _tasks as T
-from test_supervisor import wait_for
+from _live import wait_for
 
 
 def _ended(job: Job) -> bool:

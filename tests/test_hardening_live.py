@@ -28,7 +28,7 @@ from taskwarden.pool import loky_pool
 from taskwarden.pool._timer import make_timer
 
 import _tasks as T
-from test_supervisor import WAIT, gone, read_pid, wait_for
+from _live import WAIT, gone, read_pid, wait_for
 
 # --------------------------------------------------- 2. huge finite times
 

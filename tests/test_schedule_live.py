@@ -10,7 +10,7 @@ import pytest
 from taskwarden import Job, JobState, Supervisor, Task, TaskState
 
 import _tasks as T
-from test_supervisor import WAIT, wait_for
+from _live import WAIT, wait_for
 
 
 def test_a_delayed_task_is_scheduled_then_runs(sup: Supervisor) -> None:

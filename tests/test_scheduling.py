@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 from datetime import datetime, timezone
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,33 +13,7 @@ from taskwarden._policy import Policy
 from taskwarden.core import engine as E
 from taskwarden.core.jobs import CronTrigger, JobRec
 
-from test_core import Harness
-
-
-class JobHarness(Harness):
-    def __init__(self, workers: int = 2, **kw: Any) -> None:
-        super().__init__(workers, **kw)
-        self.core.wall_offset = 1_700_000_000.0 - self.now
-        self.core.jobs.make_run = self._make_run
-
-    def _make_run(self, job: JobRec) -> E.Run:
-        self.seq += 1
-        return E.Run(self.seq, b"", job.policy)
-
-    def job(self, first_in: float | None = None, **kw: Any) -> JobRec:
-        self.seq += 1
-        job = JobRec(self.seq, b"", Policy(), **kw)
-        first = None if first_in is None else self.now + first_in
-        self.core.add_job(job, self.now, first)
-        return job
-
-    def finish_latest(self, job: JobRec) -> None:
-        assert job.latest is not None
-        self.finish(job.latest)
-
-    @property
-    def wall(self) -> float:
-        return self.now + self.core.wall_offset
+from _harness import Harness, JobHarness
 
 
 def test_first_run_is_one_interval_after_scheduling() -> None:

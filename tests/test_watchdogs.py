@@ -18,7 +18,7 @@ from taskwarden import (
 )
 
 import _tasks as T
-from test_supervisor import WAIT, gone, read_pid, wait_for
+from _live import WAIT, gone, read_pid, wait_for
 
 
 def test_a_task_that_stops_beating_is_killed_and_the_error_says_so(sup: Supervisor) -> None:
