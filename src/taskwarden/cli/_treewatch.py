@@ -180,16 +180,22 @@ class TreeSampler:
             os.replace(tmp, self._stats_path)
 
 
-def _proportional_size(proc: psutil.Process) -> int:
-    """The process's PSS in bytes (Linux), else its RSS."""
+def _proc_kb(path: str, field: bytes) -> int | None:
+    """A ``Field:  N kB`` line of a /proc file, in bytes; None if it cannot be read."""
     try:
-        with open(f"/proc/{proc.pid}/smaps_rollup", "rb") as f:
+        with open(path, "rb") as f:
             for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024  # kB
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return int(proc.memory_info().rss)
+    return None
+
+
+def _proportional_size(proc: psutil.Process) -> int:
+    """The process's PSS in bytes (Linux), else its RSS."""
+    pss = _proc_kb(f"/proc/{proc.pid}/smaps_rollup", b"Pss:")
+    return int(proc.memory_info().rss) if pss is None else pss
 
 
 def _high_water_mark(pid: int) -> int:
@@ -198,14 +204,7 @@ def _high_water_mark(pid: int) -> int:
     Unlike ``ru_maxrss``, VmHWM belongs to the process's current memory map,
     so it does not carry the parent's peak over fork and exec.
     """
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return _proc_kb(f"/proc/{pid}/status", b"VmHWM:") or 0
 
 
 def kill_tree(roots: Iterable[psutil.Process], *, reaped_elsewhere: int | None = None) -> None:
