@@ -278,3 +278,142 @@ class Holder:
 
     def __call__(self, x: int, factor: int = 3) -> int:
         return x * factor
+
+
+# ----------------------------------------------------- hardening (worker and pool side)
+def print_and_return(value: int) -> int:
+    print("a line from the task", value)
+    return value
+
+
+def close_stdout_then_return(value: int) -> int:
+    sys.stdout.close()
+    return value
+
+
+def fork_child_that_returns() -> str:
+    """A forked child that returns (falls back into the caller) instead of os._exit."""
+    child = os.fork()
+    if child == 0:
+        return "child-result"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    time.sleep(0.05)  # let a child that answered for us be read first, if it did
+    return "parent-result"
+
+
+def leave_a_heartbeat_thread(interval: float) -> int:
+    """Start a thread that heartbeats for ever, and return: it outlives this task."""
+    import taskwarden
+
+    def beat() -> None:
+        while True:
+            taskwarden.heartbeat("left behind")
+            time.sleep(interval)
+
+    threading.Thread(target=beat, daemon=True, name="left-behind-beat").start()
+    return os.getpid()
+
+
+def heartbeat_from_own_thread(total: float, interval: float) -> str:
+    """The usual pattern: a thread this task starts heartbeats while the main thread works."""
+    import taskwarden
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            taskwarden.heartbeat()
+            time.sleep(interval)
+
+    t = threading.Thread(target=beat, daemon=True)
+    t.start()
+    time.sleep(total)
+    stop.set()
+    t.join()
+    return "done"
+
+
+def _channel_fds() -> list[int]:
+    import stat
+
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                fds.append(fd)
+        except OSError:
+            pass
+    return fds
+
+
+def write_into_channel(data: bytes) -> int:
+    """What a use-after-close write to a reused fd does: garbage into the worker's socket."""
+    fds = _channel_fds()
+    for fd in fds:
+        os.write(fd, data)
+    time.sleep(2)  # the supervisor kills us for it long before this
+    return len(fds)
+
+
+def hold_the_gil(seconds: float) -> float:
+    """C code that keeps the GIL (a PyDLL call does not release it) and that no signal
+    cuts short, as a long computation in a C extension (the signals the worker uses go
+    to its other thread, which then waits for the GIL)."""
+    blocked = {signal.SIGUSR1, signal.SIGUSR2}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        ctypes.PyDLL(None).usleep(int(seconds * 1e6))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return seconds
+
+
+def churn_threads_with_a_child(pidfile: str) -> None:
+    """A live child, and threads starting and ending as fast as they can."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
+    Path(pidfile).write_text(str(child.pid))
+
+    def churn() -> None:
+        while True:
+            t = threading.Thread(target=lambda: None)
+            t.start()
+            t.join()
+
+    for _ in range(6):
+        threading.Thread(target=churn, daemon=True).start()
+    child.wait()
+
+
+def init_exit() -> None:
+    os._exit(3)
+
+
+def init_segfault() -> None:
+    ctypes.string_at(0)
+
+
+def init_abort() -> None:
+    os.abort()
+
+
+def init_hang() -> None:
+    time.sleep(1000)
+
+
+def init_child_then_hang(pidfile: str) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
+    Path(pidfile).write_text(str(child.pid))
+    time.sleep(1000)
+
+
+def init_slow(seconds: float) -> None:
+    time.sleep(seconds)

@@ -165,6 +165,21 @@ def test_cancel_works_in_every_state_but_a_final_one(where: str) -> None:
     assert run.state is TaskState.CANCELLED  # a scheduled one never starts
 
 
+@pytest.mark.parametrize("first", [TaskState.SUPERSEDED, TaskState.CANCELLED])
+def test_a_prefetched_run_cancelled_twice_ends_as_the_first_asked(first: TaskState) -> None:
+    # A newer task of its key and a caller's cancel() both reach a run that waits on a
+    # worker: the first one decides how it ends; the second waits for the same answer.
+    h = Harness(workers=1, prefetch=4)
+    h.run()
+    run = h.run()
+    second = TaskState.CANCELLED if first is TaskState.SUPERSEDED else TaskState.SUPERSEDED
+    assert h.core.cancel(run, h.now, first) is None
+    assert h.core.cancel(run, h.now, second) is None
+    assert len(h.take(E.Skip)) == 1
+    h.core.skipped(run.worker.wid if run.worker else -1, run.seq, h.now)
+    assert run.state is first
+
+
 def test_a_cancelled_prefetched_run_that_the_worker_starts_anyway_is_killed() -> None:
     h = Harness(workers=1, prefetch=4)
     head, behind = h.run(), h.run()

@@ -62,6 +62,7 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
         {TaskState.PENDING, TaskState.CANCELLED, TaskState.SUPERSEDED, TaskState.FAILED}
     ),
     # PENDING -> FAILED: the pool is broken (its initializer fails) and cannot run it.
+    # PENDING -> TIMED_OUT: its time limit ran out while its worker was still starting.
     TaskState.PENDING: frozenset(
         {
             TaskState.RUNNING,
@@ -69,6 +70,7 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
             TaskState.CANCELLED,
             TaskState.SUPERSEDED,
             TaskState.FAILED,
+            TaskState.TIMED_OUT,
         }
     ),
     TaskState.RUNNING: _ENDINGS | {TaskState.SCHEDULED, TaskState.PENDING},

@@ -12,6 +12,13 @@ that is already up. A busy worker may be given a few more runs ahead of
 time (prefetch) so that it never waits for a round trip between trivial
 tasks; the head of a worker's queue is the run it is executing, the rest
 are still PENDING and are sent back to the queue if the worker dies.
+
+Starting: a worker process that does not report READY within BOOT_LIMIT is
+killed; BOOT_STRIKES workers in a row that die or time out before READY
+break the pool (as ProcessPoolExecutor's does: its initializer crashes or
+hangs), and every task then fails at once rather than wait for ever. A run
+handed to a worker that is still starting waits for it no longer than its
+own time limit (but at least BOOT_ALLOWANCE, a normal start on a busy machine).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ GRACE = 3  # the grace after an in-task TaskTimeout has run out
 SKIP_WAIT = 4  # a cancelled prefetched run reached the head: did the worker skip it?
 CALLBACK = 5  # an opaque timer: a callable, run when due
 JOB = 6  # a recurring job's next run
+BOOT = 7  # a worker's start-up has taken too long (obj: the Worker)
 
 SKIP_ACK_WAIT = 0.05
 # A worker told to stop, or leaving over its memory limit, is killed if it is still
@@ -49,6 +57,13 @@ REPLACE_DELAY = 0.02
 LEAD = 0.01
 # Runs prefetched behind a head that has run this long may be taken back by an idle worker.
 STEAL_AFTER = 0.002
+# A worker process that has not reported READY this long after its spawn is killed
+# (its initializer hangs); this many in a row dying or killed before READY break the pool.
+BOOT_LIMIT = 300.0
+BOOT_STRIKES = 3
+# A run waiting for a worker that is still starting ends TIMED_OUT once its time limit
+# has passed, but never sooner than this (a normal start, on a busy machine).
+BOOT_ALLOWANCE = 5.0
 
 _S = TaskState
 
@@ -120,7 +135,7 @@ class Run:
 
 
 class Worker:
-    __slots__ = ("done_count", "inflight", "pid", "ready", "retiring", "wid")
+    __slots__ = ("done_count", "gen", "inflight", "pid", "ready", "retiring", "wid")
 
     def __init__(self, wid: int) -> None:
         self.wid = wid
@@ -129,6 +144,7 @@ class Worker:
         self.retiring = False
         self.inflight: deque[Run] = deque()
         self.done_count = 0
+        self.gen = 0  # its BOOT timer is stale once it is ready
 
     def __repr__(self) -> str:
         return f"<Worker {self.wid} ready={self.ready} inflight={len(self.inflight)}>"
@@ -233,18 +249,20 @@ class Core:
         self._refill_at: float | None = None
         self._prefetched = False  # runs may sit queued behind a worker's head
         self._leaving: set[int] = set()  # workers that should exit on their own soon
+        self.boot_failures = 0  # workers in a row that died or timed out before READY
 
     # ------------------------------------------------------------------ setup
     def start(self, now: float) -> None:
         """Start the pool's processes: ``workers`` now, the spare once one is ready
         (so that it does not slow down the first result on a small machine)."""
         for _ in range(self.n_workers):
-            self._spawn()
+            self._spawn(now)
 
-    def _spawn(self) -> None:
+    def _spawn(self, now: float) -> None:
         wid = next(self._wids)
         self.workers[wid] = Worker(wid)
         self.actions.append(Spawn(wid))
+        self.push_timer(now + BOOT_LIMIT, BOOT, self.workers[wid], 0)
 
     def _live_target(self) -> int:
         if self.broken is not None:
@@ -307,6 +325,9 @@ class Core:
                 continue
             if kind == JOB:
                 self.jobs.fire(obj, now)
+                continue
+            if kind == BOOT:
+                self._boot_overdue(obj, now)
                 continue
             run: Run = obj
             if kind == START:
@@ -527,9 +548,12 @@ class Core:
             return
         w.pid = pid
         w.ready = True
+        w.gen += 1  # its BOOT timer is stale
+        self._stale += 1
+        self.boot_failures = 0
         if w.inflight:
             self._start_head(w, now)
-        self._refill()  # the first ready worker starts the spare
+        self._refill(now)  # the first ready worker starts the spare
         self._dispatch(now)
 
     def beat(self, wid: int, seq: int, progress: Any, has_progress: bool, now: float) -> None:
@@ -599,17 +623,22 @@ class Core:
                 self._end(run, _S.FAILED, now, ok=False, value=value, tb=tb)
         self._dispatch(now)
 
-    def worker_exited(self, wid: int, exitcode: int | None, now: float) -> None:
-        """A worker process is gone. If it was not killed on purpose, its head run crashed."""
+    def worker_exited(self, wid: int, exitcode: int | None, now: float,
+                      reason: str | None = None) -> None:
+        """A worker process is gone. If it was not killed on purpose, its head run crashed.
+        ``reason`` says why, when the pool killed it on its own (a garbled channel)."""
         self._leaving.discard(wid)
         w = self.workers.get(wid)
         if w is None:
             return  # already accounted for (we killed it)
+        if not w.ready and not w.retiring:
+            self._boot_failed(w, reason or _describe_exit(exitcode, w.pid, starting=True), now)
+            return
         head = self._release(w, now)
         if head is not None:
             if head.state is _S.RUNNING:
                 self._invalidate(head)
-                what = _describe_exit(exitcode, w.pid)
+                what = reason or _describe_exit(exitcode, w.pid)
                 self._note(logging.WARNING, f"task {self.id_of(head.seq)} crashed: {what}")
                 err = WorkerCrashed(what, exitcode)
                 if not self._maybe_retry(head, now, err):
@@ -643,13 +672,52 @@ class Core:
         self._refill_soon(now)
         self._dispatch(now)
 
+    def _boot_overdue(self, w: Worker, now: float) -> None:
+        if self.workers.get(w.wid) is w and not w.ready and not w.retiring:
+            self.actions.append(Kill(w.wid))
+            self._boot_failed(w, f"worker process {w.pid or ''} did not finish starting "
+                              f"within {BOOT_LIMIT:g} s (is the initializer hanging?)", now)
+
+    def _boot_failed(self, w: Worker, why: str, now: float) -> None:
+        """A worker died (or was killed) before READY: what it was given goes back to the
+        queue, never started; enough of these in a row break the pool."""
+        head = self._release(w, now)
+        if head is not None and not head.state.final:
+            self.pending.appendleft(head)
+        self.replaced += 1
+        self.boot_failures += 1
+        if self.boot_failures >= BOOT_STRIKES:
+            self._break(f"{self.boot_failures} worker processes in a row ended before they "
+                        f"were ready (the last: {why})", now)
+            return
+        self._note(logging.WARNING, f"{why} ({self.boot_failures} of {BOOT_STRIKES} in a row "
+                   "before the pool counts as broken); starting another")
+        self._refill_soon(now)
+        self._dispatch(now)
+
+    def _boot_wait_over(self, run: Run, w: Worker, since: float, now: float) -> None:
+        """A run's time limit ran out while its worker was still starting: it ends
+        TIMED_OUT, never started; the worker is told to skip it and starts on."""
+        if run.worker is not w or w.ready or run.state is not _S.PENDING:
+            return
+        run.cancel_pending = _S.TIMED_OUT
+        self.actions.append(Skip(w.wid, run.seq))
+        waited = now - since
+        self._end(run, _S.TIMED_OUT, now, ok=False, value=TaskTimeout(
+            f"task timed out after {waited:.3g} s waiting for its worker process to start "
+            f"(its initializer has not returned)"))
+        self._dispatch(now)
+
     def initializer_failed(self, tb: str, now: float) -> None:
         """The pool's initializer raised: like ProcessPoolExecutor, the pool is broken."""
+        self._break("the worker initializer failed:\n" + tb, now)
+
+    def _break(self, reason: str, now: float) -> None:
+        """The pool cannot start workers: whatever waits, or comes due, fails."""
         if self.broken is not None:
             return
-        self.broken = "the worker initializer failed:\n" + tb
-        self._note(logging.ERROR, "the pool is broken (every task fails from now on): "
-                   + self.broken)
+        self.broken = "the pool is broken: " + reason
+        self._note(logging.ERROR, self.broken + "\n(every task fails from now on)")
         while self.pending:
             run = self.pending.popleft()
             self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
@@ -690,8 +758,8 @@ class Core:
         self._stop_idle(now)
         # A process still booting with nothing to do is killed rather than waited for.
         for w in list(self.workers.values()):
-            if not w.ready and not w.inflight:
-                self.workers.pop(w.wid)
+            if not w.ready and all(r.state.final for r in w.inflight):
+                self._release(w, now)
                 self.actions.append(Kill(w.wid))
 
     def idle(self) -> bool:
@@ -702,12 +770,17 @@ class Core:
     def _stop_idle(self, now: float) -> None:
         if not self.closing or self.pending:
             return
-        for w in self.workers.values():
+        for w in list(self.workers.values()):
             if not w.inflight and not w.retiring:
                 self._stop(w, now)
 
     def _stop(self, w: Worker, now: float) -> None:
         """Tell a worker to exit (it finishes nothing more)."""
+        if not w.ready:
+            # Still starting (its initializer may hang): it would not read the request.
+            self._release(w, now)
+            self.actions.append(Kill(w.wid))
+            return
         self.actions.append(Stop(w.wid))
         self._expect_exit(w, now)
 
@@ -727,11 +800,11 @@ class Core:
     def _note(self, level: int, text: str) -> None:
         self.actions.append(Note(level, text))
 
-    def _refill(self) -> int:
+    def _refill(self, now: float) -> int:
         live = sum(1 for w in self.workers.values() if not w.retiring)
         started = 0
         for _ in range(self._live_target() - live):
-            self._spawn()
+            self._spawn(now)
             started += 1
         return started
 
@@ -746,7 +819,7 @@ class Core:
 
     def _refill_timer(self, now: float) -> None:
         self._refill_at = None
-        started = self._refill()
+        started = self._refill(now)
         if started:
             self._note(logging.INFO, f"starting {started} replacement worker process"
                        f"{'es' if started > 1 else ''}")
@@ -768,6 +841,9 @@ class Core:
         """Take a worker out of the pool: its head run is returned, the runs it was sent
         ahead of time go back to the front of the queue, in order."""
         self.workers.pop(w.wid, None)
+        if not w.ready:
+            w.gen += 1  # its BOOT timer is stale
+            self._stale += 1
         if not w.inflight:
             return None
         self.busy -= 1
@@ -918,7 +994,7 @@ class Core:
             self._assign(now)
         if self.closing:
             if pending:
-                self._refill()
+                self._refill(now)
             self._stop_idle(now)
         elif not pending and self.busy < self.n_workers and self.prefetch > 1:
             self._steal(now)
@@ -941,6 +1017,12 @@ class Core:
                 sends[w.wid] = [run]
                 if w.ready:
                     self._start_head(w, now)
+                elif run.policy.timeout is not None:
+                    # Its time limit covers the wait for a worker still starting.
+                    wait = max(run.policy.timeout, BOOT_ALLOWANCE)
+                    heapq.heappush(self._heap, (
+                        now + wait, next(self._counter), CALLBACK,
+                        functools.partial(self._boot_wait_over, run, w, now), 0))
         # 2. Prefetch onto busy, ready workers so they never wait for a round trip.
         #    Refill only below half the depth, so that sends go out in batches.
         if pending and self.prefetch > 1:
@@ -1015,10 +1097,19 @@ class Core:
         }
 
 
-def _describe_exit(exitcode: int | None, pid: int | None, idle: bool = False) -> str:
+def _describe_exit(exitcode: int | None, pid: int | None, idle: bool = False,
+                   starting: bool = False) -> str:
     import signal
 
     who = f"worker process {pid}" if pid else "worker process"
+    if starting:
+        if exitcode is not None and exitcode < 0:
+            try:
+                name = signal.Signals(-exitcode).name
+            except ValueError:
+                name = f"signal {-exitcode}"
+            return f"{who} was killed by {name} while starting (exit code {exitcode})"
+        return f"{who} exited with code {exitcode} while starting"
     if idle:
         who = "idle " + who
     if exitcode is None:

@@ -66,6 +66,7 @@ from .._policy import (
 from .._states import JobState, TaskState
 from ..core import engine as E
 from ..core.jobs import MIN_INTERVAL, CronTrigger, JobRec
+from ..pool import _wire
 from ..pool import base as P
 from ..pool.loky_pool import LokyPool
 from .job import Job
@@ -758,7 +759,7 @@ class Supervisor(Executor):
         elif isinstance(ev, P.RunSkipped):
             core.skipped(ev.wid, ev.seq, now)
         elif isinstance(ev, P.WorkerExited):
-            core.worker_exited(ev.wid, ev.exitcode, now)
+            core.worker_exited(ev.wid, ev.exitcode, now, ev.reason)
             self._release(ev.wid)
         elif isinstance(ev, P.InitFailed):
             core.initializer_failed(ev.tb, now)
@@ -987,14 +988,27 @@ def _pickle_call(
         pass
     else:
         if b"__main__" not in data:
-            return data
+            return _within_frame_limit(data, fn, what)
     try:
-        return cloudpickle.dumps(call, protocol=5)  # type: ignore[no-any-return]
+        data = cloudpickle.dumps(call, protocol=5)
     except Exception as exc:
         raise TypeError(
             f"the {what} cannot be sent to a worker process: cloudpickle failed to pickle "
             f"{getattr(fn, '__qualname__', fn)!r} or its arguments: {type(exc).__name__}: {exc}"
         ) from exc
+    return _within_frame_limit(data, fn, what)
+
+
+def _within_frame_limit(data: bytes, fn: Callable[..., Any], what: str) -> bytes:
+    if len(data) > _wire.MAX_FRAME - _wire.FRAME_SLACK:
+        limit = _wire.payload_limit()
+        raise ValueError(
+            f"the {what} is too large to send to a worker process: "
+            f"{getattr(fn, '__qualname__', fn)!r} and its arguments pickle to {len(data)} "
+            f"bytes, over the worker channel's frame limit ({limit} bytes); pass a path or "
+            f"a shared-memory name instead of the data"
+        )
+    return data
 
 
 # Weak keys: the cache must not keep a callable (and all it references) alive.

@@ -179,8 +179,9 @@ class Task(Future[T]):
     def cancel(self) -> bool:
         """Cancel in any state but a final one; a running task's process is killed.
 
-        Returns True if the task is now CANCELLED: its body never ran, or the process
-        that ran it is gone (the call waits for that). False if it had already ended,
+        Returns True if the task is now cancelled: its body never ran, or the process
+        that ran it is gone (the call waits for that). It ends CANCELLED, or SUPERSEDED
+        if a newer task of its key superseded it first. False if it had already ended,
         or (rarely) if it had been handed to a worker ahead of time, began before the
         worker read the cancel and ran to its end: then its own outcome stands.
         """

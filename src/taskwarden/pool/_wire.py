@@ -16,7 +16,10 @@ from typing import Any
 import cloudpickle
 
 HEADER = struct.Struct("!I")
-MAX_FRAME = 2**32 - 1
+MAX_FRAME = 2**32 - 1  # read at each use, so that tests can lower it
+# Room a run's frame needs beyond its payload (seq, options, the list around it).
+FRAME_SLACK = 1024
+_MAGIC = b"\x80\x05"  # every body is a protocol-5 pickle: anything else is garbage
 
 # Supervisor -> worker
 RUN = 1  # (RUN, [(seq, payload, opts), ...])
@@ -33,10 +36,37 @@ RETIRING = 15  # (RETIRING, rss): over its memory limit, it exits before the nex
 NO_PROGRESS = b""
 
 
+class FrameTooLarge(ValueError):
+    """A message does not fit in one frame of the channel."""
+
+
+class ProtocolError(ValueError):
+    """What came off a channel is not a well-formed message: the peer is broken.
+
+    ``parsed`` holds the messages that came before the fault, still to be acted on.
+    """
+
+    def __init__(self, message: str, parsed: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.parsed: list[Any] = parsed if parsed is not None else []
+
+
+def frame_limit() -> int:
+    return MAX_FRAME
+
+
+def payload_limit() -> int:
+    """The largest pickled call one run may carry (its frame must fit the channel)."""
+    return MAX_FRAME - FRAME_SLACK
+
+
 def frame(msg: Any) -> bytes:
     body = pickle.dumps(msg, protocol=5)
     if len(body) > MAX_FRAME:
-        raise ValueError("message too large for the worker channel (4 GiB)")
+        raise FrameTooLarge(
+            f"message of {len(body)} bytes too large for the worker channel "
+            f"(frame limit {MAX_FRAME} bytes)"
+        )
     return HEADER.pack(len(body)) + body
 
 
@@ -49,20 +79,43 @@ def dumps(obj: Any) -> bytes:
 
 
 def split_frames(buf: bytearray) -> list[Any]:
-    """Take every complete message off the front of ``buf``."""
+    """Take every complete message off the front of ``buf``.
+
+    Raises ProtocolError on garbage: a length over the frame limit, a body that
+    is not a pickle (seen from its first bytes, before the rest has come), or
+    one that does not unpickle.
+    """
     out: list[Any] = []
     pos = 0
     n = len(buf)
     size = HEADER.size
-    while n - pos >= size:
-        (length,) = HEADER.unpack_from(buf, pos)
-        end = pos + size + length
-        if end > n:
-            break
-        out.append(pickle.loads(memoryview(buf)[pos + size : end]))
-        pos = end
-    if pos:
-        del buf[:pos]
+    limit = MAX_FRAME
+    try:
+        while n - pos >= size:
+            (length,) = HEADER.unpack_from(buf, pos)
+            if length > limit or length < len(_MAGIC):
+                raise ProtocolError(
+                    f"a frame announced {length} bytes (the limit is {limit})", out
+                )
+            start = pos + size
+            if n - start >= len(_MAGIC) and not buf.startswith(_MAGIC, start):
+                raise ProtocolError(
+                    f"a frame's body begins {bytes(buf[start : start + 8])!r}, "
+                    f"not a pickle", out
+                )
+            end = start + length
+            if end > n:
+                break
+            try:
+                out.append(pickle.loads(memoryview(buf)[start:end]))
+            except Exception as exc:
+                raise ProtocolError(
+                    f"a frame could not be unpickled: {type(exc).__name__}: {exc}", out
+                ) from exc
+            pos = end
+    finally:
+        if pos:
+            del buf[:pos]
     return out
 
 

@@ -3,8 +3,12 @@
 A reader thread takes batches of runs off the channel into an inbox; the
 main thread runs them one at a time and writes each result back as soon as
 it is ready. The reader also answers skip requests at once and ends the
-process when the supervisor's end of the channel closes, so that a
-supervisor killed with SIGKILL leaves no worker behind.
+process (its task's children first) when the supervisor's end of the channel
+closes, so that a supervisor killed with SIGKILL leaves no worker behind. It
+starts before the initializer, so that a worker still starting notices too.
+
+Only the worker process speaks on the channel: a child that a task forks and
+that returns (rather than calling ``os._exit``) exits there, silently.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, NoReturn
 
 from .._errors import TaskTimeout
 from .._ids import make_uuid
+from ._tree import kill_own_tree
 from ._wire import (
     BEAT,
     DONE,
@@ -37,8 +42,11 @@ from ._wire import (
     SKIP,
     SKIPPED,
     STOP,
+    FrameTooLarge,
+    ProtocolError,
     dumps,
     frame,
+    payload_limit,
     split_frames,
     write_all,
 )
@@ -93,6 +101,11 @@ def heartbeat(progress: Any = _NO) -> None:
     r = _running
     if r is None:
         return
+    thread = threading.current_thread()
+    if thread is not _main_thread and getattr(thread, _RUN_OF_THREAD, None) != r.seq:
+        # A thread that this run did not start (one an earlier task left behind, or
+        # the initializer's): its heartbeat is not this run's sign of life.
+        return
     if progress is not _NO:
         r.progress = progress
         r.unsent = True
@@ -123,6 +136,51 @@ def current_task() -> CurrentTask | None:
     """The task running in this process (id, attempt, deadline, previous progress), or None."""
     r = _running
     return None if r is None else r.info
+
+
+_main_thread = threading.main_thread()
+_RUN_OF_THREAD = "_taskwarden_run"  # set on each Thread at start(): the run it belongs to
+_thread_start = threading.Thread.start
+
+
+def _start_in_run(self: threading.Thread) -> None:
+    """threading.Thread.start in a worker: note which run started the thread, so that
+    its heartbeats count for that run only."""
+    r = _running
+    setattr(self, _RUN_OF_THREAD, None if r is None else r.seq)
+    _thread_start(self)
+
+
+_forked = False  # this process is a child that a task forked, not the worker
+
+
+def _after_fork_in_child() -> None:
+    global _forked, _running
+    _forked = True
+    _running = None  # heartbeat() and current_task() are the worker's, not the child's
+
+
+def _child_exit(code: int) -> NoReturn:
+    """A forked child came back into the worker's loop: leave without a word."""
+    _flush_stdio()
+    os._exit(code)
+
+
+def _flush_stdio() -> None:
+    """Flush the task's output. Whatever goes wrong (a closed stream, a reader that
+    went away: ``python app.py | head -1``) is no business of the task's outcome."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            # Nobody reads it any more: what is written from now on is dropped (the
+            # recipe of Python's signal docs), so that every later flush does not fail.
+            with contextlib.suppress(Exception):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+        except Exception:
+            pass
 
 
 _sending = False  # heartbeat() is writing a frame
@@ -198,6 +256,8 @@ class _Inbox:
         self.stopping = False
         self.reader_turns = 0  # how many times the reader thread has let go of the channel
         self._buf = bytearray()
+        self._probe = select.poll()  # the main thread's own (a poll object is not shared)
+        self._probe.register(fd, select.POLLIN)
 
     def _read_once(self) -> None:
         """Block for the next chunk and act on it; the caller holds ``read_lock``."""
@@ -208,7 +268,11 @@ class _Inbox:
         if not chunk:
             self.on_hangup()  # the supervisor is gone
         self._buf += chunk
-        for msg in split_frames(self._buf):
+        try:
+            msgs = split_frames(self._buf)
+        except ProtocolError:
+            self.on_hangup()  # the channel is garbled: nothing on it can be trusted
+        for msg in msgs:
             kind = msg[0]
             if kind == RUN:
                 with self.cond:
@@ -220,6 +284,8 @@ class _Inbox:
                 with self.cond:
                     self.stopping = True
                     self.cond.notify()
+            else:
+                self.on_hangup()  # not a message of ours: the channel is garbled
 
     def reader(self) -> None:
         hangup = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
@@ -254,7 +320,19 @@ class _Inbox:
 
     @staticmethod
     def on_hangup() -> NoReturn:
+        # The supervisor is gone (or the channel broken): take the task's children
+        # along, as the supervisor's kill would have (a detached daemon escapes).
+        with contextlib.suppress(BaseException):
+            kill_own_tree()
         os._exit(1)
+
+    def _drain(self) -> None:
+        """Act on everything the supervisor has written so far; the caller holds
+        ``read_lock``. Done before each run starts: a skip written before this
+        moment is honoured, which is what lets the supervisor take back a queued run
+        on its own (see LokyPool.skip) while this worker's task holds the GIL."""
+        while self._probe.poll(0):
+            self._read_once()
 
     def _skip(self, seq: int) -> None:
         with self.cond:
@@ -271,6 +349,13 @@ class _Inbox:
 
     def next_run(self) -> tuple[int, bytes, dict[str, Any] | None] | None:
         while True:
+            # Before a run starts, act on what the supervisor has written (see _drain).
+            if self.runs:
+                self.read_lock.acquire()  # the reader thread may be mid-read: wait for it
+                try:
+                    self._drain()
+                finally:
+                    self.read_lock.release()
             with self.cond:
                 if self.runs:
                     return self.runs.popleft()
@@ -330,22 +415,38 @@ def worker_main(
     write_lock = threading.Lock()
 
     def send(data: bytes) -> None:
+        if _forked:
+            return  # a child that a task forked: only the worker answers
         with write_lock:
             write_all(fd, data)
 
+    def close_in_child() -> None:
+        _after_fork_in_child()
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    os.register_at_fork(after_in_child=close_in_child)
+    threading.Thread.start = _start_in_run  # type: ignore[method-assign]
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt)
     signal.signal(signal.SIGINT, _on_sigint)
+    # The reader watches the channel from the start: a supervisor that dies while the
+    # initializer runs (or hangs) takes this process with it.
+    nudge_r, nudge_w = _listen_for_nudges()
+    inbox = _Inbox(fd, send, nudge_r)
+    threading.Thread(target=inbox.reader, daemon=True, name="taskwarden-reader").start()
     if init_payload is not None:
         try:
             initializer, initargs = pickle.loads(init_payload)
             initializer(*initargs)
         except BaseException:
+            if _forked:
+                _child_exit(1)
             send(frame((INIT_FAILED, traceback.format_exc())))
             _leave()
             return
-    nudge_r, nudge_w = _listen_for_nudges()
-    inbox = _Inbox(fd, send, nudge_r)
-    threading.Thread(target=inbox.reader, daemon=True, name="taskwarden-reader").start()
+        if _forked:
+            _child_exit(0)
+        signal.set_wakeup_fd(nudge_w, warn_on_full_buffer=False)  # it may have set its own
     send(frame((READY, os.getpid())))
 
     while True:
@@ -376,11 +477,14 @@ def worker_main(
                 result = _run_call(payload)
             finally:
                 _running = None
+            if _forked:
+                _child_exit(0)
             msg = _done_ok(seq, result, running)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt fail the task only
+            if _forked:
+                _child_exit(1)
             msg = _done_error(seq, exc, traceback.format_exc(), running)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush_stdio()
         send(msg)
         # A task may have replaced the signal wake-up fd (asyncio can): put ours back.
         signal.set_wakeup_fd(nudge_w, warn_on_full_buffer=False)
@@ -418,12 +522,17 @@ def _progress(running: _Running) -> bytes:
 def _done_ok(seq: int, result: Any, running: _Running) -> bytes:
     try:
         data = dumps(result)
+        if len(data) > payload_limit():
+            raise FrameTooLarge(
+                f"it pickles to {len(data)} bytes, over the worker channel's frame limit "
+                f"({payload_limit()} bytes)"
+            )
+        return frame((DONE, seq, True, data, None, None, None, _progress(running)))
     except BaseException as exc:
         err = pickle.PicklingError(
             f"the task's result ({type(result).__qualname__}) could not be pickled: {exc}"
         )
         return _done_error(seq, err, traceback.format_exc(), running)
-    return frame((DONE, seq, True, data, None, None, None, _progress(running)))
 
 
 def _done_error(seq: int, exc: BaseException, tb: str, running: _Running) -> bytes:
@@ -439,4 +548,10 @@ def _done_error(seq: int, exc: BaseException, tb: str, running: _Running) -> byt
         data = dumps(exc)
     except BaseException:
         data = b""  # the supervisor rebuilds it from type name, message and traceback
-    return frame((DONE, seq, False, data, tb, type_name, message, _progress(running)))
+    try:
+        return frame((DONE, seq, False, data, tb, type_name, message, _progress(running)))
+    except FrameTooLarge:
+        # Too big to travel whole (a huge exception or progress value): the text only.
+        limit = payload_limit() // 4
+        return frame((DONE, seq, False, b"", tb[-limit:], type_name, message[:limit],
+                      NO_PROGRESS))

@@ -48,6 +48,7 @@ class Beat:
 class WorkerExited:
     wid: int
     exitcode: int | None
+    reason: str | None = None  # why the pool killed it on its own (e.g. a garbled channel)
 
 
 @dataclass(slots=True)
@@ -75,7 +76,8 @@ class Pool(Protocol):
         """Give a worker runs (seq, payload, options), to run in order."""
 
     def skip(self, wid: int, seq: int) -> None:
-        """Ask a worker not to start a run it was given ahead of time."""
+        """Ask a worker not to start a run it was given ahead of time. ``RunSkipped``
+        reports it done (at once, when the pool can tell the run will never start)."""
 
     def interrupt(self, wid: int, seq: int) -> None:
         """Raise TaskTimeout inside the run a worker is executing (the grace period)."""

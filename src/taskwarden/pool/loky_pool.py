@@ -5,27 +5,32 @@ process runs which task and can kill exactly that process tree. Process
 starts (a few milliseconds of fork and exec each) happen on a small
 spawner thread so that the loop never waits for them; a worker's death is
 seen through a pidfd (Linux) or loky's sentinel, without polling.
+
+Whatever a worker's channel carries that is not a well-formed message (a task
+that wrote into it, a corrupt frame) is that worker crashing: it is killed,
+and its exit reports why. Nothing read from a worker raises in the loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing.process
 import os
 import pickle
 import queue
 import selectors
-import signal
 import threading
 import time
 from collections import deque
 from typing import Any
 
-import psutil
 from loky.backend.context import get_context
 
 from .._errors import RemoteError, RemoteTraceback
 from ._timer import make_timer
+from ._tree import descendants as _descendants  # noqa: F401 - its old home
+from ._tree import kill_tree
 from ._wire import (
     BEAT,
     DONE,
@@ -36,7 +41,10 @@ from ._wire import (
     SKIP,
     SKIPPED,
     STOP,
+    FrameTooLarge,
+    ProtocolError,
     frame,
+    frame_limit,
     split_frames,
 )
 from ._worker import INTERRUPT_SIGNAL, NUDGE_SIGNAL, worker_main
@@ -51,6 +59,8 @@ from .base import (
     WorkerRetiring,
 )
 
+log = logging.getLogger("taskwarden")
+
 _IO = 1
 _EXIT = 2
 _WAKE = 3
@@ -58,8 +68,9 @@ _TIMER = 4
 
 
 class _Proc:
-    __slots__ = ("conn", "dead", "exit_fd", "fd", "inbuf", "killed", "nudge", "outbuf", "pid",
-                 "process", "ready", "wid", "writing")
+    __slots__ = ("conn", "crash", "dead", "exit_fd", "fd", "inbuf", "killed", "nudge",
+                 "outbuf", "outstanding", "pid", "process", "ready", "revoked", "wid",
+                 "writing")
 
     def __init__(self, wid: int, process: Any, conn: Any) -> None:
         self.wid = wid
@@ -75,47 +86,11 @@ class _Proc:
         self.ready = False
         self.nudge = False  # nudge the worker once outbuf is written out
         self.exit_fd: int = -1
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` from /proc (fast: no scan of every process)."""
-    out: list[int] = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            out.extend(int(c) for c in f.read().split())
-    return out
-
-
-def _descendants(pid: int) -> list[int]:
-    try:
-        found: list[int] = []
-        frontier = [pid]
-        while frontier:
-            kids = [c for p in frontier for c in _children(p)]
-            found.extend(kids)
-            frontier = kids
-        return found
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    except OSError:  # no /proc/<pid>/task/*/children here: ask psutil to scan
-        try:
-            return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-        except psutil.Error:
-            return []
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant (as loky's kill_process_tree does).
-
-    The tree is read before anything is killed, since the children of a dead
-    process are handed to init and could no longer be found.
-    """
-    descendants = _descendants(pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    for child in reversed(descendants):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
+        # Runs sent and not reported done or skipped yet, in the worker's order.
+        self.outstanding: deque[int] = deque()
+        # Runs taken back without the worker's answer: its SKIPPED for them is dropped.
+        self.revoked: set[int] = set()
+        self.crash: str | None = None  # why the pool killed it on its own (a garbled channel)
 
 
 class LokyPool:
@@ -147,6 +122,7 @@ class LokyPool:
         self._killed: list[_Proc] = []
         # What was sent to a worker before its process was handed over by the spawner.
         self._early: dict[int, bytearray] = {}
+        self._early_runs: dict[int, list[int]] = {}  # the seqs of the runs among them
 
     # ---------------------------------------------------------------- spawning
     def spawn(self, wid: int) -> None:
@@ -156,6 +132,7 @@ class LokyPool:
             )
             self._spawner.start()
         self._early[wid] = bytearray()
+        self._early_runs[wid] = []
         self._spawn_q.put(wid)
 
     def _spawn_loop(self) -> None:
@@ -185,10 +162,12 @@ class LokyPool:
 
     def _adopt(self, wid: int, process: Any, conn: Any) -> None:
         early = self._early.pop(wid, None)
+        early_runs = self._early_runs.pop(wid, ())
         if process is None:
             self._events.append(WorkerExited(wid, None))
             return
         p = _Proc(wid, process, conn)
+        p.outstanding.extend(early_runs)
         os.set_blocking(p.fd, False)
         self._procs[wid] = p
         self._sel.register(p.fd, selectors.EVENT_READ, (_IO, p))
@@ -251,11 +230,57 @@ class LokyPool:
                 self._nudge(p)
 
     def send(self, wid: int, runs: list[tuple[int, bytes, dict[str, Any] | None]]) -> None:
-        self._out(wid, frame((RUN, runs)))
+        p = self._procs.get(wid)
+        seqs = [r[0] for r in runs]
+        if p is not None:
+            p.outstanding.extend(seqs)
+        elif wid in self._early_runs:
+            self._early_runs[wid].extend(seqs)
+        budget = frame_limit() // 2  # estimated (payload + options) bytes per frame
+        if len(runs) == 1 or sum(len(r[1]) for r in runs) + 256 * len(runs) <= budget:
+            self._send_frame(wid, runs)
+            return
+        batch: list[tuple[int, bytes, dict[str, Any] | None]] = []
+        size = 0
+        for run in runs:
+            cost = len(run[1]) + 256
+            if batch and size + cost > budget:
+                self._send_frame(wid, batch)
+                batch, size = [], 0
+            batch.append(run)
+            size += cost
+        if batch:
+            self._send_frame(wid, batch)
+
+    def _send_frame(self, wid: int, runs: list[tuple[int, bytes, dict[str, Any] | None]]) -> None:
+        """One RUN frame; never past the frame limit (a batch is split, however it came)."""
+        try:
+            data = frame((RUN, runs))
+        except FrameTooLarge:
+            if len(runs) > 1:
+                half = len(runs) // 2
+                self._send_frame(wid, runs[:half])
+                self._send_frame(wid, runs[half:])
+                return
+            # One run whose call fits (checked at the call) but not with its options:
+            # only a huge previous_progress can do that. The run goes without it.
+            seq, payload, opts = runs[0]
+            log.warning("run %d: its previous progress is too large to send; dropped", seq)
+            opts = {k: v for k, v in (opts or {}).items() if k != "previous_progress"}
+            data = frame((RUN, [(seq, payload, opts or None)]))
+        self._out(wid, data)
 
     def skip(self, wid: int, seq: int) -> None:
         self._out(wid, frame((SKIP, seq)))
         p = self._procs.get(wid)
+        if p is not None and not p.killed and self._surely_unstarted(p, seq):
+            # Taken back at once, whatever the worker is doing (even holding the GIL in
+            # C code, where it could not answer): it will find the request before it
+            # could start the run. Its own answer, when it comes, is dropped.
+            p.outstanding.remove(seq)
+            p.revoked.add(seq)
+            self._events.append(RunSkipped(wid, seq))
+            return
         if p is not None and p.ready and not p.killed:
             # The worker may be busy in a task: nudge its reader thread to answer now,
             # or, while the request still waits in outbuf, once it is in the channel.
@@ -263,6 +288,25 @@ class LokyPool:
                 p.nudge = True
             else:
                 self._nudge(p)
+
+    def _surely_unstarted(self, p: _Proc, seq: int) -> bool:
+        """Can the worker never start run ``seq``, now that the skip request is written?
+
+        A worker writes a run's result before it reads the channel to the end and
+        starts its next run (``_Inbox.next_run``). So if the request is all in the
+        socket, and, reading after that, the run before ``seq`` has not reported an
+        end (nor begun to: no partial message either), the worker had not finished it
+        when the request landed, and it reads the request before it starts ``seq``.
+        """
+        if p.outbuf or p.dead or seq not in p.outstanding:
+            return False  # the request is not all out yet, or the run is no longer ahead
+        self._read(p)  # everything the worker has written until now
+        if p.dead or p.killed or p.inbuf or seq not in p.outstanding:
+            return False
+        # A worker that has not said READY has started nothing (it reads the channel
+        # to the end before its first run); else the oldest run it holds is running
+        # (or ahead of it), and ``seq`` is behind it.
+        return not p.ready or p.outstanding[0] != seq
 
     def _nudge(self, p: _Proc) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -381,13 +425,44 @@ class LokyPool:
             p.inbuf += scratch[:n]
             if n < len(scratch):
                 break
-        for msg in split_frames(p.inbuf):
-            self._on_message(p, msg)
+        try:
+            msgs = split_frames(p.inbuf)
+        except ProtocolError as exc:
+            msgs = exc.parsed
+            fault: Exception | None = exc
+        else:
+            fault = None
+        try:
+            for msg in msgs:
+                self._on_message(p, msg)
+        except Exception as exc:  # a frame that unpickled, but is no message of ours
+            fault = exc
+        if fault is not None:
+            self._garbled(p, fault)
+
+    def _garbled(self, p: _Proc, fault: Exception) -> None:
+        """The worker's channel carries garbage: the worker is broken. Kill it; its
+        exit (reported once it is gone) fails the run it had, as a crash would."""
+        if isinstance(fault, ProtocolError):
+            why = str(fault)
+        else:
+            why = f"a message could not be read: {type(fault).__name__}: {fault}"
+        log.error("worker process %d: its channel is garbled (%s); killing it", p.pid, why)
+        p.crash = f"worker process {p.pid} garbled its channel to the supervisor ({why})"
+        p.inbuf.clear()
+        self.kill(p.wid)
 
     def _on_message(self, p: _Proc, msg: tuple[Any, ...]) -> None:
+        if p.killed:
+            return  # killed while reading this batch: nothing more from it counts
         kind = msg[0]
         if kind == DONE:
             _, seq, ok, data, tb, type_name, message, progress = msg
+            if p.outstanding and p.outstanding[0] == seq:
+                p.outstanding.popleft()
+            else:
+                with contextlib.suppress(ValueError):
+                    p.outstanding.remove(seq)
             ok, value = _load_outcome(ok, data, tb, type_name, message)
             has_progress = progress != b""
             prog = _load_quiet(progress) if has_progress else None
@@ -399,7 +474,13 @@ class LokyPool:
             prog = _load_quiet(data) if has_progress else None
             self._events.append(Beat(p.wid, seq, prog, has_progress))
         elif kind == SKIPPED:
-            self._events.append(RunSkipped(p.wid, msg[1]))
+            seq = msg[1]
+            if seq in p.revoked:
+                p.revoked.discard(seq)  # already taken back (see skip())
+                return
+            with contextlib.suppress(ValueError):
+                p.outstanding.remove(seq)
+            self._events.append(RunSkipped(p.wid, seq))
         elif kind == READY:
             p.ready = True  # its signal handlers are in place from now on
             self._events.append(WorkerReady(p.wid, msg[1]))
@@ -407,6 +488,8 @@ class LokyPool:
             self._events.append(InitFailed(p.wid, msg[1]))
         elif kind == RETIRING:
             self._events.append(WorkerRetiring(p.wid, msg[1]))
+        else:
+            raise ProtocolError(f"unknown message kind {kind!r}")
 
     def _reap(self, p: _Proc, *, block: bool) -> None:
         if self._procs.pop(p.wid, None) is None:
@@ -430,7 +513,7 @@ class LokyPool:
             with contextlib.suppress(OSError):
                 os.close(p.exit_fd)
         p.dead = True
-        self._events.append(WorkerExited(p.wid, code))
+        self._events.append(WorkerExited(p.wid, code, p.crash))
 
     def alive(self) -> int:
         return len(self._procs) + len(self._early)
