@@ -318,8 +318,7 @@ def cancel_running(peer: str, cfg: Config, tmp: str) -> Figures:
                 problems.append(f"run {r}: process {pid} alive 5 s after cancel()")
             else:
                 gone.append(t_gone - t0)
-            if dh:
-                done.append(when(dh) - t0)
+            done.append(when(dh) - t0)
             warm(pool)
     out: Figures = {
         "gone_ms": median(gone) * 1e3 if gone else math.nan,
@@ -677,7 +676,7 @@ def replacement(peer: str, cfg: Config, tmp: str) -> Figures:
             for h in hung:
                 if not isinstance(h.exception(timeout=30), TimeoutError):
                     raise AssertionError("a hung task did not time out")
-            ready.append(served[0] - (t0 + T))
+            ready.append(when(served) - (t0 + T))
             pool.result(busy, 30)
     return {
         "ready_ms": median(ready) * 1e3,
