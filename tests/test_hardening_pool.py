@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +28,10 @@ from taskwarden.pool import _wire
 from taskwarden.pool.loky_pool import LokyPool, _descendants, kill_tree
 
 import _tasks as T
+from _live import WAIT, gone, read_pid, wait_for
 
-WAIT = 20.0
 TESTS = Path(__file__).resolve().parent
 SRC = Path(taskwarden.__file__).resolve().parents[1]  # the code under test
-
-
-def wait_for(cond: Callable[[], object], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def read_pid(path: Path) -> int:
-    wait_for(lambda: path.exists() and path.read_text().strip())
-    return int(path.read_text())
 
 
 def shutdown_returns(sup: Supervisor, within: float = 10.0) -> bool:
