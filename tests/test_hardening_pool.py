@@ -177,21 +177,14 @@ def _supervisor_process(tmp_path: Path, setup: str, task: str) -> tuple[subproce
     return proc, worker, child
 
 
-def test_a_worker_whose_supervisor_is_killed_takes_its_tasks_children(tmp_path: Path) -> None:
-    proc, worker, child = _supervisor_process(
-        tmp_path, "", "sup.submit(T.spawn_hanging_child, {pidfile!r})")
-    try:
-        proc.kill()
-        proc.wait()
-        wait_for(lambda: gone(worker), timeout=10)
-        wait_for(lambda: gone(child), timeout=5)
-    finally:
-        _kill(child, worker, proc.pid)
-
-
-def test_a_worker_still_starting_notices_its_supervisor_die(tmp_path: Path) -> None:
-    proc, worker, child = _supervisor_process(
-        tmp_path, ", initializer=T.init_child_then_hang, initargs=({pidfile!r},)", "")
+@pytest.mark.parametrize(("options", "work"), [
+    ("", "sup.submit(T.spawn_hanging_child, {pidfile!r})"),  # a task's child
+    (", initializer=T.init_child_then_hang, initargs=({pidfile!r},)", ""),  # still starting
+], ids=["running-task", "still-starting"])
+def test_a_worker_whose_supervisor_is_killed_takes_its_children(
+    tmp_path: Path, options: str, work: str
+) -> None:
+    proc, worker, child = _supervisor_process(tmp_path, options, work)
     try:
         proc.kill()
         proc.wait()
