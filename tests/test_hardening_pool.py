@@ -319,6 +319,18 @@ def test_core_a_worker_not_ready_by_the_boot_limit_is_killed() -> None:
     assert core.boot_failures == 1
 
 
+def test_core_a_run_cancelled_on_a_starting_worker_that_dies_stays_cancelled() -> None:
+    # cancel() of a run handed to a worker still starting waits for the worker's answer;
+    # if the worker dies before READY instead, the run ends cancelled: it never runs.
+    core, wids, now = _booting(1)
+    run = E.Run(1, b"", Policy())
+    core.add(run, now)
+    assert run.worker is not None
+    assert core.cancel(run, now) is None
+    core.worker_exited(wids[0], 1, now)
+    assert run.state is TaskState.CANCELLED and run not in core.pending
+
+
 def test_core_the_boot_limit_timer_does_not_outlive_the_start() -> None:
     core, wids, now = _booting(1)
     core.worker_ready(wids[0], 1, now)

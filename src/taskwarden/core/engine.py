@@ -675,14 +675,17 @@ class Core:
     def _boot_overdue(self, w: Worker, now: float) -> None:
         if self.workers.get(w.wid) is w and not w.ready and not w.retiring:
             self.actions.append(Kill(w.wid))
-            self._boot_failed(w, f"worker process {w.pid or ''} did not finish starting "
-                              f"within {BOOT_LIMIT:g} s (is the initializer hanging?)", now)
+            who = f"worker process {w.pid}" if w.pid else "a worker process"
+            self._boot_failed(w, f"{who} did not finish starting within {BOOT_LIMIT:g} s "
+                              "(is the initializer hanging?)", now)
 
     def _boot_failed(self, w: Worker, why: str, now: float) -> None:
         """A worker died (or was killed) before READY: what it was given goes back to the
         queue, never started; enough of these in a row break the pool."""
         head = self._release(w, now)
-        if head is not None and not head.state.final:
+        if head is not None and head.cancel_pending is not None:
+            self._end_cancelled(head, now)  # it never began: the worker was not ready
+        elif head is not None and not head.state.final:
             self.pending.appendleft(head)
         self.replaced += 1
         self.boot_failures += 1
