@@ -24,8 +24,8 @@ import pytest
 
 from taskwarden import Job, Supervisor, TaskCancelled, TaskState, TaskTimeout
 from taskwarden._policy import MAX_SECONDS, seconds
+from taskwarden.driver._timer import make_timer
 from taskwarden.pool import loky_pool
-from taskwarden.pool._timer import make_timer
 
 import _tasks as T
 from _live import WAIT, gone, read_pid, wait_for

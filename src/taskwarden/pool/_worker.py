@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 from .._errors import TaskTimeout
 from .._ids import make_uuid
-from ._tree import kill_own_tree
+from .._proctree import kill_own_tree
 from ._wire import (
     BEAT,
     DONE,
