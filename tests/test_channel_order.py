@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from taskwarden import Supervisor, TaskTimeout
+from taskwarden import Supervisor, TaskTimeout, _taskside
 from taskwarden._policy import Policy
 from taskwarden.core import engine as E
 from taskwarden.driver._reactor import Reactor
@@ -161,14 +161,15 @@ def test_a_grace_signal_during_a_heartbeat_is_raised_once_the_frame_is_whole() -
             _worker._on_interrupt(signal.SIGUSR1, None)
         written.append(data[3:])
 
-    _worker._running = _worker._Running(send, 5, _worker.CurrentTask(0, 5, 1, None, None), 0.0)
+    running = _taskside.Running(send, 5, _taskside.CurrentTask(0, 5, 1, None, None), 0.0)
+    _taskside.running = running
     try:
         with pytest.raises(TaskTimeout):
-            _worker.heartbeat("half way")
-        _worker._running.next_send = 0.0
-        _worker.heartbeat()  # nothing left over from the signal: no second raise
+            _taskside.heartbeat("half way")
+        running.next_send = 0.0
+        _taskside.heartbeat()  # nothing left over from the signal: no second raise
     finally:
-        _worker._running = None
+        _taskside.running = None
     frames = _wire.split_frames(bytearray(b"".join(written)))
     assert frames[0] == (_wire.BEAT, 5, _wire.dumps("half way"))
     assert frames[1] == (_wire.BEAT, 5, None)

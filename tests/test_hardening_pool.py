@@ -465,10 +465,11 @@ def test_the_pool_splits_a_batch_to_fit_the_frame_limit(
 
 
 def test_a_result_over_the_frame_limit_fails_that_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskwarden import _taskside
     from taskwarden.pool import _worker
 
     monkeypatch.setattr(_wire, "MAX_FRAME", LIMIT)
-    running = _worker._Running(None, 1, None, 0.05)  # type: ignore[arg-type]
+    running = _taskside.Running(None, 1, None, 0.05)  # type: ignore[arg-type]
     msg = _worker._done_ok(1, b"r" * LIMIT, running)
     kind, seq, ok, _, _, _, message, _ = pickle.loads(msg[_wire.HEADER.size:])
     assert (kind, seq, ok) == (_wire.DONE, 1, False)
