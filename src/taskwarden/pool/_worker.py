@@ -29,7 +29,7 @@ import traceback
 import types
 from collections import deque
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from .. import _taskside as TS
 from .._errors import TaskTimeout
@@ -308,10 +308,18 @@ def _rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, in KiB
 
 
+class Connected(Protocol):
+    """A connected stream socket to the supervisor (a socket, a multiprocessing
+    Connection over a socket pair): all the worker needs of it is its fd."""
+
+    def fileno(self) -> int: ...
+
+
 def worker_main(
-    conn: Any, id_base: int, init_payload: bytes | None, max_memory: int | None = None
+    conn: Connected, id_base: int, init_payload: bytes | None, max_memory: int | None = None
 ) -> None:
-    """Entry point of a worker process (started through loky's process context)."""
+    """A worker's life, speaking over ``conn`` until told to stop or the supervisor is
+    gone (in a process started through loky's process context, or any other)."""
     fd = conn.fileno()
     write_lock = threading.Lock()
 
