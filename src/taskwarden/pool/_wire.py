@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-from collections.abc import Callable
 from typing import Any, NamedTuple, TypeAlias
 
 import cloudpickle
@@ -152,23 +151,25 @@ class Retiring(NamedTuple):
 
 Message: TypeAlias = Run | Skip | Stop | Ready | Done | Skipped | Beating | InitFailed | Retiring
 
-_TYPES: dict[int, Callable[..., Message]] = {
+_TYPES: dict[int, type[Message]] = {
     RUN: Run, SKIP: Skip, STOP: Stop, READY: Ready, DONE: Done, SKIPPED: Skipped,
     BEAT: Beating, INIT_FAILED: InitFailed, RETIRING: Retiring,
 }
+# kind -> (type, length on the wire): decode builds the tuple without the NamedTuple's
+# Python-level __new__ (this is the hot path: one call per message).
+_DECODE = {kind: (cls, len(cls._fields) + 1) for kind, cls in _TYPES.items()}
+_new = tuple.__new__
 
 
 def decode(msg: Any) -> Message:
     """The named message a frame carried; ProtocolError if it is none of ours."""
     try:
-        kind = msg[0]
-        cls = _TYPES[kind]
+        cls, length = _DECODE[msg[0]]
     except (TypeError, IndexError, KeyError):
         raise ProtocolError(f"not a message of ours: {msg!r:.80}") from None
-    try:
-        return cls(*msg[1:])
-    except TypeError:
-        raise ProtocolError(f"a message of kind {kind} has the wrong shape") from None
+    if type(msg) is not tuple or len(msg) != length:
+        raise ProtocolError(f"a message of kind {msg[0]} has the wrong shape")
+    return _new(cls, msg[1:])
 
 
 def frame_limit() -> int:
