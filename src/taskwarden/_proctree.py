@@ -15,7 +15,6 @@ that owns one (that child would move to a thread already read) under the walk.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -131,8 +130,8 @@ def kill_own_tree() -> None:
 
 
 # ------------------------------------------------ the command line's runs (psutil)
-# psutil is imported in each function: a worker imports this module, and boots
-# without it.
+# psutil (and ctypes) are imported in each function: a worker imports this module,
+# and boots without them.
 
 
 def become_subreaper() -> bool:
@@ -143,6 +142,8 @@ def become_subreaper() -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes  # here: a worker imports this module, and boots without ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0

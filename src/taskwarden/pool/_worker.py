@@ -29,7 +29,7 @@ import traceback
 import types
 from collections import deque
 from types import FrameType
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import _taskside as TS
 from .._errors import TaskTimeout
@@ -53,6 +53,16 @@ from ._wire import (
     split_frames,
     write_all,
 )
+
+if TYPE_CHECKING:  # (a Protocol class costs a worker's boot time: for mypy only)
+    from typing import Protocol
+
+    class Connected(Protocol):
+        """A connected stream socket to the supervisor (a socket, a multiprocessing
+        Connection over a socket pair): all the worker needs of it is its fd."""
+
+        def fileno(self) -> int: ...
+
 
 INTERRUPT_SIGNAL = signal.SIGUSR1  # raise TaskTimeout in the task (grace)
 NUDGE_SIGNAL = signal.SIGUSR2  # read the channel now (a skip request is waiting)
@@ -306,13 +316,6 @@ def _rss() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, in KiB
-
-
-class Connected(Protocol):
-    """A connected stream socket to the supervisor (a socket, a multiprocessing
-    Connection over a socket pair): all the worker needs of it is its fd."""
-
-    def fileno(self) -> int: ...
 
 
 def worker_main(
