@@ -308,7 +308,8 @@ class Channel:
     def _on_message(self, msg: Message) -> None:
         wid = self.wid
         match msg:
-            case Done(seq, ok, data, tb, type_name, message, progress):
+            case Done():
+                seq, ok, data, tb, type_name, message, progress = msg  # (unpacking is fastest)
                 outstanding = self.outstanding
                 if outstanding and outstanding[0] == seq:
                     outstanding.popleft()

@@ -205,8 +205,11 @@ class LokyPool:
         return bool(self._events) or bool(self._spawned)
 
     def take_events(self) -> list[Event]:
-        self._take_spawned()
-        events = self._events[:]
+        if self._spawned:
+            self._take_spawned()
+        if not self._events:
+            return []
+        events = self._events[:]  # the channels hold this list: it is emptied, not replaced
         self._events.clear()
         return events
 
