@@ -8,6 +8,7 @@ places, that the busy count is right and that no impossible transition happens.
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -51,29 +52,26 @@ def check_invariants(core: E.Core, runs: list[E.Run]) -> None:
 def run_seed(seed: int, steps: int = 250, broken: bool = False) -> None:
     rnd = random.Random(seed)
     now = 1000.0
+    seqs = itertools.count(1)
     core = E.Core(rnd.choice([1, 2, 3]), prefetch=rnd.choice([1, 4, 16]),
-                  max_tasks_per_worker=rnd.choice([None, None, 3]))
+                  max_tasks_per_worker=rnd.choice([None, None, 3]), seqs=seqs)
     runs: list[E.Run] = []
     booting: list[int] = []
     skip_acks: list[tuple[int, int]] = []
     stopped: list[int] = []
     jobs: list[JobRec] = []
-    seq = 0
-
     def new_run(policy: Policy) -> E.Run:
-        nonlocal seq
-        seq += 1
-        run = E.Run(seq, b"", policy)
+        run = E.Run(next(seqs), b"", policy)
         runs.append(run)
         return run
-
-    core.jobs.make_run = lambda job: new_run(job.policy)
 
     def apply() -> None:
         actions, core.actions = core.actions, []
         for a in actions:
             if isinstance(a, E.Spawn):
                 booting.append(a.wid)
+            elif isinstance(a, E.NewRun):
+                runs.append(a.run)
             elif isinstance(a, E.Skip):
                 w = core.workers.get(a.wid)
                 if w is not None and rnd.random() < 0.7:

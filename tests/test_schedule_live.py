@@ -101,7 +101,6 @@ def test_bad_schedules_are_refused_at_the_call(sup: Supervisor) -> None:
         sup.schedule(T.square, every=1)  # square needs an argument
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10: Job reads loop-owned records unlocked")
 def test_polling_a_one_run_job_never_sees_it_end_without_its_finished_run(
     sup: Supervisor,
 ) -> None:

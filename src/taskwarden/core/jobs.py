@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from croniter import croniter
 
@@ -23,6 +22,8 @@ from .._states import JobState, TaskState, check_job
 
 if TYPE_CHECKING:
     from .engine import Core, Run
+
+JOB = 6  # the heap's entry kind for a job's next run (engine.JOB)
 
 MIN_INTERVAL = 0.001
 RUNS_KEPT = 100
@@ -44,7 +45,7 @@ class CronTrigger:
 
 
 class JobRec:
-    """One recurring job as the engine sees it; ``handle`` is the driver's Job."""
+    """One recurring job as the engine sees it (the driver's Job is found by ``seq``)."""
 
     def __init__(
         self,
@@ -58,7 +59,6 @@ class JobRec:
         overlap: str = "skip",
         max_runs: int | None = None,
         until: float | None = None,  # wall-clock timestamp
-        handle: Any = None,
     ) -> None:
         if (every is None) == (cron is None):
             raise ValueError("a job needs every or cron, not both")
@@ -73,7 +73,6 @@ class JobRec:
         self.overlap = overlap
         self.max_runs = max_runs
         self.until = until
-        self.handle = handle
         self.state = JobState.ACTIVE
         self.gen = 0
         self.due: float | None = None  # monotonic time of the next run
@@ -88,10 +87,8 @@ class JobRec:
 class JobBook:
     """The engine's jobs: timers, runs started, overlap and anchor rules."""
 
-    def __init__(self, core: Core, make_run: Callable[[JobRec], Run] | None = None) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
-        # Makes a Run (and the driver's Task for it) for one run of a job.
-        self.make_run = make_run
         self.jobs: dict[int, JobRec] = {}
 
     # ------------------------------------------------------------- timing
@@ -99,8 +96,6 @@ class JobBook:
         return now + self.core.wall_offset
 
     def _arm(self, job: JobRec, due: float, wall_due: float | None = None) -> None:
-        from .engine import JOB, LEAD
-
         job.gen += 1
         job.due = due
         job.wall_due = wall_due
@@ -108,13 +103,15 @@ class JobBook:
             self.core.wall_anchored[("job", job.seq)] = job
         else:
             self.core.wall_anchored.pop(("job", job.seq), None)
-        self.core.push_timer(due - LEAD, JOB, job, job.gen)
+        self.core.push_timer(due - self.core.timings.lead, JOB, job, job.gen)
+        self.core.job_changed(job)
 
     def _disarm(self, job: JobRec) -> None:
         job.gen += 1
         job.due = None
         job.wall_due = None
         self.core.wall_anchored.pop(("job", job.seq), None)
+        self.core.job_changed(job)
 
     def _arm_next_after(self, job: JobRec, now: float, wall_from: float | None = None) -> None:
         """The next run from ``now`` on: one interval, or the next cron time (after
@@ -154,8 +151,6 @@ class JobBook:
         live = [r for r in job.live if not r.state.final]
         if live and job.overlap != "parallel":
             if slot > now:
-                from .engine import JOB
-
                 # Fired LEAD early. Whether the previous run is still running is asked at
                 # the slot itself: a fast job's previous run has not even begun yet.
                 self.core.push_timer(slot, JOB, job, job.gen)
@@ -200,9 +195,7 @@ class JobBook:
                 self._arm(job, nxt)
 
     def _start_run(self, job: JobRec, now: float, slot: float | None = None) -> None:
-        assert self.make_run is not None
-        run = self.make_run(job)
-        run.job = job
+        run = self.core.new_job_run(job)
         if slot is not None and slot > now:
             run.not_before = slot  # fired a little early on purpose: begin on time
         job.started += 1
@@ -214,7 +207,8 @@ class JobBook:
             self._finish(job, now)
 
     def run_ended(self, run: Run, now: float) -> None:
-        job: JobRec = run.job
+        job = run.job
+        assert job is not None
         if run in job.live:
             job.live.remove(run)
         if job.state is not JobState.ACTIVE:

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar, cast, overload
+from typing import Any, Generic, TypeVar, cast, overload
 
 import cloudpickle
 import loky
@@ -70,9 +70,10 @@ from ..pool import _wire
 from ..pool import base as P
 from ..pool.loky_pool import LokyPool
 from .job import Job
-from .task import Task
+from .task import PENDING_VIEW, SCHEDULED_VIEW, Task, TaskView
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 FAR_FUTURE = 24 * 3600.0  # a start this far ahead follows the wall clock
 WALL_CHECK = 60.0  # how often the wall clock is compared while starts follow it
@@ -93,16 +94,16 @@ def _shutdown_all() -> None:
         sup.shutdown(wait=True)  # a no-op in a forked child: the parent owns the workers
 
 
-class _Call:
+class _Call(Generic[R]):
     """A command whose caller waits for the loop's answer."""
 
     __slots__ = ("done", "error", "fn", "then", "value")
 
-    def __init__(self, fn: Callable[[], Any], then: Callable[[], None]) -> None:
+    def __init__(self, fn: Callable[[], R], then: Callable[[], None]) -> None:
         self.fn = fn
         self.then = then  # carry out the core's actions before answering
         self.done = threading.Event()
-        self.value: Any = None
+        self.value: R | None = None
         self.error: BaseException | None = None
 
     def __call__(self) -> None:
@@ -141,6 +142,7 @@ class Supervisor(Executor):
         initargs: tuple[Any, ...] = (),
         keep_finished: int = 10_000,
         keep_finished_bytes: int = KEEP_FINISHED_BYTES,
+        _timings: E.Timings | None = None,
         **policy: Any,
     ) -> None:
         check_keywords(policy, SUPERVISOR_POLICY, "Supervisor()")
@@ -196,11 +198,18 @@ class Supervisor(Executor):
         self._seq = itertools.count(1)
         self._commands: deque[Callable[[], Any]] = deque()
         # New tasks: a queue of their own (no closure each); drained before the commands.
-        self._adds: deque[E.Run] = deque()
+        self._adds: deque[tuple[Task[Any], float | None, float | None]] = deque()
         self._closed = False
         self._close_lock = threading.Lock()
-        self._core = E.Core(workers, max_tasks_per_worker=max_tasks_per_worker)
-        self._core.id_of = functools.partial(make_uuid, self._id_base)
+        self._core = E.Core(
+            workers,
+            max_tasks_per_worker=max_tasks_per_worker,
+            timings=E.Timings() if _timings is None else _timings,
+            id_format=functools.partial(make_uuid, self._id_base),
+            seqs=self._seq,
+            wall_offset=self._offset,
+        )
+        self._actions: list[E.Action] = []  # the core's, not carried out yet
         self._pool = LokyPool(self._id_base, init_payload, max_memory_per_worker)
         # Loop-owned registries. Live tasks, and finished ones kept for get() (schedule()
         # tasks and job runs, within keep_finished and keep_finished_bytes):
@@ -215,8 +224,6 @@ class Supervisor(Executor):
         self._parked: dict[int, list[E.Run]] = {}  # killed worker -> runs to resolve when gone
         self._applying = False
         self._round_failed = False
-        self._core.jobs.make_run = self._make_job_run
-        self._core.wall_offset = self._offset
         self._finished: deque[tuple[int, int]] = deque()  # kept, oldest first: (seq, bytes)
         self._kept_bytes = 0
         self._loop_ident: int | None = None
@@ -394,26 +401,24 @@ class Supervisor(Executor):
                 first_due = time.monotonic() + interval
         rec.due, rec.wall_due = first_due, wall
         job = Job(self, rec, name)
-        rec.handle = job
 
         def add() -> None:
             self._jobs[rec.seq] = job
-            now = time.monotonic()
-            self._core.add_job(rec, now, first_due, wall)
+            self._do(E.AddJob(rec, first_due, wall))
 
         self._queue(lambda: self._commands.append(add))
         return job
 
-    def _make_job_run(self, rec: JobRec) -> E.Run:
-        run = E.Run(next(self._seq), rec.payload, rec.policy)
-        job: Job = rec.handle
-        task: Task[Any] = Task(self, run, job.name)
+    def _new_job_run(self, rec: JobRec, run: E.Run) -> None:
+        """A job started a run (NewRun): its Task."""
+        job = self._jobs.get(rec.seq)
+        if job is None:
+            return
+        task: Task[Any] = Task(self, run, job.name, view=_view(run))
         task.job = job
         task._keep = True
-        run.handle = task
         self._tasks[run.seq] = task
         job._started(task)
-        return run
 
     def map(
         self,
@@ -449,9 +454,9 @@ class Supervisor(Executor):
             first = not self._closed
             self._closed = True
         if first:
-            self._post(lambda: self._core.close(time.monotonic(), cancel_futures))
+            self._post(lambda: self._do(E.Close(cancel_futures)))
         elif cancel_futures:
-            self._post(lambda: self._core.close(time.monotonic(), True))
+            self._post(lambda: self._do(E.Close(True)))
         if wait and threading.get_ident() != self._loop_ident:
             self._thread.join()
             cb = self._callback_thread
@@ -464,7 +469,7 @@ class Supervisor(Executor):
             held = [j for j in self._alive_held() if isinstance(j, Job)]
             return sorted([*self._jobs.values(), *held], key=lambda j: j._rec.seq)
 
-        return self._ask(read)  # type: ignore[no-any-return]
+        return self._ask(read)
 
     def get(self, task_id: str) -> Task[Any] | Job | None:
         """The task (or job) with this id: while it is live, while it is kept (finished
@@ -473,7 +478,7 @@ class Supervisor(Executor):
         seq = seq_of(self._id_base, task_id) if isinstance(task_id, str) else None
         if seq is None:
             return None
-        return self._ask(  # type: ignore[no-any-return]
+        return self._ask(
             lambda: self._tasks.get(seq) or self._jobs.get(seq) or self._find_held(seq)
         )
 
@@ -483,7 +488,7 @@ class Supervisor(Executor):
             held = [t for t in self._alive_held() if isinstance(t, Task)]
             return sorted([*self._tasks.values(), *held], key=lambda t: t._run.seq)
 
-        return self._ask(read)  # type: ignore[no-any-return]
+        return self._ask(read)
 
     def stats(self) -> dict[str, Any]:
         """Counts by state, workers alive and replaced, pending and scheduled tasks."""
@@ -494,7 +499,7 @@ class Supervisor(Executor):
             s["retained_bytes"] = self._kept_bytes  # what their outcomes took on the wire
             return s
 
-        return self._ask(read)  # type: ignore[no-any-return]
+        return self._ask(read)
 
     def __enter__(self) -> Supervisor:
         return self
@@ -531,26 +536,23 @@ class Supervisor(Executor):
         _check_binding(fn, args, kwargs)
         payload = _pickle_call(fn, args, kwargs, "task")
         run = E.Run(next(self._seq), payload, policy)
-        if (due is not None and due > time.monotonic()) or (policy.debounce and policy.key):
-            run.state = TaskState.SCHEDULED  # as the caller will see it, from the start
-        task: Task[Any] = Task(self, run, name, delay)
+        # As the caller sees it until the loop publishes the core's own view of it.
+        waits = (due is not None and due > time.monotonic()) or (policy.debounce and policy.key)
+        task: Task[Any] = Task(self, run, name, delay, SCHEDULED_VIEW if waits else PENDING_VIEW)
         if keep:
             task._keep = True  # get() finds it after the fact (see _retain)
-        run.handle = task
         if policy.key is not None and policy.on_conflict == "drop":
             # The call may return an older task of the key: ask the loop, and wait.
             self._queue(None)
 
-            def add() -> Task[Any]:
+            def add_now() -> Task[Any]:
                 if threading.get_ident() != self._loop_ident:
                     # The loop ended after the check above: nothing would run the task.
                     raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
-                return self._c_add(run, due, wall)
+                return self._c_add(task, due, wall)
 
-            return self._ask(add)  # type: ignore[no-any-return]
-        run.due = -1.0 if due is None else due  # read back by _take_adds
-        run.wall_due = wall
-        self._queue(lambda: self._adds.append(run))
+            return self._ask(add_now)
+        self._queue(lambda: self._adds.append((task, due, wall)))
         return task
 
     def _queue(self, put: Callable[[], object] | None) -> None:
@@ -567,17 +569,65 @@ class Supervisor(Executor):
     def _take_adds(self) -> None:
         adds = self._adds
         while adds:
-            run = adds.popleft()
-            due = None if run.due < 0 else run.due
-            wall, run.wall_due = run.wall_due, None
-            self._c_add(run, due, wall)
+            self._c_add(*adds.popleft())
 
-    def _c_add(self, run: E.Run, due: float | None, wall: float | None) -> Task[Any]:
-        self._tasks[run.seq] = run.handle
-        stands = self._core.add(run, time.monotonic(), due, wall)
+    def _c_add(self, task: Task[Any], due: float | None, wall: float | None) -> Task[Any]:
+        run = task._run
+        self._tasks[run.seq] = task
+        cmd = E.Add(run, due, wall)
+        self._do(cmd)
+        stands = cmd.answer
         if stands is not run:
             del self._tasks[run.seq]  # "drop": the call stands for the live task
-        return stands.handle  # type: ignore[no-any-return]
+            assert stands is not None
+            return self._tasks[stands.seq]
+        return task
+
+    def _do(self, item: E.Command | P.Event) -> None:
+        """Hand the core one input (on the loop thread): publish what changed to the
+        tasks, and keep its actions for ``_apply``."""
+        core = self._core
+        actions = core.handle(item, time.monotonic())
+        if core.jobs_touched:
+            actions = self._answer_jobs(actions)
+        if core.touched:
+            self._publish()
+        if actions:
+            if self._actions:
+                self._actions.extend(actions)
+            else:
+                self._actions = actions
+
+    def _command(self, cmd: _C) -> _C:
+        """Run a command in the loop and return it, answered."""
+        self._ask(lambda: self._do(cmd))
+        return cmd
+
+    def _answer_jobs(self, actions: list[E.Action]) -> list[E.Action]:
+        """A job's new runs get their Tasks, and its changes are published, as soon as
+        the core returns: a job must never show a state the core was not in (ended with
+        none of its runs left, while the run it just started has no Task yet)."""
+        self._core.jobs_touched = False
+        rest: list[E.Action] = []
+        for a in actions:
+            match a:
+                case E.NewRun(rec, run):
+                    self._new_job_run(rec, run)
+                case E.JobChanged(rec):
+                    self._job_changed(rec)
+                case _:
+                    rest.append(a)
+        return rest
+
+    def _publish(self) -> None:
+        """Each run that changed shows its Task the new state, in one assignment."""
+        tasks = self._tasks
+        touched = self._core.touched
+        for run in touched:
+            task = tasks.get(run.seq)
+            if task is not None:
+                task._view = _view(run)
+        touched.clear()
 
     def _post(self, fn: Callable[[], Any]) -> None:
         self._commands.append(fn)
@@ -591,7 +641,7 @@ class Supervisor(Executor):
                 f"Supervisor in the child"
             )
 
-    def _ask(self, fn: Callable[[], Any]) -> Any:
+    def _ask(self, fn: Callable[[], R]) -> R:
         """Run ``fn`` in the loop thread and return its answer (inline if we are it)."""
         self._check_process()
         if threading.get_ident() == self._loop_ident or not self._thread.is_alive():
@@ -601,50 +651,52 @@ class Supervisor(Executor):
             if threading.get_ident() == self._loop_ident:
                 self._apply()
             return value
-        call = _Call(fn, self._apply)
+        call: _Call[R] = _Call(fn, self._apply)
         self._post(call)
         while not call.done.wait(1.0):
             if not self._thread.is_alive():
                 return fn()
         if call.error is not None:
             raise call.error
-        return call.value
+        return cast(R, call.value)
 
-    def _cancel_run(self, run: E.Run, wait: bool = True) -> bool:
+    def _cancel_run(self, task: Task[Any], wait: bool = True) -> bool:
         """Cancel; with ``wait``, answer once the outcome is final: True if the body never
         ran or its process is gone. The loop itself never waits for a process: a killed
         run resolves when its worker's exit is seen, and this caller waits for that."""
-        task: Task[Any] | None = run.handle  # taken first: a final run lets go of it
-        answer = self._ask(lambda: self._core.cancel(run, time.monotonic()))
+        answer = self._command(E.Cancel(task._run)).answer
         if answer is False:
             return False
         if not wait:
             # From an asyncio event loop: the loop's answer comes within one of its rounds
             # (it never waits for a process), the process's end is not waited for.
             return True
-        if task is not None and threading.get_ident() != self._loop_ident:
+        if threading.get_ident() != self._loop_ident:
             concurrent.futures.wait((task,))
-        return (task is None or task.done()) and run.state in (
-            TaskState.CANCELLED, TaskState.SUPERSEDED)
+        return task.done() and task.state in (TaskState.CANCELLED, TaskState.SUPERSEDED)
 
-    def _postpone_run(self, run: E.Run, delay: float | timedelta | None) -> bool:
-        handle = run.handle  # None once the task is final (it cannot move then)
-        d = ((handle and handle._delay) or 0.0) if delay is None else seconds("delay", delay)
-        return bool(self._ask(lambda: self._core.reschedule(run, time.monotonic() + d,
-                                                            time.monotonic())))
+    def _postpone_run(self, task: Task[Any], delay: float | timedelta | None) -> bool:
+        d = (task._delay or 0.0) if delay is None else seconds("delay", delay)
+        # The new time is read in the loop: the wait for it does not shorten the delay.
+        return bool(self._ask(lambda: self._do_answer(
+            E.Reschedule(task._run, time.monotonic() + d))))
+
+    def _do_answer(self, cmd: E.Reschedule) -> bool:
+        self._do(cmd)
+        return cmd.answer
 
     def _reschedule_run(
-        self, run: E.Run, at: datetime | float | None, delay: float | timedelta | None
+        self, task: Task[Any], at: datetime | float | None, delay: float | timedelta | None
     ) -> bool:
         due, wall = self._start_of(at, delay, required=True)
         assert due is not None
-        return bool(self._ask(lambda: self._core.reschedule(run, due, time.monotonic(), wall)))
+        return self._command(E.Reschedule(task._run, due, wall)).answer
 
     # -------------------------------------------------------------- the loop
     def _loop(self) -> None:
         self._loop_ident = threading.get_ident()
         core, pool, commands = self._core, self._pool, self._commands
-        core.start(time.monotonic())
+        self._do(E.Start())
         self._apply()
         failures = 0  # rounds in a row that raised
         try:
@@ -654,7 +706,7 @@ class Supervisor(Executor):
                 if core.wall_anchored:
                     # Starts that follow the wall clock: look at it now and then, so that a
                     # clock step or a suspend is noticed (one wake-up a minute).
-                    check = time.monotonic() + WALL_CHECK
+                    check = time.monotonic() + core.timings.wall_check
                     deadline = check if deadline is None else min(deadline, check)
                 if commands or self._adds:
                     deadline = 0.0  # work is waiting: do not block
@@ -662,7 +714,7 @@ class Supervisor(Executor):
                     # A far deadline (timeout=sys.maxsize) never reaches the timer as such.
                     deadline = min(deadline, time.monotonic() + MAX_WAIT)
                 # No local keeps the batch: an outcome delivered is the task's alone.
-                self._on_events(pool.wait(deadline))
+                self._on_events(self._wait(deadline))
                 self._take_adds()
                 while commands:
                     self._take_adds()  # a command must see every task added before it
@@ -674,8 +726,8 @@ class Supervisor(Executor):
                 offset = time.time() - now
                 try:
                     if abs(offset - core.wall_offset) > CLOCK_STEP:
-                        core.clock_changed(offset, now)
-                    core.advance(now)
+                        self._do(E.ClockChanged(offset))
+                    self._do(E.TICK)
                 except Exception:
                     self._contained("firing timers")
                 self._apply()
@@ -695,13 +747,14 @@ class Supervisor(Executor):
             for wid in list(self._parked):
                 self._release(wid)
             while self._adds:
-                self._tasks[self._adds[0].seq] = self._adds.popleft().handle
+                task = self._adds.popleft()[0]
+                self._tasks[task._run.seq] = task
             # Anything still unresolved (the loop died) must not hang its callers, and
             # its state says what its future says.
             for task in list(self._tasks.values()):
                 if not task.done():
-                    if not task._run.state.final:
-                        task._run.state = TaskState.CANCELLED
+                    if not task.state.final:
+                        task._view = (TaskState.CANCELLED, *task._view[1:])
                     task.set_exception(TaskCancelled("the supervisor stopped"))
             self._close_callbacks()
 
@@ -737,34 +790,29 @@ class Supervisor(Executor):
                    exc_info=True)
 
     def _on_events(self, events: list[P.Event]) -> None:
-        now = time.monotonic()
         for ev in events:
             try:
-                self._on_event(ev, now)
+                self._on_event(ev)
             except Exception:
                 self._contained(f"handling {type(ev).__name__}")
 
-    def _on_event(self, ev: P.Event, now: float) -> None:
-        core = self._core
-        if isinstance(ev, P.RunDone):
-            if ev.size:
-                task = self._tasks.get(ev.seq)
+    def _wait(self, deadline: float | None) -> list[P.Event]:
+        """Block until ``deadline`` (None: no deadline; 0: do not block), an event or a
+        wake-up; returns the pool's events. The one place the loop waits."""
+        return self._pool.wait(deadline)
+
+    def _on_event(self, ev: P.Event) -> None:
+        match ev:
+            case P.RunDone(seq=seq, size=size) if size:
+                task = self._tasks.get(seq)
                 if task is not None and task._keep:
-                    task._size = ev.size  # what keeping it for get() costs
-            core.done(ev.wid, ev.seq, ev.ok, ev.value, ev.tb, now, ev.progress, ev.has_progress)
-        elif isinstance(ev, P.Beat):
-            core.beat(ev.wid, ev.seq, ev.progress, ev.has_progress, now)
-        elif isinstance(ev, P.WorkerReady):
-            core.worker_ready(ev.wid, ev.pid, now)
-        elif isinstance(ev, P.RunSkipped):
-            core.skipped(ev.wid, ev.seq, now)
-        elif isinstance(ev, P.WorkerExited):
-            core.worker_exited(ev.wid, ev.exitcode, now, ev.reason)
-            self._release(ev.wid)
-        elif isinstance(ev, P.InitFailed):
-            core.initializer_failed(ev.tb, now)
-        elif isinstance(ev, P.WorkerRetiring):
-            core.worker_retiring(ev.wid, now)
+                    task._size = size  # what keeping it for get() costs
+                self._do(ev)
+            case P.WorkerExited(wid=wid):
+                self._do(ev)
+                self._release(wid)
+            case _:
+                self._do(ev)
 
     def _release(self, wid: int) -> None:
         """A killed worker is gone: resolve the run it was executing."""
@@ -786,50 +834,49 @@ class Supervisor(Executor):
             self._applying = False
 
     def _apply_rounds(self) -> None:
-        core, pool = self._core, self._pool
-        while core.actions:
-            actions, core.actions = core.actions, []
+        pool = self._pool
+        while self._actions:
+            actions, self._actions = self._actions, []
             sends: dict[int, list[tuple[int, bytes, dict[str, Any] | None]]] = {}
             killing: dict[int, int] = {}
             resolved: list[E.Run] = []
             for a in actions:
                 try:
-                    kind = type(a)
-                    if kind is E.Send:
-                        # One write per worker per round: runs for a worker travel together.
-                        batch = sends.setdefault(a.wid, [])  # type: ignore[union-attr]
-                        batch.extend((r.seq, r.payload, _opts(r)) for r in a.runs)  # type: ignore[union-attr]
-                    elif kind is E.Resolve:
-                        ended = cast(E.Run, a.run)  # type: ignore[union-attr]
-                        killer = killing.get(id(ended))
-                        if killer is None:
-                            resolved.append(ended)
-                        else:
-                            # Its process was just killed: resolve once it is gone, so that
-                            # result() never raises while the process still exists.
-                            self._parked.setdefault(killer, []).append(ended)
-                    elif kind is E.JobChanged:
-                        self._job_changed(a.job)  # type: ignore[union-attr]
-                    elif kind is E.Spawn:
-                        pool.spawn(a.wid)  # type: ignore[union-attr]
-                    elif kind is E.Kill:
-                        dying = pool.kill(a.wid)  # type: ignore[union-attr]
-                        if dying:
-                            for r in (a.run, *a.also):  # type: ignore[union-attr]
-                                if r is not None:
-                                    killing[id(r)] = a.wid  # type: ignore[union-attr]
-                    elif kind is E.Skip:
-                        # The runs it may name go first: a skip that overtook its run
-                        # would find nothing to skip, and the run would start anyway.
-                        self._send_now(sends, a.wid)  # type: ignore[union-attr]
-                        pool.skip(a.wid, a.seq)  # type: ignore[union-attr]
-                    elif kind is E.Interrupt:
-                        pool.interrupt(a.wid, a.seq)  # type: ignore[union-attr]
-                    elif kind is E.Stop:
-                        self._send_now(sends, a.wid)  # type: ignore[union-attr]
-                        pool.stop(a.wid)  # type: ignore[union-attr]
-                    elif kind is E.Note:
-                        _log.log(a.level, "%s", a.text)  # type: ignore[union-attr]
+                    match a:
+                        case E.Send(wid, runs):
+                            # One write per worker per round: runs for a worker travel
+                            # together.
+                            batch = sends.setdefault(wid, [])
+                            batch.extend((r.seq, r.payload, _opts(r)) for r in runs)
+                        case E.Resolve(ended):
+                            killer = killing.get(id(ended))
+                            if killer is None:
+                                resolved.append(ended)
+                            else:
+                                # Its process was just killed: resolve once it is gone, so
+                                # that result() never raises while the process still exists.
+                                self._parked.setdefault(killer, []).append(ended)
+                        case E.NewRun() | E.JobChanged():
+                            pass  # answered as soon as the core returned (_answer_jobs)
+                        case E.Spawn(wid):
+                            pool.spawn(wid)
+                        case E.Kill(wid, run, also):
+                            if pool.kill(wid):
+                                for r in (run, *also):
+                                    if r is not None:
+                                        killing[id(r)] = wid
+                        case E.Skip(wid, seq):
+                            # The runs it may name go first: a skip that overtook its run
+                            # would find nothing to skip, and the run would start anyway.
+                            self._send_now(sends, wid)
+                            pool.skip(wid, seq)
+                        case E.Interrupt(wid, seq):
+                            pool.interrupt(wid, seq)
+                        case E.Stop(wid):
+                            self._send_now(sends, wid)
+                            pool.stop(wid)
+                        case E.Note(level, text):
+                            _log.log(level, "%s", text)
                 except Exception:
                     self._contained(f"carrying out {type(a).__name__}")
             for wid, batch in sends.items():
@@ -851,13 +898,12 @@ class Supervisor(Executor):
             self._pool.send(wid, batch)
 
     def _resolve(self, run: E.Run) -> None:
-        task: Task[Any] | None = run.handle
+        task = self._tasks.get(run.seq)
         run.payload = b""  # the call is no longer needed (no attempt is left): free it now
         if task is None or task.done():
             return
         # The run may stay named by the core a while (a stale timer, a job's recent runs):
-        # it lets go of the task and of the outcome, which the task alone holds from now.
-        run.handle = None
+        # it lets go of the outcome, which the task alone holds from now.
         value, run.value = run.value, None
         self._retain(task)  # before the callbacks, which may look it up
         if run.value_ok:
@@ -866,11 +912,11 @@ class Supervisor(Executor):
             task.traceback = run.tb
             task.set_exception(value)
         del value
-        rec = run.job
-        if rec is not None:
-            rec.handle._run_finished(task)
-            if rec.state in _JOB_ENDED and not rec.live:
-                self._job_ended(rec.handle)
+        job = task.job
+        if job is not None:
+            job._run_finished(task)
+            if job._view[0] in _JOB_ENDED and not job._open:
+                self._job_ended(job)
 
     def _retain(self, item: Task[Any] | Job) -> None:
         """A task is final, or a job ended: keep it for get() (a schedule() task, a job
@@ -919,9 +965,12 @@ class Supervisor(Executor):
         return [x for x in (ref() for ref in self._held.values()) if x is not None]
 
     def _job_changed(self, rec: JobRec) -> None:
-        rec.handle._changed()
-        if rec.state in _JOB_ENDED and not rec.live:
-            self._job_ended(rec.handle)
+        job = self._jobs.get(rec.seq)
+        if job is None:
+            return
+        job._publish()
+        if rec.state in _JOB_ENDED and not job._open:
+            self._job_ended(job)
 
     def _job_ended(self, job: Job) -> None:
         """An ended job has no run left: it lets go of its call, and leaves the registry
@@ -959,6 +1008,13 @@ def _invoke_callbacks(task: Task[Any], callbacks: list[Any]) -> None:
         except BaseException:  # KeyboardInterrupt and SystemExit too: logged, not fatal
             _log.exception("a done-callback of %r raised", task)
 _JOB_ENDED = (JobState.FINISHED, JobState.CANCELLED)
+_C = TypeVar("_C", E.Add, E.Cancel, E.Reschedule, E.JobControl)
+
+
+def _view(run: E.Run) -> TaskView:
+    """What a task shows its callers of its run."""
+    return (run.state, run.attempts, run.worker_pid, run.started_at, run.finished_at,
+            run.progress)
 
 
 def _timestamp(at: datetime | float) -> float:
