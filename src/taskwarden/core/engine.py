@@ -323,6 +323,7 @@ class ClockChanged:
 
 
 TICK = Tick()
+_NONE: list[Action] = []  # handle's answer when nothing is to be done: never filled
 Command = Start | Add | AddJob | Cancel | Reschedule | JobControl | Close | Tick | ClockChanged
 
 
@@ -384,8 +385,10 @@ class Core:
     # ---------------------------------------------------------- entry point
     def handle(self, item: Command | Event, now: float) -> list[Action]:
         """The one way in: a pool event or a command, at monotonic time ``now``. Returns
-        the actions to carry out, in order; the runs whose state, attempts or progress
-        changed are left in ``touched`` for the driver to publish (it empties it)."""
+        the actions to carry out, in order. The runs whose state, attempts or progress
+        changed are left in ``touched`` for the driver to publish (it empties it; a new
+        run's first state is ``Add.answer.state``); ``jobs_touched`` says a NewRun or
+        JobChanged is among the actions, which the driver answers at once."""
         match item:
             case Add():
                 item.answer = self.add(item.run, now, item.due, item.wall_due)
@@ -420,8 +423,11 @@ class Core:
                 self.close(now, item.cancel_pending)
             case Start():
                 self.start(now)
-        actions, self.actions = self.actions, []
-        return actions
+        actions = self.actions
+        if actions:
+            self.actions = []
+            return actions
+        return _NONE
 
     def _job_control(self, cmd: JobControl, now: float) -> bool:
         jobs, job = self.jobs, cmd.job
@@ -574,7 +580,6 @@ class Core:
             (due is not None and due > now) or (key is not None and run.policy.debounce)
         ):
             run.state = _S.SCHEDULED  # its first state: it waits for its time
-        self.touched.append(run)
         self.by_state[run.state] += 1
         if run.state is _S.SCHEDULED:
             self.scheduled += 1

@@ -568,8 +568,17 @@ class Supervisor(Executor):
 
     def _take_adds(self) -> None:
         adds = self._adds
+        if not adds:
+            return
+        tasks, now, handle = self._tasks, time.monotonic(), self._core.handle
         while adds:
-            self._c_add(*adds.popleft())
+            task, due, wall = adds.popleft()
+            run = task._run
+            tasks[run.seq] = task
+            cmd = E.Add(run, due, wall)
+            self._take(handle(cmd, now))
+            if task._view[0] is not run.state:  # the core chose another first state
+                task._view = _view(run)
 
     def _c_add(self, task: Task[Any], due: float | None, wall: float | None) -> Task[Any]:
         run = task._run
@@ -581,17 +590,18 @@ class Supervisor(Executor):
             del self._tasks[run.seq]  # "drop": the call stands for the live task
             assert stands is not None
             return self._tasks[stands.seq]
+        if task._view[0] is not run.state:  # the core chose another first state
+            task._view = _view(run)
         return task
 
-    def _do(self, item: E.Command | P.Event) -> None:
-        """Hand the core one input (on the loop thread): publish what changed to the
-        tasks, and keep its actions for ``_apply``."""
-        core = self._core
-        actions = core.handle(item, time.monotonic())
-        if core.jobs_touched:
+    def _do(self, item: E.Command | P.Event, now: float | None = None) -> None:
+        """Hand the core one input (on the loop thread) and keep its actions for
+        ``_apply``, which first publishes what changed to the tasks."""
+        self._take(self._core.handle(item, time.monotonic() if now is None else now))
+
+    def _take(self, actions: list[E.Action]) -> None:
+        if self._core.jobs_touched:
             actions = self._answer_jobs(actions)
-        if core.touched:
-            self._publish()
         if actions:
             if self._actions:
                 self._actions.extend(actions)
@@ -626,7 +636,8 @@ class Supervisor(Executor):
         for run in touched:
             task = tasks.get(run.seq)
             if task is not None:
-                task._view = _view(run)
+                task._view = (run.state, run.attempts, run.worker_pid, run.started_at,
+                              run.finished_at, run.progress)
         touched.clear()
 
     def _post(self, fn: Callable[[], Any]) -> None:
@@ -790,9 +801,10 @@ class Supervisor(Executor):
                    exc_info=True)
 
     def _on_events(self, events: list[P.Event]) -> None:
+        now = time.monotonic()
         for ev in events:
             try:
-                self._on_event(ev)
+                self._on_event(ev, now)
             except Exception:
                 self._contained(f"handling {type(ev).__name__}")
 
@@ -801,18 +813,19 @@ class Supervisor(Executor):
         wake-up; returns the pool's events. The one place the loop waits."""
         return self._pool.wait(deadline)
 
-    def _on_event(self, ev: P.Event) -> None:
+    def _on_event(self, ev: P.Event, now: float) -> None:
         match ev:
-            case P.RunDone(seq=seq, size=size) if size:
-                task = self._tasks.get(seq)
-                if task is not None and task._keep:
-                    task._size = size  # what keeping it for get() costs
-                self._do(ev)
-            case P.WorkerExited(wid=wid):
-                self._do(ev)
-                self._release(wid)
+            case P.RunDone():
+                if ev.size:
+                    task = self._tasks.get(ev.seq)
+                    if task is not None and task._keep:
+                        task._size = ev.size  # what keeping it for get() costs
+                self._take(self._core.handle(ev, now))
+            case P.WorkerExited():
+                self._take(self._core.handle(ev, now))
+                self._release(ev.wid)
             case _:
-                self._do(ev)
+                self._take(self._core.handle(ev, now))
 
     def _release(self, wid: int) -> None:
         """A killed worker is gone: resolve the run it was executing."""
@@ -834,7 +847,9 @@ class Supervisor(Executor):
             self._applying = False
 
     def _apply_rounds(self) -> None:
-        pool = self._pool
+        pool, core = self._pool, self._core
+        if core.touched:
+            self._publish()
         while self._actions:
             actions, self._actions = self._actions, []
             sends: dict[int, list[tuple[int, bytes, dict[str, Any] | None]]] = {}
@@ -889,6 +904,8 @@ class Supervisor(Executor):
                     self._resolve(ended)
                 except Exception:
                     self._contained("resolving a task")
+            if core.touched:  # a resolve's callback may have called back in
+                self._publish()
 
     def _send_now(
         self, sends: dict[int, list[tuple[int, bytes, dict[str, Any] | None]]], wid: int
