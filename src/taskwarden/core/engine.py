@@ -29,11 +29,10 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from .._errors import TaskCancelled, TaskSuperseded, TaskTimeout, WorkerCrashed
-from .._policy import MAX_RETRY_DELAY, Policy
+from .._policy import MAX_RETRY_DELAY
 from .._states import InvalidTransition, TaskState, check_task
 from ..pool.base import (
     Beat,
@@ -45,286 +44,69 @@ from ..pool.base import (
     WorkerReady,
     WorkerRetiring,
 )
-from . import jobs as jobs_mod
-from .jobs import JobBook, JobRec
+from .jobs import JobBook
+from .model import (
+    TICK,
+    Action,
+    Add,
+    AddJob,
+    Cancel,
+    ClockChanged,
+    Close,
+    Command,
+    CronTrigger,
+    Interrupt,
+    JobChanged,
+    JobControl,
+    JobOp,
+    JobRec,
+    Kill,
+    NewRun,
+    Note,
+    Reschedule,
+    Resolve,
+    Run,
+    Send,
+    Skip,
+    Spawn,
+    Start,
+    Stop,
+    Tick,
+    Worker,
+)
+from .timers import (
+    BEAT,
+    BOOT,
+    BOOT_ALLOWANCE,
+    BOOT_LIMIT,
+    BOOT_STRIKES,
+    CALLBACK,
+    DEADLINE,
+    GRACE,
+    JOB,
+    LEAD,
+    REPLACE_DELAY,
+    SKIP_ACK_WAIT,
+    SKIP_WAIT,
+    START,
+    STEAL_AFTER,
+    STOP_WAIT,
+    Timings,
+)
 
-# Heap entry kinds.
-START = 0  # a scheduled run becomes due
-DEADLINE = 1  # a running run's hard time limit
-BEAT = 2  # a running run's heartbeat deadline
-GRACE = 3  # the grace after an in-task TaskTimeout has run out
-SKIP_WAIT = 4  # a cancelled prefetched run reached the head: did the worker skip it?
-CALLBACK = 5  # an opaque timer: a callable, run when due
-JOB = jobs_mod.JOB  # a recurring job's next run
-BOOT = 7  # a worker's start-up has taken too long (obj: the Worker)
+# What the driver and the tests use through ``engine``: the core and its vocabulary.
+__all__ = [
+    "BEAT", "BOOT", "BOOT_ALLOWANCE", "BOOT_LIMIT", "BOOT_STRIKES", "CALLBACK", "DEADLINE",
+    "GRACE", "JOB", "LEAD", "REPLACE_DELAY", "SKIP_ACK_WAIT", "SKIP_WAIT", "START",
+    "STEAL_AFTER", "STOP_WAIT", "TICK", "Action", "Add", "AddJob", "Cancel", "ClockChanged",
+    "Close", "Command", "Core", "CronTrigger", "Interrupt", "JobChanged", "JobControl",
+    "JobOp", "JobRec", "Kill", "NewRun", "Note", "Reschedule", "Resolve", "Run", "Send",
+    "Skip", "Spawn", "Start", "Stop", "Tick", "Timings", "Worker",
+]
 
-SKIP_ACK_WAIT = 0.05
-# A worker told to stop, or leaving over its memory limit, is killed if it is still
-# there this long after (an atexit hook or a process a task left behind holds it).
-STOP_WAIT = 5.0
-REPLACE_DELAY = 0.02
-# A timed start is handed to a worker this early, with the exact time to begin: the worker
-# waits out the rest itself, so neither the loop's nor the worker's wake-up makes it late.
-LEAD = 0.01
-# Runs prefetched behind a head that has run this long may be taken back by an idle worker.
-STEAL_AFTER = 0.002
-# A worker process that has not reported READY this long after its spawn is killed
-# (its initializer hangs); this many in a row dying or killed before READY break the pool.
-BOOT_LIMIT = 300.0
-BOOT_STRIKES = 3
-# A run waiting for a worker that is still starting ends TIMED_OUT once its time limit
-# has passed, but never sooner than this (a normal start, on a busy machine).
-BOOT_ALLOWANCE = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Timings:
-    """The core's timing constants (seconds): tests pass short ones instead of sleeping."""
-
-    skip_ack_wait: float = SKIP_ACK_WAIT
-    stop_wait: float = STOP_WAIT
-    replace_delay: float = REPLACE_DELAY
-    lead: float = LEAD
-    steal_after: float = STEAL_AFTER
-    boot_limit: float = BOOT_LIMIT
-    boot_strikes: int = BOOT_STRIKES
-    boot_allowance: float = BOOT_ALLOWANCE
-    # While starts follow the wall clock, the driver compares it with the monotonic
-    # clock this often (a step or a suspend is then noticed): see ``ClockChanged``.
-    wall_check: float = 60.0
-
+_NONE: list[Action] = []  # handle's answer when nothing is to be done: never filled
 
 _S = TaskState
-
-
-class Run:
-    """One task as the core sees it (the driver's Task is found by ``seq``)."""
-
-    __slots__ = (
-        "attempts",
-        "blocked",
-        "cancel_error",
-        "cancel_pending",
-        "deadline",
-        "due",
-        "finished_at",
-        "gen",
-        "hb_reason",
-        "job",
-        "last_beat",
-        "not_before",
-        "payload",
-        "policy",
-        "progress",
-        "seq",
-        "started_at",
-        "state",
-        "stealing",
-        "tb",
-        "value",
-        "value_ok",
-        "wall_due",
-        "worker",
-        "worker_pid",
-    )
-
-    def __init__(self, seq: int, payload: bytes, policy: Policy) -> None:
-        self.seq = seq
-        self.payload = payload
-        self.policy = policy
-        self.state = _S.PENDING
-        self.due = 0.0
-        self.gen = 0
-        self.worker: Worker | None = None
-        self.worker_pid: int | None = None
-        self.attempts = 0
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.deadline: float | None = None
-        self.last_beat = 0.0
-        self.progress: Any = None
-        self.value: Any = None
-        self.value_ok = False
-        self.tb: str | None = None
-        # A cancel asked while the run sits on a worker, not started: the state and error
-        # it ends with once the worker confirms the skip (or its process is killed).
-        self.cancel_pending: TaskState | None = None
-        self.cancel_error: BaseException | None = None
-        self.stealing = False
-        self.blocked = False
-        self.hb_reason: str | None = None
-        self.not_before: float | None = None  # a timed start: the worker begins no earlier
-        self.job: JobRec | None = None
-        self.wall_due: float | None = None
-
-    def __repr__(self) -> str:
-        return f"<Run {self.seq} {self.state.value}>"
-
-
-class Worker:
-    __slots__ = ("done_count", "gen", "inflight", "pid", "ready", "retiring", "wid")
-
-    def __init__(self, wid: int) -> None:
-        self.wid = wid
-        self.pid: int | None = None
-        self.ready = False
-        self.retiring = False
-        self.inflight: deque[Run] = deque()
-        self.done_count = 0
-        self.gen = 0  # its BOOT timer is stale once it is ready
-
-    def __repr__(self) -> str:
-        return f"<Worker {self.wid} ready={self.ready} inflight={len(self.inflight)}>"
-
-
-# Actions (the driver matches on the first element).
-@dataclass(slots=True)
-class Spawn:
-    wid: int
-
-
-@dataclass(slots=True)
-class Send:
-    wid: int
-    runs: list[Run]
-
-
-@dataclass(slots=True)
-class Skip:
-    wid: int
-    seq: int
-
-
-@dataclass(slots=True)
-class Kill:
-    wid: int
-    run: Run | None = None  # the run it was executing: resolved once the process is gone
-    also: tuple[Run, ...] = ()  # cancelled runs it held that may have begun: the same
-
-
-@dataclass(slots=True)
-class Interrupt:
-    wid: int
-    seq: int
-
-
-@dataclass(slots=True)
-class Stop:
-    wid: int
-
-
-@dataclass(slots=True)
-class Resolve:
-    run: Run
-
-
-@dataclass(slots=True)
-class JobChanged:
-    """A job's state or next run changed: the driver publishes it to the Job."""
-
-    job: JobRec
-
-
-@dataclass(slots=True)
-class NewRun:
-    """A recurring job started a run (already added): the driver makes its Task."""
-
-    job: JobRec
-    run: Run
-
-
-@dataclass(slots=True)
-class Note:
-    """A supervision event for the driver to log (kill and why, crash, retry, replacement,
-    broken pool): the core decides what is worth telling, the driver does the I/O."""
-
-    level: int
-    text: str
-
-
-Action = Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | JobChanged | NewRun | Note
-
-
-# Commands: what the driver asks of the core, besides the pool's events. A command
-# with an answer carries it back in its ``answer`` field.
-@dataclass(slots=True)
-class Start:
-    """Start the pool's processes."""
-
-
-@dataclass(slots=True)
-class Add:
-    """A new run, due at ``due`` (monotonic; None: now), following the wall clock to
-    ``wall_due`` if given. ``answer``: the run that stands for the call (see Core.add)."""
-
-    run: Run
-    due: float | None = None
-    wall_due: float | None = None
-    answer: Run | None = None
-
-
-@dataclass(slots=True)
-class AddJob:
-    job: JobRec
-    first_due: float | None = None
-    first_wall: float | None = None
-
-
-@dataclass(slots=True)
-class Cancel:
-    """Cancel a run; ``answer`` as ``Core.cancel`` returns it."""
-
-    run: Run
-    answer: bool | None = None
-
-
-@dataclass(slots=True)
-class Reschedule:
-    """Move a run that has not started; ``answer``: whether it moved."""
-
-    run: Run
-    due: float
-    wall_due: float | None = None
-    answer: bool = False
-
-
-JobOp = Literal["pause", "resume", "kick", "cancel", "reschedule"]
-
-
-@dataclass(slots=True)
-class JobControl:
-    """Pause, resume, kick, cancel or reschedule a job; ``answer``: whether it applied."""
-
-    job: JobRec
-    op: JobOp
-    kill_running: bool = False  # cancel: the running runs are killed too
-    due: float | None = None  # reschedule: the next run's time
-    wall_due: float | None = None
-    answer: bool = False
-
-
-@dataclass(slots=True)
-class Close:
-    """Shutdown: scheduled runs are cancelled, pending ones too if ``cancel_pending``."""
-
-    cancel_pending: bool
-
-
-@dataclass(slots=True)
-class Tick:
-    """Time went by: fire the timers due."""
-
-
-@dataclass(slots=True)
-class ClockChanged:
-    """The wall clock stepped (or the machine slept): wall = monotonic + ``wall_offset``."""
-
-    wall_offset: float
-
-
-TICK = Tick()
-_NONE: list[Action] = []  # handle's answer when nothing is to be done: never filled
-Command = Start | Add | AddJob | Cancel | Reschedule | JobControl | Close | Tick | ClockChanged
 
 
 class Core:
@@ -337,7 +119,7 @@ class Core:
         spare: int = 1,
         prefetch: int = 16,
         max_tasks_per_worker: int | None = None,
-        timings: Timings = Timings(),
+        timings: Timings | None = None,
         id_format: Callable[[int], str] = str,
         seqs: Iterator[int] | None = None,
         wall_offset: float = 0.0,
@@ -365,7 +147,7 @@ class Core:
         self._stale = 0
         self.broken: str | None = None
         self.streams: dict[str, deque[Run]] = {}  # live runs of each key, oldest first
-        self.timings = timings
+        self.timings = Timings() if timings is None else timings
         self._id = id_format
         self.seqs: Iterator[int] = itertools.count(1) if seqs is None else seqs
         # Runs whose state, attempts or progress changed since the driver last looked:

@@ -10,84 +10,40 @@ a clock step or a suspend moves them to the right monotonic instant.
 from __future__ import annotations
 
 import math
-from collections import deque
-from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING
-
-from croniter import croniter
+from typing import Any, Protocol
 
 from .._errors import TaskSuperseded
-from .._policy import Policy
 from .._states import JobState, TaskState, check_job
+from .model import RUNS_KEPT, CronTrigger, JobRec, Run
+from .timers import JOB, Timings
 
-if TYPE_CHECKING:
-    from .engine import Core, Run
-
-JOB = 6  # the heap's entry kind for a job's next run (engine.JOB)
-
-MIN_INTERVAL = 0.001
-RUNS_KEPT = 100
+__all__ = ["RUNS_KEPT", "CronTrigger", "JobBook", "JobHost", "JobRec"]
 
 
-class CronTrigger:
-    """Next fire times of a cron expression, on the wall clock, in a time zone."""
+class JobHost(Protocol):
+    """What the job rules need of the core (``engine.Core``): its clock offset and
+    timers, and a way to add, cancel and announce runs."""
 
-    def __init__(self, expression: str, tz: tzinfo | None = None) -> None:
-        if not isinstance(expression, str) or not croniter.is_valid(expression):
-            raise ValueError(f"invalid cron expression: {expression!r}")
-        self.expression = expression
-        self.tz = tz
+    wall_offset: float
+    wall_anchored: dict[tuple[str, int], Any]
+    timings: Timings
 
-    def next_after(self, wall: float) -> float:
-        start = datetime.fromtimestamp(wall, self.tz) if self.tz else datetime.fromtimestamp(
-            wall).astimezone()
-        return float(croniter(self.expression, start).get_next(float))
+    def push_timer(self, when: float, kind: int, obj: Any, gen: int) -> None: ...
 
+    def add(self, run: Run, now: float, due: float | None = None,
+            wall_due: float | None = None) -> Run: ...
 
-class JobRec:
-    """One recurring job as the engine sees it (the driver's Job is found by ``seq``)."""
+    def cancel(self, run: Run, now: float, state: TaskState = TaskState.CANCELLED,
+               error: BaseException | None = None, dispatch: bool = True) -> bool | None: ...
 
-    def __init__(
-        self,
-        seq: int,
-        payload: bytes,
-        policy: Policy,
-        *,
-        every: float | None = None,
-        cron: CronTrigger | None = None,
-        anchor: str = "start",
-        overlap: str = "skip",
-        max_runs: int | None = None,
-        until: float | None = None,  # wall-clock timestamp
-    ) -> None:
-        if (every is None) == (cron is None):
-            raise ValueError("a job needs every or cron, not both")
-        if every is not None and every < MIN_INTERVAL:
-            raise ValueError(f"every must be at least {MIN_INTERVAL * 1000:g} ms, not {every!r}")
-        self.seq = seq
-        self.payload = payload
-        self.policy = policy
-        self.every = every
-        self.cron = cron
-        self.anchor = anchor
-        self.overlap = overlap
-        self.max_runs = max_runs
-        self.until = until
-        self.state = JobState.ACTIVE
-        self.gen = 0
-        self.due: float | None = None  # monotonic time of the next run
-        self.wall_due: float | None = None  # the same on the wall clock, for cron and `at`
-        self.started = 0
-        self.live: list[Run] = []
-        self.queued = False
-        self.runs: deque[Run] = deque(maxlen=RUNS_KEPT)
-        self.latest: Run | None = None
+    def job_changed(self, job: JobRec) -> None: ...
 
+    def new_job_run(self, job: JobRec) -> Run: ...
 
 class JobBook:
     """The engine's jobs: timers, runs started, overlap and anchor rules."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: JobHost) -> None:
         self.core = core
         self.jobs: dict[int, JobRec] = {}
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from .._errors import TaskCancelled
 from .._ids import make_uuid
@@ -15,8 +16,23 @@ from ..core.engine import JobControl, JobOp
 from ..core.jobs import RUNS_KEPT, JobRec
 from .task import Task
 
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
+R = TypeVar("R")
+
+
+class JobOwner(Protocol):
+    """What a Job asks of its supervisor (``Supervisor`` is one)."""
+
+    _id_base: int
+
+    def _check_process(self) -> None: ...
+
+    def _ask(self, fn: Callable[[], R]) -> R: ...
+
+    def _command(self, cmd: JobControl) -> JobControl: ...
+
+    def _start_of(
+        self, at: datetime | float | None, delay: float | timedelta | None, required: bool = False
+    ) -> tuple[float | None, float | None]: ...
 
 # What the loop publishes of a job, in one assignment: (state, next run's monotonic
 # time, the same on the wall clock, latest run, latest finished run, runs unresolved).
@@ -37,7 +53,7 @@ class Job:
         >>> job.pause(); job.resume(); job.cancel(kill_running=True)
     """
 
-    def __init__(self, supervisor: Supervisor, rec: JobRec, name: str | None) -> None:
+    def __init__(self, supervisor: JobOwner, rec: JobRec, name: str | None) -> None:
         self._supervisor = supervisor
         # The core's record: a token for the commands this job sends to the loop, and its
         # seq (never changed). Anything else of it is read on the loop thread only.

@@ -65,7 +65,7 @@ from .._policy import (
 )
 from .._states import JobState, TaskState
 from ..core import engine as E
-from ..core.jobs import MIN_INTERVAL, CronTrigger, JobRec
+from ..core.model import MIN_INTERVAL, CronTrigger, JobRec
 from ..pool import _wire
 from ..pool import base as P
 from ..pool.loky_pool import LokyPool

@@ -11,16 +11,33 @@ from concurrent.futures import Future
 from concurrent.futures._base import FINISHED as _FINISHED
 from concurrent.futures._base import PENDING as _PENDING
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .._ids import make_uuid
 from .._states import TaskState
-
-if TYPE_CHECKING:
-    from ..core.engine import Run
-    from .supervisor import Supervisor
+from ..core.model import Run
 
 T = TypeVar("T")
+
+
+class TaskOwner(Protocol):
+    """What a Task asks of its supervisor (``Supervisor`` is one)."""
+
+    _id_base: int
+
+    def _check_process(self) -> None: ...
+
+    def _wall(self, mono: float | None) -> float | None: ...
+
+    def _run_callbacks(self, task: Task[Any], callbacks: list[Any]) -> None: ...
+
+    def _cancel_run(self, task: Task[Any], wait: bool = True) -> bool: ...
+
+    def _postpone_run(self, task: Task[Any], delay: float | timedelta | None) -> bool: ...
+
+    def _reschedule_run(
+        self, task: Task[Any], at: datetime | float | None, delay: float | timedelta | None
+    ) -> bool: ...
 
 _CANCELLED_STATES = (TaskState.CANCELLED, TaskState.SUPERSEDED)
 _CONDITION_LOCK = threading.Lock()
@@ -48,7 +65,7 @@ class Task(Future[T]):
 
     def __init__(
         self,
-        supervisor: Supervisor,
+        supervisor: TaskOwner,
         run: Run,
         name: str | None,
         delay: float | None = None,
