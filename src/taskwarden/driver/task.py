@@ -143,11 +143,12 @@ class Task(Future[T]):
     def result(self, timeout: float | None = None) -> T:
         if self._state == _FINISHED:  # resolved: no need to take (or make) the Condition
             if self._exception is None:
-                return self._result  # type: ignore[no-any-return]
+                result: T = self._result
+                return result
             try:
                 raise self._exception
             finally:
-                self = None  # type: ignore[assignment]  # break the cycle, as Future does
+                del self  # break the cycle (traceback -> frame -> self), as Future does
         self._supervisor._check_process()  # in a forked child nothing would resolve it
         return super().result(timeout)
 
