@@ -7,6 +7,10 @@ the loop, the loop itself (waiting on the pool, handing each event and command t
 runs that callers read (published by the loop in one assignment each), the registry
 behind ``get()``, and the done-callback thread.
 
+Modules: ``supervisor`` (the Executor facade, the caller's side), ``_loop`` (the loop
+thread's side), ``_validate`` (argument checks, returning typed options), ``task``,
+``job`` (the handles callers hold).
+
 May import: ``core`` and ``pool``, and the package's plain modules. ``task`` and ``job``
 know their supervisor only through a Protocol of their own (``TaskOwner``,
 ``JobOwner``), so that ``supervisor`` imports them and not the other way round.
