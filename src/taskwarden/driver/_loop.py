@@ -44,7 +44,8 @@ class LoopSide:
     _core: E.Core
     _pool: P.Pool
     _actions: list[E.Action]  # the core's, not carried out yet
-    _adds: deque[tuple[Task[Any], float | None, float | None]]
+    # New tasks: a plain submit()'s Task, or (Task, due, wall_due) for a timed one.
+    _adds: deque[Task[Any] | tuple[Task[Any], float | None, float | None]]
     _commands: deque[Callable[[], Any]]
     _close_lock: threading.Lock
     _closed: bool
@@ -82,13 +83,30 @@ class LoopSide:
         adds = self._adds
         if not adds:
             return
-        tasks, now, handle = self._tasks, time.monotonic(), self._core.handle
+        core = self._core
+        tasks, now, handle = self._tasks, time.monotonic(), core.handle
+        cmd: E.Add | None = None  # one command, refilled: the core keeps nothing of it
         while adds:
-            task, due, wall = adds.popleft()
+            item = adds.popleft()
+            due = wall = None
+            if isinstance(item, tuple):
+                task, due, wall = item
+            else:
+                task = item
             run = task._run
             tasks[run.seq] = task
-            cmd = E.Add(run, due, wall)
-            self._take(handle(cmd, now))
+            if cmd is None:
+                cmd = E.Add(run, due, wall)
+            else:
+                cmd.run, cmd.due, cmd.wall_due = run, due, wall
+            actions = handle(cmd, now)
+            if actions:
+                if core.jobs_touched:
+                    actions = self._answer_jobs(actions)
+                if self._actions:
+                    self._actions.extend(actions)
+                else:
+                    self._actions = actions
             if task._view[0] is not run.state:  # the core chose another first state
                 task._view = _view(run)
 
@@ -202,7 +220,8 @@ class LoopSide:
             for wid in list(self._parked):
                 self._release(wid)
             while self._adds:
-                task = self._adds.popleft()[0]
+                item = self._adds.popleft()
+                task = item[0] if isinstance(item, tuple) else item
                 self._tasks[task._run.seq] = task
             # Anything still unresolved (the loop died) must not hang its callers, and
             # its state says what its future says.

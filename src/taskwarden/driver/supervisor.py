@@ -157,7 +157,7 @@ class Supervisor(Executor, LoopSide):
         self._seq = itertools.count(1)
         self._commands: deque[Callable[[], Any]] = deque()
         # New tasks: a queue of their own (no closure each); drained before the commands.
-        self._adds: deque[tuple[Task[Any], float | None, float | None]] = deque()
+        self._adds: deque[Task[Any] | tuple[Task[Any], float | None, float | None]] = deque()
         self._closed = False
         self._close_lock = threading.Lock()
         self._core = E.Core(
@@ -471,7 +471,10 @@ class Supervisor(Executor, LoopSide):
                 return self._c_add(task, due, wall)
 
             return self._ask(add_now)
-        self._queue(lambda: self._adds.append((task, due, wall)))
+        if due is None and wall is None:
+            self._queue(lambda: self._adds.append(task))
+        else:
+            self._queue(lambda: self._adds.append((task, due, wall)))
         return task
 
     def _queue(self, put: Callable[[], object] | None) -> None:
