@@ -1,10 +1,12 @@
 """The supervisor's decisions, with no threads, no pipes and no clock of its own.
 
-The driver feeds events in (a task was added, a worker is ready, a result
-came back, a worker died, time went by) together with the current
-monotonic time, and takes the resulting actions out of ``Core.actions``
-(spawn a worker, send runs to a worker, kill a worker, resolve a task).
-Tests drive it with a fake clock, in microseconds.
+The driver hands each input to ``Core.handle(item, now)``: a pool event (a
+worker is ready, a result came back, a worker died) or a command of
+``model`` (add a run or a job, cancel, reschedule, control a job, close,
+time went by, the wall clock stepped), with the current monotonic time; it
+returns the actions to carry out (spawn a worker, send runs to a worker,
+kill a worker, resolve a task, make a job run's Task...). Tests drive it
+with a fake clock, in microseconds.
 
 Dispatch: at most ``workers`` processes run tasks at once; one more process
 is kept started as a spare, so that a killed worker is replaced by a process

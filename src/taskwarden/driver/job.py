@@ -169,11 +169,10 @@ class Job:
         if task in self._runs:
             self._runs.remove(task)
 
-    def _run_finished(self, task: Task[Any], finished: bool = True) -> None:
-        """A run of this job resolved; ``finished``: it counts as the latest finished run."""
+    def _run_finished(self, task: Task[Any]) -> None:
+        """A run of this job resolved: the latest finished run from now on."""
         self._open -= 1
-        if finished:
-            self._last_done = task
+        self._last_done = task
         self._publish()
 
     def __repr__(self) -> str:
