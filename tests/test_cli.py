@@ -43,6 +43,8 @@ from taskwarden.cli._records import (
 )
 from taskwarden.cli._runner import RunResult, RunSpec, run_measured
 from taskwarden.cli._stats import outliers, relative_speed, student_t_two_sided, welch
+from taskwarden.cli._treewatch import _cpu_times as cpu_times
+from taskwarden.cli._treewatch import descendant_pids, kill_tree
 
 from _live import gone
 
@@ -253,6 +255,41 @@ def test_a_run_measures_the_peak_memory_of_its_tree(tmp_path: Path) -> None:
     result = run_python(tmp_path, "memory.py", "100")
     assert result["peak_rss"] >= 100 * 1024 * 1024
     assert json.loads((tmp_path / "run.stats").read_text())["peak_rss"] >= 100 * 1024 * 1024
+
+
+def test_the_tree_listing_finds_grandchildren_parents_first(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, script("hang_child.py"), str(tmp_path)], stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: bool(child_pids(tmp_path)), "hang_child.py's child")
+        (child,) = child_pids(tmp_path)
+        # The child is the script's; it is a grandchild of this test.
+        ours = descendant_pids(os.getpid())
+        assert ours.index(proc.pid) < ours.index(child)
+        assert descendant_pids(proc.pid) == [child]
+    finally:
+        kill_tree([psutil.Process(proc.pid)])
+    assert_nothing_left(tmp_path, proc.pid, child)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/stat")
+def test_cpu_times_read_a_process_whose_name_holds_spaces_and_parentheses(
+    tmp_path: Path,
+) -> None:
+    odd = tmp_path / "a) (b c"
+    odd.symlink_to(sys.executable)
+    proc = subprocess.Popen([str(odd), "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert "(a) (b c)" in Path(f"/proc/{proc.pid}/stat").read_text()
+        seconds = cpu_times(proc.pid, with_children=True)
+        assert seconds is not None and 0.0 <= seconds < 60.0
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait()
+    assert cpu_times(proc.pid, with_children=False) is None  # reaped: gone
 
 
 def test_a_shell_command_runs_through_the_shell(tmp_path: Path) -> None:
