@@ -15,11 +15,14 @@ drift of the machine touches all three alike:
 - *taskwarden*: ``taskwarden run -c CMD`` with its default ``--output null`` (a
   command without shell syntax runs without a shell there too).
 
-It prints each tool's mean ± sd, the ratio of the means (taskwarden /
-hyperfine) and each tool's overhead over the floor, and writes JSON
-(``benchmarks/results/cli_vs_hyperfine.json`` unless ``--json``). Without
-hyperfine installed (Debian: ``apt-get install hyperfine``) it says so and
-measures taskwarden against the floor alone.
+It prints each tool's mean ± sd and median, the ratio of the means
+(taskwarden / hyperfine) over all rounds, the same ratio round by round
+(its median and range: the spread a single comparison would have), each
+tool's overhead over the floor, and the load average at the start and the
+end; it writes JSON (``benchmarks/results/cli_vs_hyperfine.json`` unless
+``--json``). Without hyperfine installed (Debian: ``apt-get install
+hyperfine``) it says so and measures taskwarden against the floor alone.
+``python3`` is whatever PATH finds (a pyenv shim, say): the JSON names it.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def summary(times: list[float]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs, one round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (5)")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "cli_vs_hyperfine.json"))
     options = parser.parse_args()
     have_hyperfine = shutil.which("hyperfine") is not None
@@ -110,6 +113,9 @@ def main() -> int:
     rounds = 1 if options.quick else options.rounds
     tools = ["floor", *(["hyperfine"] if have_hyperfine else []), "taskwarden"]
     raw: dict[str, dict[str, list[float]]] = {w: {t: [] for t in tools} for w in WORKLOADS}
+    # Each round's mean per workload and tool, for the round-by-round ratios.
+    by_round: dict[str, dict[str, list[float]]] = {w: {t: [] for t in tools} for w in WORKLOADS}
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as directory:
         for round_ in range(rounds):
             for name, command in WORKLOADS.items():
@@ -123,26 +129,42 @@ def main() -> int:
                     else:
                         times = taskwarden(command, runs, directory)
                     raw[name][tool].extend(times)
+                    by_round[name][tool].append(statistics.fmean(times))
                 print(f"round {round_ + 1}/{rounds}: {name} done", file=sys.stderr)
+    load_end = os.getloadavg()
     results: dict[str, Any] = {}
-    header = f"{'workload':<16} " + " ".join(f"{t + ' mean ± sd':>24}" for t in tools)
+    header = f"{'workload':<16} " + " ".join(f"{t + ' mean ± sd (median)':>34}" for t in tools)
     if have_hyperfine:
-        header += f" {'tw/hf':>7} {'hf overhead':>12}"
+        header += f" {'tw/hf':>6} {'per round: median [min-max]':>28} {'hf overhead':>12}"
     header += f" {'tw overhead':>12}"
+    print(f"load average: {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end")
     print(header)
     for name in WORKLOADS:
         stats = {tool: summary(raw[name][tool]) for tool in tools}
         cells = [
-            f"{1000 * s['mean']:>11.1f} ± {1000 * s['stddev']:>6.1f} ms" for s in stats.values()
+            f"{1000 * s['mean']:>8.1f} ± {1000 * s['stddev']:>5.1f} ({1000 * s['median']:>6.1f}) ms"
+            for s in stats.values()
         ]
-        line = f"{name:<16} " + " ".join(f"{c:>24}" for c in cells)
+        line = f"{name:<16} " + " ".join(f"{c:>34}" for c in cells)
         entry: dict[str, Any] = {"command": WORKLOADS[name], "tools": stats}
         base = stats["floor"]["mean"]
         if have_hyperfine:
             ratio = stats["taskwarden"]["mean"] / stats["hyperfine"]["mean"]
+            per_round = [
+                tw / hf
+                for tw, hf in zip(
+                    by_round[name]["taskwarden"], by_round[name]["hyperfine"], strict=True
+                )
+            ]
             entry["ratio_taskwarden_to_hyperfine"] = ratio
+            entry["ratio_per_round"] = per_round
+            entry["ratio_per_round_median"] = statistics.median(per_round)
             entry["hyperfine_overhead_seconds"] = stats["hyperfine"]["mean"] - base
-            line += f" {ratio:>7.3f} {1000 * (stats['hyperfine']['mean'] - base):>9.1f} ms"
+            spread = (
+                f"{statistics.median(per_round):.3f} [{min(per_round):.3f}-{max(per_round):.3f}]"
+            )
+            line += f" {ratio:>6.3f} {spread:>28}"
+            line += f" {1000 * (stats['hyperfine']['mean'] - base):>9.1f} ms"
         entry["taskwarden_overhead_seconds"] = stats["taskwarden"]["mean"] - base
         line += f" {1000 * (stats['taskwarden']['mean'] - base):>9.1f} ms"
         results[name] = entry
@@ -152,7 +174,9 @@ def main() -> int:
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "python": sys.version.split()[0],
-            "load_average": list(os.getloadavg()),
+            "load_average_start": list(load_start),
+            "load_average_end": list(load_end),
+            "python3": os.path.realpath(shutil.which("python3") or "python3"),
             "hyperfine": subprocess.run(
                 ["hyperfine", "--version"], capture_output=True, text=True
             ).stdout.strip()
