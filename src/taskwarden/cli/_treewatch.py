@@ -179,14 +179,15 @@ class TreeSampler:
 
     def _loop(self) -> None:
         last_stats = time.monotonic()  # nothing worth writing before the first interval
-        while True:
+        # No sample at once: the process has only just exec'd (its VmHWM is the loader's
+        # 2 MiB, which would stand as the "peak" of a run that ends before the next
+        # sample), and its start is when the run is most sensitive to our CPU use.
+        while not self._stop.wait(SAMPLE_INTERVAL):
             self._sample()
             now = time.monotonic()
             if self._stats_path is not None and now - last_stats >= _STATS_EVERY:
                 last_stats = now
                 self._write_stats()
-            if self._stop.wait(SAMPLE_INTERVAL):
-                break
         self._sample()
         if self._stats_path is not None:
             self._write_stats()
