@@ -323,6 +323,57 @@ def test_a_run_interrupted_in_its_worker_kills_its_tree(tmp_path: Path) -> None:
     assert_nothing_left(tmp_path, child)
 
 
+needs_pidfd = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd here")
+
+
+@needs_pidfd
+def test_a_run_without_pipes_starts_no_thread_of_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No second thread may hold the GIL when the run ends: its end is timed at once.
+    def no_thread(self: threading.Thread) -> None:
+        raise AssertionError(f"a thread was started: {self.name}")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    spec = spec_for(
+        tmp_path, sys.executable, script("memory.py"), "30", output="null", watch=False, env={}
+    )
+    result = run_measured(spec, print)
+    assert result["exit_status"] == 0
+    assert result["wall"] > 0 and result["cpu"] > 0
+    assert result["peak_rss"] >= 30 * 1024 * 1024
+    failed = run_measured(
+        spec_for(tmp_path, sys.executable, script("fail.py"), output="null", watch=False), print
+    )
+    assert failed["exit_status"] == 3
+    assert failed["stderr_tail"][-1] == "fail.py: something went wrong"
+
+
+@needs_pidfd
+def test_a_run_without_pipes_interrupted_in_its_worker_kills_its_tree(tmp_path: Path) -> None:
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_once_the_child_is_up(signum: int, frame: object) -> None:
+        if child_pids(tmp_path):
+            raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt_once_the_child_is_up)
+    signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+    try:
+        spec = spec_for(
+            tmp_path, sys.executable, script("hang_child.py"), str(tmp_path),
+            output="null", watch=False,
+        )  # fmt: skip
+        with pytest.raises(Interrupted):
+            run_measured(spec, print)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    (child,) = child_pids(tmp_path)
+    assert_nothing_left(tmp_path, child)
+
+
 # --- records, summary, formatting -----------------------------------------------
 
 

@@ -163,6 +163,7 @@ class TreeSampler:
         self._root = psutil.Process(pid)
         self._seen: dict[int, psutil.Process] = {}
         self._stats_path = stats_path
+        self._last_stats = time.monotonic()  # nothing worth writing before an interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="taskwarden-sampler", daemon=True)
 
@@ -177,20 +178,28 @@ class TreeSampler:
         """Every descendant seen alive at some sample (some may be gone by now)."""
         return list(self._seen.values())
 
+    def sample(self) -> None:
+        """Take one sample now (and write the stats file if it is due): for a caller
+        that samples from its own thread instead of ``start()``."""
+        self._sample()
+        now = time.monotonic()
+        if self._stats_path is not None and now - self._last_stats >= _STATS_EVERY:
+            self._last_stats = now
+            self._write_stats()
+
+    def finish(self) -> None:
+        """The last sample, and the stats file written (without ``start()``)."""
+        self._sample()
+        if self._stats_path is not None:
+            self._write_stats()
+
     def _loop(self) -> None:
-        last_stats = time.monotonic()  # nothing worth writing before the first interval
         # No sample at once: the process has only just exec'd (its VmHWM is the loader's
         # 2 MiB, which would stand as the "peak" of a run that ends before the next
         # sample), and its start is when the run is most sensitive to our CPU use.
         while not self._stop.wait(SAMPLE_INTERVAL):
-            self._sample()
-            now = time.monotonic()
-            if self._stats_path is not None and now - last_stats >= _STATS_EVERY:
-                last_stats = now
-                self._write_stats()
-        self._sample()
-        if self._stats_path is not None:
-            self._write_stats()
+            self.sample()
+        self.finish()
 
     def _sample(self) -> None:
         pids = [self._pid, *descendant_pids(self._pid)]
