@@ -15,11 +15,21 @@ drift of the machine touches all three alike:
 - *taskwarden*: ``taskwarden run -c CMD`` with its default ``--output null`` (a
   command without shell syntax runs without a shell there too).
 
-It prints each tool's mean ± sd, the ratio of the means (taskwarden /
-hyperfine) and each tool's overhead over the floor, and writes JSON
-(``benchmarks/results/cli_vs_hyperfine.json`` unless ``--json``). Without
-hyperfine installed (Debian: ``apt-get install hyperfine``) it says so and
-measures taskwarden against the floor alone.
+It prints each tool's mean ± sd and median, the ratio of the means
+(taskwarden / hyperfine) over all rounds, the same ratio round by round
+(its median and range: the spread a single comparison would have), each
+tool's overhead over the floor, and the load average at the start and the
+end; it writes JSON (``benchmarks/results/cli_vs_hyperfine.json`` unless
+``--json``). Without hyperfine installed (Debian: ``apt-get install
+hyperfine``) it says so and measures taskwarden against the floor alone.
+``python3`` is whatever PATH finds (a pyenv shim, say): the JSON names it.
+
+On a loaded machine the spread between rounds hides a few per cent. So it
+also measures taskwarden's own cost run by run: ``run_measured`` (what a
+worker does for one run: start, wait, sample the tree, sweep) alternated
+with a bare ``Popen`` + ``wait4`` of the same command in this one process,
+each pair's ratio taken at once, so that a change of load touches both
+sides of a pair alike (``--paired N`` pairs per workload, 0 to skip).
 """
 
 from __future__ import annotations
@@ -81,6 +91,41 @@ def taskwarden(command: str, runs: int, directory: str) -> list[float]:
     ]
 
 
+def paired(command: str, pairs: int, directory: str) -> dict[str, Any]:
+    """taskwarden's in-worker measurement against a bare start and wait, run by run."""
+    from taskwarden.cli._runner import RunSpec, run_measured
+
+    argv = tuple(command.split())
+    spec = RunSpec(
+        command=argv, shell=False, cwd=os.getcwd(), stderr_path=os.path.join(directory, "err"),
+        stats_path=os.path.join(directory, "stats"), run_id="cli-vs-hyperfine",
+    )  # fmt: skip
+    bare: list[float] = []
+    measured: list[float] = []
+    for i in range(pairs):
+        for side in ("taskwarden", "bare") if i % 2 == 0 else ("bare", "taskwarden"):
+            if side == "bare":
+                started = time.monotonic()
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                os.wait4(proc.pid, 0)
+                bare.append(time.monotonic() - started)
+                proc.returncode = 0  # reaped above
+            else:
+                measured.append(run_measured(spec, lambda progress: None)["wall"])
+    ratios = [m / b for m, b in zip(measured, bare, strict=True)]
+    quartiles = statistics.quantiles(ratios, n=4)
+    return {
+        "pairs": pairs,
+        "bare_median": statistics.median(bare),
+        "taskwarden_median": statistics.median(measured),
+        "ratio_median": statistics.median(ratios),
+        "ratio_quartiles": [quartiles[0], quartiles[2]],
+    }
+
+
 def runs_for(name: str, quick: bool) -> int:
     full = {"python3 -c pass": 60, "sleep 0.2": 10, "cpu 0.3 s": 10, "print-heavy": 20}[name]
     return max(5, full // 3) if quick else full
@@ -98,7 +143,10 @@ def summary(times: list[float]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs, one round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (5)")
+    parser.add_argument(
+        "--paired", type=int, default=30, help="run-by-run pairs per workload (30; 0: skip)"
+    )
     parser.add_argument("--json", default=os.path.join(HERE, "results", "cli_vs_hyperfine.json"))
     options = parser.parse_args()
     have_hyperfine = shutil.which("hyperfine") is not None
@@ -110,6 +158,9 @@ def main() -> int:
     rounds = 1 if options.quick else options.rounds
     tools = ["floor", *(["hyperfine"] if have_hyperfine else []), "taskwarden"]
     raw: dict[str, dict[str, list[float]]] = {w: {t: [] for t in tools} for w in WORKLOADS}
+    # Each round's mean per workload and tool, for the round-by-round ratios.
+    by_round: dict[str, dict[str, list[float]]] = {w: {t: [] for t in tools} for w in WORKLOADS}
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as directory:
         for round_ in range(rounds):
             for name, command in WORKLOADS.items():
@@ -123,36 +174,72 @@ def main() -> int:
                     else:
                         times = taskwarden(command, runs, directory)
                     raw[name][tool].extend(times)
+                    by_round[name][tool].append(statistics.fmean(times))
                 print(f"round {round_ + 1}/{rounds}: {name} done", file=sys.stderr)
+        paired_results = {
+            name: paired(command, options.paired, directory)
+            for name, command in WORKLOADS.items()
+            if options.paired > 1
+        }
+    load_end = os.getloadavg()
     results: dict[str, Any] = {}
-    header = f"{'workload':<16} " + " ".join(f"{t + ' mean ± sd':>24}" for t in tools)
+    header = f"{'workload':<16} " + " ".join(f"{t + ' mean ± sd (median)':>34}" for t in tools)
     if have_hyperfine:
-        header += f" {'tw/hf':>7} {'hf overhead':>12}"
+        header += f" {'tw/hf':>6} {'per round: median [min-max]':>28} {'hf overhead':>12}"
     header += f" {'tw overhead':>12}"
+    print(f"load average: {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end")
     print(header)
     for name in WORKLOADS:
         stats = {tool: summary(raw[name][tool]) for tool in tools}
         cells = [
-            f"{1000 * s['mean']:>11.1f} ± {1000 * s['stddev']:>6.1f} ms" for s in stats.values()
+            f"{1000 * s['mean']:>8.1f} ± {1000 * s['stddev']:>5.1f} ({1000 * s['median']:>6.1f}) ms"
+            for s in stats.values()
         ]
-        line = f"{name:<16} " + " ".join(f"{c:>24}" for c in cells)
+        line = f"{name:<16} " + " ".join(f"{c:>34}" for c in cells)
         entry: dict[str, Any] = {"command": WORKLOADS[name], "tools": stats}
         base = stats["floor"]["mean"]
         if have_hyperfine:
             ratio = stats["taskwarden"]["mean"] / stats["hyperfine"]["mean"]
+            per_round = [
+                tw / hf
+                for tw, hf in zip(
+                    by_round[name]["taskwarden"], by_round[name]["hyperfine"], strict=True
+                )
+            ]
             entry["ratio_taskwarden_to_hyperfine"] = ratio
+            entry["ratio_per_round"] = per_round
+            entry["ratio_per_round_median"] = statistics.median(per_round)
             entry["hyperfine_overhead_seconds"] = stats["hyperfine"]["mean"] - base
-            line += f" {ratio:>7.3f} {1000 * (stats['hyperfine']['mean'] - base):>9.1f} ms"
+            spread = (
+                f"{statistics.median(per_round):.3f} [{min(per_round):.3f}-{max(per_round):.3f}]"
+            )
+            line += f" {ratio:>6.3f} {spread:>28}"
+            line += f" {1000 * (stats['hyperfine']['mean'] - base):>9.1f} ms"
         entry["taskwarden_overhead_seconds"] = stats["taskwarden"]["mean"] - base
         line += f" {1000 * (stats['taskwarden']['mean'] - base):>9.1f} ms"
         results[name] = entry
         print(line)
+    if paired_results:
+        print(
+            "\ntaskwarden's own cost, run by run (run_measured against a bare Popen + wait4,"
+            " alternated):"
+        )
+        for name, entry in paired_results.items():
+            low, high = entry["ratio_quartiles"]
+            print(
+                f"{name:<16} {entry['pairs']} pairs: medians {1000 * entry['bare_median']:.1f} ms"
+                f" bare, {1000 * entry['taskwarden_median']:.1f} ms taskwarden;"
+                f" paired ratio median {entry['ratio_median']:.3f} (quartiles {low:.3f}-{high:.3f})"
+            )
+            results[name]["paired_with_bare"] = entry
     document = {
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "python": sys.version.split()[0],
-            "load_average": list(os.getloadavg()),
+            "load_average_start": list(load_start),
+            "load_average_end": list(load_end),
+            "python3": os.path.realpath(shutil.which("python3") or "python3"),
             "hyperfine": subprocess.run(
                 ["hyperfine", "--version"], capture_output=True, text=True
             ).stdout.strip()

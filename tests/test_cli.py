@@ -28,6 +28,8 @@ import psutil
 import pytest
 
 import taskwarden
+from taskwarden._proctree import descendants as descendant_pids
+from taskwarden._proctree import kill_trees as kill_tree
 from taskwarden.cli import main
 from taskwarden.cli._args import RunConfig, Target, UsageError, parse_args, script_interpreter
 from taskwarden.cli._display import SIGMA, format_bytes, noise_warnings, run_line
@@ -43,6 +45,7 @@ from taskwarden.cli._records import (
 )
 from taskwarden.cli._runner import RunResult, RunSpec, run_measured
 from taskwarden.cli._stats import outliers, relative_speed, student_t_two_sided, welch
+from taskwarden.cli._treewatch import _cpu_times as cpu_times
 
 from _live import gone
 
@@ -255,6 +258,41 @@ def test_a_run_measures_the_peak_memory_of_its_tree(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run.stats").read_text())["peak_rss"] >= 100 * 1024 * 1024
 
 
+def test_the_tree_listing_finds_grandchildren_parents_first(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, script("hang_child.py"), str(tmp_path)], stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: bool(child_pids(tmp_path)), "hang_child.py's child")
+        (child,) = child_pids(tmp_path)
+        # The child is the script's; it is a grandchild of this test.
+        ours = descendant_pids(os.getpid())
+        assert ours.index(proc.pid) < ours.index(child)
+        assert descendant_pids(proc.pid) == [child]
+    finally:
+        kill_tree([psutil.Process(proc.pid)])
+    assert_nothing_left(tmp_path, proc.pid, child)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/stat")
+def test_cpu_times_read_a_process_whose_name_holds_spaces_and_parentheses(
+    tmp_path: Path,
+) -> None:
+    odd = tmp_path / "a) (b c"
+    odd.symlink_to(sys.executable)
+    proc = subprocess.Popen([str(odd), "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert "(a) (b c)" in Path(f"/proc/{proc.pid}/stat").read_text()
+        seconds = cpu_times(proc.pid, with_children=True)
+        assert seconds is not None and 0.0 <= seconds < 60.0
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait()
+    assert cpu_times(proc.pid, with_children=False) is None  # reaped: gone
+
+
 def test_a_shell_command_runs_through_the_shell(tmp_path: Path) -> None:
     result = run_measured(spec_for(tmp_path, "echo out; echo err >&2; exit 4", shell=True), print)
     assert result["exit_status"] == 4
@@ -282,6 +320,57 @@ def test_a_run_interrupted_in_its_worker_kills_its_tree(tmp_path: Path) -> None:
     spec = spec_for(tmp_path, sys.executable, script("hang_child.py"), str(tmp_path))
     with pytest.raises(Interrupted):
         run_measured(spec, beat)
+    (child,) = child_pids(tmp_path)
+    assert_nothing_left(tmp_path, child)
+
+
+needs_pidfd = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd here")
+
+
+@needs_pidfd
+def test_a_run_without_pipes_starts_no_thread_of_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No second thread may hold the GIL when the run ends: its end is timed at once.
+    def no_thread(self: threading.Thread) -> None:
+        raise AssertionError(f"a thread was started: {self.name}")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    spec = spec_for(
+        tmp_path, sys.executable, script("memory.py"), "30", output="null", watch=False, env={}
+    )
+    result = run_measured(spec, print)
+    assert result["exit_status"] == 0
+    assert result["wall"] > 0 and result["cpu"] > 0
+    assert result["peak_rss"] >= 30 * 1024 * 1024
+    failed = run_measured(
+        spec_for(tmp_path, sys.executable, script("fail.py"), output="null", watch=False), print
+    )
+    assert failed["exit_status"] == 3
+    assert failed["stderr_tail"][-1] == "fail.py: something went wrong"
+
+
+@needs_pidfd
+def test_a_run_without_pipes_interrupted_in_its_worker_kills_its_tree(tmp_path: Path) -> None:
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_once_the_child_is_up(signum: int, frame: object) -> None:
+        if child_pids(tmp_path):
+            raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt_once_the_child_is_up)
+    signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+    try:
+        spec = spec_for(
+            tmp_path, sys.executable, script("hang_child.py"), str(tmp_path),
+            output="null", watch=False,
+        )  # fmt: skip
+        with pytest.raises(Interrupted):
+            run_measured(spec, print)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
     (child,) = child_pids(tmp_path)
     assert_nothing_left(tmp_path, child)
 
@@ -639,12 +728,13 @@ def test_python_dash_m_taskwarden_without_a_command_is_a_usage_error() -> None:
 # --- exports: never replace a symlink or a special file ---------------------------
 
 
-def test_an_export_writes_through_a_symlink_and_keeps_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("option", ["--export-json", "--json"])
+def test_an_export_writes_through_a_symlink_and_keeps_it(tmp_path: Path, option: str) -> None:
     real = tmp_path / "real.json"
     real.write_text("old")
     link = tmp_path / "link.json"
     link.symlink_to(real)
-    done = taskwarden_run("-n1", "-c", "true", "--export-json", str(link))
+    done = taskwarden_run("-n1", "-c", "true", option, str(link))
     assert done.returncode == 0, done.stderr
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert load_json(real)["runs"][0]["state"] == COMPLETED
@@ -701,8 +791,8 @@ def test_fast_failures_do_not_pull_the_statistics_down(tmp_path: Path) -> None:
     assert done.returncode == 1
     (target,) = load_json(out)["targets"]
     assert target["states"] == {COMPLETED: 2, FAILED: 2}
-    assert (target["completed"], target["failed"]) == (2, 2)
     assert target["wall_seconds"]["min"] >= 0.2 and target["wall_seconds"]["median"] >= 0.2
+    assert (target["completed"], target["failed"]) == (2, 2)
     assert "2 of 4 runs did not complete" in done.stdout
 
 
@@ -823,6 +913,16 @@ def test_python_names_the_interpreter_of_scripts(tmp_path: Path) -> None:
     assert f"scripts ran under {wrapper} (--python)" in done.stdout
 
 
+def test_the_report_names_the_interpreter_and_the_argv_of_each_run(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    done = taskwarden_run("-n1", script("ok.py"), "--json", str(out), "--", "x")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run,) = load_json(out)["runs"]
+    assert run["argv"] == [sys.executable, script("ok.py"), "x"]
+    assert run["cwd"] == os.getcwd()
+    assert f"scripts ran under {sys.executable} (taskwarden's own)" in done.stdout
+
+
 def test_a_shebang_is_honoured_unless_it_asks_for_just_a_python(tmp_path: Path) -> None:
     shell_script = tmp_path / "job.sh"
     shell_script.write_text("#!/bin/sh\nexit 0\n")
@@ -848,20 +948,22 @@ def test_a_shebang_is_honoured_unless_it_asks_for_just_a_python(tmp_path: Path) 
 # --- what a run leaves behind --------------------------------------------------------
 
 
-def test_a_child_holding_the_pipe_costs_no_wait_and_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("piped_by", [("--output", "pipe"), ("--heartbeat", "30")])
+def test_a_child_holding_the_pipe_costs_no_wait_and_is_killed(
+    tmp_path: Path, piped_by: tuple[str, str]
+) -> None:
     # The script exits at once; a child in a new session keeps its stdout open.
     out = tmp_path / "out.json"
     started = time.monotonic()
     done = taskwarden_run(
-        "-n3", "--output", "pipe", script("escape.py"), "--json", str(out),
-        "--", str(tmp_path), "setsid",
-    )  # fmt: skip
+        "-n3", *piped_by, script("escape.py"), "--json", str(out), "--", str(tmp_path), "setsid"
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
     runs = load_json(out)["runs"]
-    assert [len(r["left_behind"]) for r in runs] == [1, 1, 1]
     assert all(r["wall_seconds"] < 2.0 for r in runs)
     assert elapsed < 10.0  # it took 3 x 5 s more before
+    assert [len(r["left_behind"]) for r in runs] == [1, 1, 1]
     children = child_pids(tmp_path)
     assert len(children) == 3
     assert sorted(int(r["left_behind"][0].split()[0]) for r in runs) == sorted(children)
@@ -876,10 +978,10 @@ def test_a_double_forked_orphan_is_found_and_killed(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     (child,) = child_pids(tmp_path)
+    assert_nothing_left(tmp_path, child)
     (run,) = load_json(out)["runs"]
     assert [int(entry.split()[0]) for entry in run["left_behind"]] == [child]
     assert "1 process left behind, killed" in done.stdout
-    assert_nothing_left(tmp_path, child)
 
 
 def test_an_orphan_of_a_timed_out_run_is_killed_too(tmp_path: Path) -> None:
@@ -908,10 +1010,33 @@ def test_peak_memory_counts_shared_pages_once(tmp_path: Path) -> None:
 
 
 def test_two_signals_a_few_ms_apart_lose_no_result(tmp_path: Path) -> None:
-    out, journal = tmp_path / "out.json", tmp_path / "runs.jsonl"
+    out = tmp_path / "out.json"
     cli = start_taskwarden_run(
-        "-n2", script("ok.py"), script("hang.py"), "--json", str(out),
-        "--export-jsonl", str(journal), "--", str(tmp_path),
+        "-n1", script("ok.py"), script("hang.py"), "--json", str(out), "--", str(tmp_path)
+    )
+    try:
+        wait_for(lambda: any(tmp_path.glob("*.running")), "hang.py to start (ok.py has ended)")
+        cli.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+        cli.send_signal(signal.SIGINT)
+        stdout, stderr = cli.communicate(timeout=WAIT)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+    assert cli.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    assert "taskwarden run" in stdout and "1 COMPLETED" in stdout
+    runs = load_json(out)["runs"]
+    assert (runs[0]["target"], runs[0]["state"]) == (script("ok.py"), COMPLETED)
+    assert_nothing_left(tmp_path)
+
+
+def test_the_journal_has_each_run_as_it_ends_and_survives_an_interrupt(tmp_path: Path) -> None:
+    journal = tmp_path / "runs.jsonl"
+    cli = start_taskwarden_run(
+        "-n2", script("ok.py"), script("hang.py"), "--export-jsonl", str(journal),
+        "--", str(tmp_path),
     )  # fmt: skip
     try:
         wait_for(lambda: any(tmp_path.glob("*.running")), "hang.py to start")
@@ -926,10 +1051,6 @@ def test_two_signals_a_few_ms_apart_lose_no_result(tmp_path: Path) -> None:
             cli.kill()
             cli.communicate()
     assert cli.returncode == 130, stdout + stderr
-    assert "Traceback" not in stderr
-    assert "taskwarden run" in stdout and "1 COMPLETED" in stdout
-    runs = load_json(out)["runs"]
-    assert (runs[0]["target"], runs[0]["state"]) == (script("ok.py"), COMPLETED)
     assert [json.loads(line)["state"] for line in journal.read_text().splitlines()][:2] == [
         COMPLETED,
         CANCELLED,

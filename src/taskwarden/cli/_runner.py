@@ -4,12 +4,22 @@
     ────────────────────────                      ──────────────────────
     [--prepare, untimed] ──────────────────────▶  sh -c CMD
     Popen ─────────────────────────────────────▶  script / command (+ children)
-    reader threads  ◀── stdout, stderr pipes ───  (only --heartbeat, --output pipe)
+
+    no pipes (the default; Linux):
+    main thread alone: poll(pidfd) → exit time; between polls, a tree sample
+    every 20 ms (peak memory, CPU); then os.wait4 → exit status, rusage
+
+    pipes (--heartbeat, --output pipe; or no pidfd):
+    reader threads  ◀── stdout, stderr pipes ───
       │ chunks
       ▼
     main thread: echo or file, stderr tail, heartbeat(last line)
     waiter thread: os.wait4 → exit status, rusage (CPU, ru_maxrss)
-    TreeSampler thread: tree PSS every 20 ms → peak memory
+    TreeSampler thread: a tree sample every 20 ms
+
+Without pipes no second thread of ours runs while the run does, so none can
+hold the GIL when it ends: the end is read off the clock as soon as the
+kernel reports it.
 
 Where output goes is what the run is measured with, so nothing is added
 that the user did not ask for: with ``--output null`` (the default) stdout is
@@ -31,8 +41,10 @@ KeyboardInterrupt), its ``finally`` kills the tree.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -47,7 +59,14 @@ import psutil
 
 from taskwarden._proctree import become_subreaper, leftovers, reap_zombie_children
 from taskwarden._proctree import kill_trees as kill_tree
-from taskwarden.cli._treewatch import RUN_MARKER, TreeSampler, alive, describe, marked
+from taskwarden.cli._treewatch import (
+    RUN_MARKER,
+    SAMPLE_INTERVAL,
+    TreeSampler,
+    alive,
+    describe,
+    marked,
+)
 
 STDERR_TAIL_LINES = 20
 _TAIL_BYTES = 64 * 1024
@@ -162,7 +181,80 @@ def run_measured(spec: RunSpec, beat: Callable[[object], None]) -> RunResult:
         proc = subprocess.Popen(
             argv, cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
         )
+    if not piped and _HAVE_PIDFD:
+        return _wait_alone(spec, proc, started, inherited_maxrss, argv)
     return _follow(spec, proc, started, inherited_maxrss, beat, argv)
+
+
+_HAVE_PIDFD = hasattr(os, "pidfd_open") and hasattr(select, "poll")
+
+
+def _wait_alone(
+    spec: RunSpec,
+    proc: subprocess.Popen[bytes],
+    started: float,
+    inherited_maxrss: int,
+    argv: list[str],
+) -> RunResult:
+    """Wait for a run with no pipes to read, in this thread alone (Linux).
+
+    This thread polls the run's pidfd and samples the tree between polls. No
+    other thread of ours is running then, so none can hold the GIL when the
+    run ends: its end is timed as soon as the kernel reports it. (With a
+    waiter thread and a sampler thread, a sampler preempted on a loaded
+    machine while it held the GIL delayed the waiter's clock reading.)
+    """
+    try:
+        root: psutil.Process | None = psutil.Process(proc.pid)
+    except psutil.Error:  # already gone (and not yet reaped, so this is rare)
+        root = None
+    sampler = TreeSampler(proc.pid, spec.stats_path) if root is not None else None
+    ended = False
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+        try:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            next_sample = started + SAMPLE_INTERVAL
+            while not poller.poll(max(0, math.ceil((next_sample - time.monotonic()) * 1000))):
+                if sampler is not None:
+                    sampler.sample()
+                next_sample = max(next_sample + SAMPLE_INTERVAL, time.monotonic())
+            finished_at = time.monotonic()
+        finally:
+            os.close(pidfd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        ended = True
+        if sampler is not None:
+            sampler.finish()
+        left_behind = _sweep(spec, sampler)
+    finally:
+        if not ended:
+            seen = sampler.descendants() if sampler is not None else []
+            kill_tree([root, *seen] if root is not None else seen)
+            if proc.returncode is None:
+                with contextlib.suppress(ChildProcessError):
+                    proc.wait()
+    cpu = usage.ru_utime + usage.ru_stime
+    maxrss = usage.ru_maxrss * 1024  # KiB on Linux
+    # Linux carries the high-water mark across fork and exec, so a small child
+    # reports this worker's own peak: ru_maxrss is a floor only when it is larger.
+    peak = maxrss if maxrss > inherited_maxrss else 0
+    if sampler is not None:
+        cpu = max(cpu, sampler.cpu_seconds)
+        peak = max(peak, sampler.peak_rss)
+    return RunResult(
+        exit_status=proc.returncode,
+        wall=finished_at - started,
+        cpu=cpu,
+        peak_rss=peak,
+        stderr_tail=_file_tail(spec.stderr_path),
+        pid=proc.pid,
+        argv=argv,
+        left_behind=left_behind,
+        prepare_status=None,
+    )
 
 
 def _follow(

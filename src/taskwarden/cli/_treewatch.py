@@ -18,6 +18,15 @@ Each run also carries ``TASKWARDEN_RUN=<id>`` in its environment, which every
 descendant inherits, so that the command line can tell whose orphan it
 holds. When a run ends, ``_proctree.leftovers`` lists what is still there,
 and ``_proctree.kill_trees`` ends it.
+
+What the sampling costs is taken from the run it measures (the sampler
+shares the machine with it), so it is kept small: the tree is read from
+``/proc/PID/task/*/children`` (the kernel's own lists, microseconds, where
+psutil's ``children()`` reads every process on the machine, milliseconds),
+each sample reads a few /proc lines per process, and the PSS walk is made
+only while two or more processes are alive and the sum of their
+high-water marks could raise the peak (a process's PSS never exceeds its
+own high-water mark, which is read anyway).
 """
 
 from __future__ import annotations
@@ -25,15 +34,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
-from collections.abc import Iterable
 
 import psutil
 
+from taskwarden._proctree import descendants
+
 SAMPLE_INTERVAL = 0.02
-_CHILDREN_EVERY = 5  # listing descendants scans /proc: do it every 5th sample only
-_STATS_EVERY = 0.25  # seconds between writes of the stats file
+_STATS_EVERY = 0.25  # seconds between writes of the stats file (the first one too)
 RUN_MARKER = "TASKWARDEN_RUN"  # environment variable naming the run a process belongs to
 
 
@@ -62,7 +72,7 @@ def marked(proc: psutil.Process, run_id: str) -> bool:
 
 
 class TreeSampler:
-    """Samples a process tree's total RSS until ``stop()``; see the module docstring.
+    """Samples a process tree's memory and CPU until ``stop()``; see the module docstring.
 
     With ``stats_path``, the peak so far and the tree's CPU time are written
     there (JSON, replaced atomically) every quarter second, so that the
@@ -72,10 +82,11 @@ class TreeSampler:
     def __init__(self, pid: int, stats_path: str | None = None) -> None:
         self.peak_rss = 0
         self.cpu_seconds = 0.0
+        self._pid = pid
         self._root = psutil.Process(pid)
         self._seen: dict[int, psutil.Process] = {}
-        self._reaped_cpu = 0.0
         self._stats_path = stats_path
+        self._last_stats = time.monotonic()  # nothing worth writing before an interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="taskwarden-sampler", daemon=True)
 
@@ -90,51 +101,53 @@ class TreeSampler:
         """Every descendant seen alive at some sample (some may be gone by now)."""
         return list(self._seen.values())
 
-    def _loop(self) -> None:
-        members: list[psutil.Process] = [self._root]
-        last_stats = 0.0
-        sample = 0
-        while True:
-            if sample % _CHILDREN_EVERY == 0:
-                members = self._refresh_members(members)
-            self._sample(members)
-            now = time.monotonic()
-            if self._stats_path is not None and now - last_stats >= _STATS_EVERY:
-                last_stats = now
-                self._write_stats()
-            sample += 1
-            if self._stop.wait(SAMPLE_INTERVAL):
-                break
-        self._sample(members)
+    def sample(self) -> None:
+        """Take one sample now (and write the stats file if it is due): for a caller
+        that samples from its own thread instead of ``start()``."""
+        self._sample()
+        now = time.monotonic()
+        if self._stats_path is not None and now - self._last_stats >= _STATS_EVERY:
+            self._last_stats = now
+            self._write_stats()
+
+    def finish(self) -> None:
+        """The last sample, and the stats file written (without ``start()``)."""
+        self._sample()
         if self._stats_path is not None:
             self._write_stats()
 
-    def _refresh_members(self, members: list[psutil.Process]) -> list[psutil.Process]:
-        try:
-            children = self._root.children(recursive=True)
-        except psutil.Error:
-            return members
-        for child in children:
-            self._seen.setdefault(child.pid, child)
-        return [self._root, *children]
+    def _loop(self) -> None:
+        # No sample at once: the process has only just exec'd (its VmHWM is the loader's
+        # 2 MiB, which would stand as the "peak" of a run that ends before the next
+        # sample), and its start is when the run is most sensitive to our CPU use.
+        while not self._stop.wait(SAMPLE_INTERVAL):
+            self.sample()
+        self.finish()
 
-    def _sample(self, members: Iterable[psutil.Process]) -> None:
-        rss = 0
+    def _sample(self) -> None:
+        pids = [self._pid, *descendants(self._pid)]
+        for pid in pids[1:]:
+            if pid not in self._seen:
+                with contextlib.suppress(psutil.Error):
+                    self._seen[pid] = psutil.Process(pid)
         cpu = 0.0
-        for proc in members:
-            try:
-                with proc.oneshot():
-                    rss += _proportional_size(proc)
-                    times = proc.cpu_times()
-            except psutil.Error:  # gone, zombie or not ours: it no longer holds memory
-                continue
-            # A process's own high-water mark catches peaks between two samples.
-            self.peak_rss = max(self.peak_rss, _high_water_mark(proc.pid))
-            cpu += times.user + times.system
-            if proc is self._root:
-                # Descendants the script has waited for count in its children_* times.
-                cpu += times.children_user + times.children_system
-        self.peak_rss = max(self.peak_rss, rss)
+        live = []
+        bound = 0  # the sum of the live processes' high-water marks: above any PSS sum
+        for pid in pids:
+            times = _cpu_times(pid, with_children=pid == self._pid)
+            if times is None:
+                continue  # gone
+            cpu += times
+            # A process's own high-water mark catches its peaks between two samples.
+            hwm = _high_water_mark(pid)
+            if hwm:  # a zombie has no memory left (and no VmHWM line)
+                live.append(pid)
+                bound += hwm
+                self.peak_rss = max(self.peak_rss, hwm)
+        if len(live) > 1 and bound > self.peak_rss:
+            # Processes alive together: their sum, with the pages they share counted once.
+            # (Skipped when even the bound cannot raise the peak: PSS <= RSS <= VmHWM.)
+            self.peak_rss = max(self.peak_rss, sum(_proportional_size(pid) for pid in live))
         self.cpu_seconds = max(self.cpu_seconds, cpu)
 
     def _write_stats(self) -> None:
@@ -144,6 +157,33 @@ class TreeSampler:
             with open(tmp, "w") as f:
                 json.dump({"peak_rss": self.peak_rss, "cpu": self.cpu_seconds}, f)
             os.replace(tmp, self._stats_path)
+
+
+_LINUX = sys.platform.startswith("linux")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _LINUX else 100
+
+
+def _cpu_times(pid: int, *, with_children: bool) -> float | None:
+    """User + system seconds of ``pid`` (with ``with_children``, also of the children
+    it has waited for); None if it is gone. Linux reads one /proc line; elsewhere psutil."""
+    if not _LINUX:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            return None
+        extra = times.children_user + times.children_system if with_children else 0.0
+        return times.user + times.system + extra
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # Fields after the command name, which may itself hold spaces and ")".
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # utime, stime, cutime, cstime are fields 14-17 of stat(5), 12-15 of the split.
+    ticks = int(fields[11]) + int(fields[12])
+    if with_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _CLOCK_TICKS
 
 
 def _proc_kb(path: str, field: bytes) -> int | None:
@@ -158,16 +198,27 @@ def _proc_kb(path: str, field: bytes) -> int | None:
     return None
 
 
-def _proportional_size(proc: psutil.Process) -> int:
-    """The process's PSS in bytes (Linux), else its RSS."""
-    pss = _proc_kb(f"/proc/{proc.pid}/smaps_rollup", b"Pss:")
-    return int(proc.memory_info().rss) if pss is None else pss
+def _proportional_size(pid: int) -> int:
+    """The process's PSS in bytes (Linux), else its RSS (0 if it is gone)."""
+    pss = _proc_kb(f"/proc/{pid}/smaps_rollup", b"Pss:")
+    if pss is not None:
+        return pss
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
 
 
 def _high_water_mark(pid: int) -> int:
-    """Linux: the process's peak RSS since its exec (VmHWM), in bytes; 0 elsewhere.
+    """Linux: the process's peak RSS since its exec (VmHWM), in bytes; elsewhere its
+    current RSS. 0 if it is gone or a zombie.
 
     Unlike ``ru_maxrss``, VmHWM belongs to the process's current memory map,
     so it does not carry the parent's peak over fork and exec.
     """
-    return _proc_kb(f"/proc/{pid}/status", b"VmHWM:") or 0
+    if _LINUX:
+        return _proc_kb(f"/proc/{pid}/status", b"VmHWM:") or 0
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
