@@ -1,0 +1,535 @@
+"""Workers forked from a warm template process, in a few milliseconds each.
+
+Starting a worker through loky's process context costs a fork, an exec and a
+fresh interpreter's imports (60-70 ms here). The template pays that once: it
+is started through loky's context like a worker, imports taskwarden's worker
+module, cloudpickle and the modules the user's initializer needs (it never
+runs the initializer, nor any task), and then forks a worker on request.
+
+Safety. The template is single-threaded (it checks: a module that starts a
+thread at import is not imported there, the worker imports it itself) and
+holds no lock when it forks, so a forked worker starts from a consistent
+state. Each worker gets its own channel: the supervisor makes a socket pair
+and passes one end to the template with SCM_RIGHTS; the template forks, the
+worker keeps that end, and the template closes its copy at once (it has no
+thread that could fork in between), so the supervisor's end stays the only
+other end and a worker whose supervisor dies sees its channel close (EOF), as
+a worker started through loky does.
+
+Exit status. The workers are the template's children, not the supervisor's.
+For each one the template opens a pidfd and sends a duplicate to the
+supervisor, which watches it to see the death at once (and signals through
+it, so a recycled pid can never be hit). The template reads the exit status
+without reaping (``waitid(..., WNOWAIT)``) and reports it; it reaps the
+zombie only when the supervisor releases it, so the pid stays the worker's
+while the supervisor may still kill its tree by pid. If the template dies,
+its workers live on (re-parented to init, which reaps them): their exit
+statuses are then unknown, and the pool reports them as such.
+
+The wire between the two is fixed-size records (``_REC``), each request to
+fork carrying one descriptor, each SPAWNED answer one pidfd. Descriptors
+arrive in order with the stream, so they are matched to records in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import importlib
+import logging
+import multiprocessing.process
+import os
+import pickletools
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+log = logging.getLogger("taskwarden")
+
+_REC = struct.Struct("=iiq")  # (op, token, value)
+
+# supervisor -> template
+_FORK = 1  # (FORK, wid, 0) + the worker's end of its channel
+_RELEASE = 2  # (RELEASE, wid, 0): reap the worker's zombie (its exit was reported)
+# template -> supervisor
+_HELLO = 10  # (HELLO, threads, pid): imports done; threads > 1: cannot fork safely
+_SPAWNED = 11  # (SPAWNED, wid, pid) + a pidfd of the worker
+_FORK_FAILED = 12  # (FORK_FAILED, wid, errno)
+_EXITED = 13  # (EXITED, wid, status): exit code, or -signal
+
+_MAX_FDS = 64  # descriptors taken per read (each record carries one at most)
+
+BASE_PRELOAD = ("taskwarden.pool._worker", "cloudpickle", "pickle", "traceback")
+
+START_TIMEOUT = 60.0  # seconds for the template to start and import its modules
+
+
+def supported() -> bool:
+    """Can workers be forked from a template here (fork, pidfds, fd passing)?"""
+    return (
+        hasattr(os, "fork")
+        and hasattr(os, "pidfd_open")
+        and hasattr(os, "P_PIDFD")
+        and hasattr(os, "waitid")
+        and hasattr(signal, "pidfd_send_signal")
+        and hasattr(socket, "send_fds")
+    )
+
+
+def modules_of(payload: bytes | None) -> tuple[str, ...]:
+    """The modules a pickle imports when loaded (read from its opcodes: nothing is
+    unpickled or run). Modules of ``__main__`` or not importable by name are left
+    out: the worker loads those itself."""
+    if payload is None:
+        return ()
+    found: list[str] = []
+    memo: dict[int, Any] = {}
+    stack: list[Any] = []  # the last values pushed (strings, or None for anything else)
+    try:
+        for op, arg, _ in pickletools.genops(payload):
+            name = op.name
+            if name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                stack.append(arg)
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1] if stack else None
+            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(arg or 0)] = stack[-1] if stack else None
+            elif name in ("BINGET", "LONG_BINGET", "GET"):
+                stack.append(memo.get(int(arg or 0)))
+            elif name == "STACK_GLOBAL":
+                if len(stack) >= 2 and isinstance(stack[-2], str):
+                    found.append(stack[-2])
+                stack.append(None)
+            elif name in ("GLOBAL", "INST"):
+                found.append(str(arg).split(" ", 1)[0])
+                stack.append(None)
+            else:
+                stack.append(None)
+            del stack[:-2]
+    except Exception:
+        pass  # a pickle we cannot read through: preload what was found so far
+    out: list[str] = []
+    for mod in found:
+        if mod and mod != "__main__" and not mod.startswith("__mp_main__") and mod not in out:
+            out.append(mod)
+    return tuple(out)
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+# ------------------------------------------------------------- in the template
+
+
+def template_main(
+    conn: Any,
+    worker_args: tuple[int, bytes | None, int | None],
+    preload: tuple[str, ...],
+) -> None:
+    """Entry point of the template process (started through loky's process context)."""
+    ctl = socket.socket(fileno=os.dup(conn.fileno()))
+    conn.close()
+    # A terminal's Ctrl-C reaches the whole process group: it is the workers' business
+    # (a running task gets KeyboardInterrupt), not the template's.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for mod in BASE_PRELOAD:
+        importlib.import_module(mod)
+    base_threads = _threads()
+    if base_threads == 1:
+        for mod in preload:
+            try:
+                importlib.import_module(mod)
+            except BaseException:
+                continue  # the worker meets the same error when it loads the initializer
+            if _threads() > 1:
+                break  # reported below: the supervisor starts a template without them
+    threads = _threads()
+    # What the imports made is never freed here: keep the collector away from it, so
+    # that a worker does not copy those pages for the collector's bookkeeping.
+    gc.collect()
+    gc.freeze()
+    _send(ctl, _HELLO, threads, os.getpid())
+    if threads > 1:
+        return
+    _Template(ctl, worker_args).serve()
+
+
+def _send(sock: socket.socket, op: int, token: int, value: int, fds: Iterable[int] = ()) -> None:
+    data = _REC.pack(op, token, value)
+    fds = list(fds)
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.sendall(data)
+
+
+class _Template:
+    """The template's loop: fork on request, report exits, reap on release."""
+
+    def __init__(self, ctl: socket.socket, worker_args: tuple[int, bytes | None, int | None]
+                 ) -> None:
+        self.ctl = ctl
+        self.worker_args = worker_args
+        self.buf = bytearray()
+        self.fds: deque[int] = deque()
+        self.by_pidfd: dict[int, int] = {}  # pidfd -> wid, every child not reaped
+        self.pidfd_of: dict[int, int] = {}  # wid -> pidfd
+        self.released: set[int] = set()  # released before their exit was seen
+        self.poller = select.poll()
+        self.poller.register(ctl.fileno(), select.POLLIN)
+
+    def serve(self) -> None:
+        while True:
+            for fd, _ in self.poller.poll():
+                if fd == self.ctl.fileno():
+                    if not self._read():
+                        return  # the supervisor is gone: so are we (workers see EOF too)
+                elif fd in self.by_pidfd:
+                    self._exited(fd)
+
+    def _read(self) -> bool:
+        try:
+            data, fds, _, _ = socket.recv_fds(self.ctl, 4096, _MAX_FDS)
+        except InterruptedError:
+            return True
+        except OSError:
+            return False
+        self.fds.extend(fds)
+        if not data:
+            return False
+        self.buf += data
+        n = len(self.buf) // _REC.size * _REC.size
+        for op, token, _ in _REC.iter_unpack(bytes(self.buf[:n])):
+            if op == _FORK:
+                self._fork(token, self.fds.popleft())
+            elif op == _RELEASE:
+                self._release(token)
+        del self.buf[:n]
+        return True
+
+    def _fork(self, wid: int, channel: int) -> None:
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(channel)
+            _send(self.ctl, _FORK_FAILED, wid, exc.errno or errno.EAGAIN)
+            return
+        if pid == 0:
+            # Nothing of the template's may stay open in the worker: its control socket,
+            # the pidfds of the other workers, channels of forks still to come.
+            close = [self.ctl.fileno(), *self.by_pidfd, *self.fds]
+            _worker_child(wid, channel, close, self.worker_args)
+        os.close(channel)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:  # pragma: no cover - pidfds were checked by the supervisor
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            _send(self.ctl, _FORK_FAILED, wid, exc.errno or errno.EINVAL)
+            return
+        self.by_pidfd[pidfd] = wid
+        self.pidfd_of[wid] = pidfd
+        self.poller.register(pidfd, select.POLLIN)
+        _send(self.ctl, _SPAWNED, wid, pid, [pidfd])
+
+    def _exited(self, pidfd: int) -> None:
+        wid = self.by_pidfd[pidfd]
+        self.poller.unregister(pidfd)
+        if wid in self.released:
+            self._reap(wid)
+            return
+        # Read the status, but leave the zombie: its pid stays the worker's until the
+        # supervisor is done with it (it may be killing the worker's tree by pid).
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        _send(self.ctl, _EXITED, wid, _status(info))
+
+    def _release(self, wid: int) -> None:
+        pidfd = self.pidfd_of.get(wid)
+        if pidfd is None:
+            return
+        if select.select([pidfd], [], [], 0)[0]:
+            self._reap(wid)
+        else:
+            self.released.add(wid)
+
+    def _reap(self, wid: int) -> None:
+        pidfd = self.pidfd_of.pop(wid)
+        del self.by_pidfd[pidfd]
+        self.released.discard(wid)
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        os.close(pidfd)
+
+
+def _status(info: Any) -> int:
+    if info is None:  # pragma: no cover - the pidfd said it exited
+        return 0
+    if info.si_code == os.CLD_EXITED:
+        return int(info.si_status)
+    return -int(info.si_status)  # killed or dumped: the signal, as multiprocessing says it
+
+
+def _worker_child(
+    wid: int, channel: int, close: list[int], worker_args: tuple[int, bytes | None, int | None]
+) -> NoReturn:
+    """In a freshly forked worker: shed the template's descriptors, run the worker."""
+    code = 1
+    try:
+        for fd in close:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        gc.unfreeze()
+        # As multiprocessing does in a forked child: its hooks, not the template's exits.
+        import multiprocessing.util as mp_util
+
+        mp_util._finalizer_registry.clear()  # type: ignore[attr-defined]
+        mp_util._run_after_forkers()  # type: ignore[attr-defined]
+        proc = multiprocessing.process.current_process()
+        proc.name = f"taskwarden-worker-{wid}"
+        multiprocessing.process._children = set()  # type: ignore[attr-defined]
+        from ._worker import worker_main
+
+        worker_main(socket.socket(fileno=channel), *worker_args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            import atexit
+
+            atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(BaseException):
+                stream.flush()
+        os._exit(code)
+
+
+# ----------------------------------------------------------- in the supervisor
+
+
+class TemplateUnavailable(Exception):
+    """The template could not start (or cannot fork safely): use the plain path."""
+
+
+@dataclass(slots=True)
+class Spawned:
+    wid: int
+    pid: int
+    pidfd: int  # the supervisor's own: close it when done
+
+
+@dataclass(slots=True)
+class ForkFailed:
+    wid: int
+    error: int
+
+
+@dataclass(slots=True)
+class Exited:
+    wid: int
+    status: int  # exit code, or -signal
+
+
+TemplateEvent = Spawned | ForkFailed | Exited
+
+
+class Template:
+    """The supervisor's handle on one template process.
+
+    ``start`` blocks (a process start and its imports): call it off the loop.
+    Everything else is the loop's: ``fork`` and ``release`` write one small
+    record, ``read`` takes what the template said so far without blocking.
+    """
+
+    def __init__(
+        self,
+        ctx: Any,
+        worker_args: tuple[int, bytes | None, int | None],
+        preload: tuple[str, ...] = (),
+    ) -> None:
+        self._ctx = ctx
+        self._worker_args = worker_args
+        self.preload = preload
+        self.process: Any = None
+        self.pid = 0
+        self.pidfd = -1  # watch it: readable once the template is dead
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+        self._fds: deque[int] = deque()
+        self.threads = 0
+        self.dead = False
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the process and wait until its imports are done."""
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=template_main,
+            args=(child, self._worker_args, self.preload),
+            name="taskwarden-template",
+        )
+        try:
+            process.start()
+        finally:
+            child.close()
+        # Only this pool reaps it (see LokyPool's spawner).
+        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+        self.process = process
+        self.pid = process.pid
+        self._sock = socket.socket(fileno=os.dup(parent.fileno()))
+        parent.close()
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+            self._sock.settimeout(timeout)
+            hello = self._sock.recv(_REC.size, socket.MSG_WAITALL)
+            if len(hello) != _REC.size:
+                raise TemplateUnavailable("the template process died while starting")
+            op, threads, _ = _REC.unpack(hello)
+            if op != _HELLO:
+                raise TemplateUnavailable(f"the template process said {op!r}, not hello")
+            self.threads = threads
+            if threads > 1:
+                raise TemplateUnavailable(
+                    f"the template process has {threads} threads after its imports"
+                )
+            self._sock.setblocking(False)
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, TemplateUnavailable):
+                raise
+            raise TemplateUnavailable(f"the template process did not start: {exc!r}") from exc
+
+    def fileno(self) -> int:
+        """The control socket: readable when the template has something to say."""
+        assert self._sock is not None
+        return self._sock.fileno()
+
+    def fork(self, wid: int) -> socket.socket | None:
+        """Ask for a worker; returns the supervisor's end of its channel (``Spawned``
+        follows from ``read``), or None if the request could not be made."""
+        if self.dead or self._sock is None:
+            return None
+        ours, theirs = socket.socketpair()
+        try:
+            _send(self._sock, _FORK, wid, 0, [theirs.fileno()])
+        except OSError:  # full (never, for records this small) or the template is gone
+            ours.close()
+            return None
+        finally:
+            theirs.close()
+        return ours
+
+    def release(self, wid: int) -> None:
+        """The worker's exit is taken: the template may reap it."""
+        if self.dead or self._sock is None:
+            return
+        with contextlib.suppress(OSError):
+            _send(self._sock, _RELEASE, wid, 0)
+
+    def read(self) -> list[TemplateEvent]:
+        """What the template said so far (never blocks). Sets ``dead`` at its EOF."""
+        out: list[TemplateEvent] = []
+        if self._sock is None:
+            return out
+        while not self.dead:
+            try:
+                data, fds, _, _ = socket.recv_fds(self._sock, 4096, _MAX_FDS)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data, fds = b"", []
+            self._fds.extend(fds)
+            if not data:
+                self.dead = True
+                break
+            self._buf += data
+        n = len(self._buf) // _REC.size * _REC.size
+        for op, token, value in _REC.iter_unpack(bytes(self._buf[:n])):
+            if op == _SPAWNED:
+                out.append(Spawned(token, value, self._fds.popleft()))
+            elif op == _FORK_FAILED:
+                out.append(ForkFailed(token, value))
+            elif op == _EXITED:
+                out.append(Exited(token, value))
+        del self._buf[:n]
+        return out
+
+    def wait_for(self, done: Any, timeout: float) -> list[TemplateEvent]:
+        """Read (blocking) until ``done(events so far)`` is true, the template dies or
+        ``timeout`` passes; every event read."""
+        out: list[TemplateEvent] = []
+        deadline = time.monotonic() + timeout
+        while not done(out) and not self.dead and self._sock is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock = self._sock.fileno()
+            ready, _, _ = select.select([sock, self.pidfd], [], [], remaining)
+            if sock in ready:
+                out.extend(self.read())
+            elif ready:  # the template died; what it wrote before is still read first
+                out.extend(self.read())
+                if not self.dead:
+                    self.dead = True
+        return out
+
+    def exited(self) -> bool:
+        """Has the template process died (its pidfd readable)?"""
+        if self.pidfd < 0:
+            return True
+        return bool(select.select([self.pidfd], [], [], 0)[0])
+
+    def close(self) -> None:
+        """Stop the template (its workers are not touched) and reap it."""
+        self.dead = True
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+        while self._fds:
+            with contextlib.suppress(OSError):
+                os.close(self._fds.popleft())
+        if self.process is not None:
+            # Its control socket closed: it leaves at once. A template stuck in its
+            # imports does not: kill it.
+            self.process.join(1.0)
+            if self.process.exitcode is None:
+                with contextlib.suppress(OSError):
+                    self.process.kill()
+                self.process.join()
+            self.process = None
+        if self.pidfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = -1
+
+
+__all__ = [
+    "BASE_PRELOAD",
+    "Exited",
+    "ForkFailed",
+    "Spawned",
+    "Template",
+    "TemplateEvent",
+    "TemplateUnavailable",
+    "modules_of",
+    "supported",
+    "template_main",
+]
