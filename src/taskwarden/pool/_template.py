@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
 import importlib
 import logging
@@ -50,9 +51,9 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 log = logging.getLogger("taskwarden")
 
@@ -376,6 +377,8 @@ class Template:
         self._fds: deque[int] = deque()
         self.threads = 0
         self.dead = False
+        self._lock = threading.Lock()  # start() on one thread, abort() on another
+        self._aborted = False
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the process and wait until its imports are done."""
@@ -391,7 +394,10 @@ class Template:
             child.close()
         # Only this pool reaps it (see LokyPool's spawner).
         multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
-        self.process = process
+        with self._lock:
+            self.process = process
+            if self._aborted:
+                process.kill()  # its hello never comes: start() fails below
         self.pid = process.pid
         self._sock = socket.socket(fileno=os.dup(parent.fileno()))
         parent.close()
@@ -415,6 +421,14 @@ class Template:
             if isinstance(exc, TemplateUnavailable):
                 raise
             raise TemplateUnavailable(f"the template process did not start: {exc!r}") from exc
+
+    def abort(self) -> None:
+        """From another thread: make a ``start`` in progress fail now."""
+        with self._lock:
+            self._aborted = True
+            if self.process is not None:
+                with contextlib.suppress(OSError):
+                    self.process.kill()
 
     def fileno(self) -> int:
         """The control socket: readable when the template has something to say."""
@@ -521,10 +535,298 @@ class Template:
             self.pidfd = -1
 
 
+class _Reactor(Protocol):
+    """What ``Forker`` needs of the loop's reactor (pool/base.py's ``Reactor``)."""
+
+    def watch(self, fd: int, on_ready: Callable[[int], None], *, write: bool = False) -> None:
+        ...
+
+    def unwatch(self, fd: int) -> None:
+        ...
+
+    def wake(self) -> None:
+        ...
+
+
+@dataclass(slots=True)
+class _Kid:
+    pid: int
+    template: Template  # the one that forked it: while it lives, it holds the exit status
+
+
+class Forker:
+    """The pool's side of forking workers from a template (on the loop thread).
+
+    ``request(wid)`` asks for a worker and returns at once: False means "use the
+    plain path" (no template here, or it failed for good). Later, on the loop
+    thread, ``on_spawned(wid, sock, pid, pidfd)`` hands over a forked worker (the
+    pool owns the socket and the pidfd from then on), or ``on_failed(wid)`` asks
+    the pool to start it the plain way. The template starts on a thread of its
+    own (it is a process start, like a worker's), when the first worker is
+    requested; one that dies is restarted (after ``MAX_DEATHS`` deaths the pool
+    keeps to the plain path). ``on_status(wid)`` says an exit status arrived for
+    a worker whose death the pool may be waiting to report (``exit_status``).
+    """
+
+    MAX_DEATHS = 3
+
+    def __init__(
+        self,
+        ctx: Any,
+        worker_args: tuple[int, bytes | None, int | None],
+        preload: tuple[str, ...],
+        *,
+        on_spawned: Callable[[int, socket.socket, int, int], None],
+        on_failed: Callable[[int], None],
+        on_status: Callable[[int], None],
+    ) -> None:
+        self._ctx = ctx
+        self._worker_args = worker_args
+        self._preload = preload
+        self._on_spawned = on_spawned
+        self._on_failed = on_failed
+        self._on_status = on_status
+        self._reactor: _Reactor | None = None
+        self.state = "idle" if supported() else "off"  # idle, starting, up, off
+        self.template: Template | None = None
+        self.deaths = 0
+        self._starting: Template | None = None
+        self._thread: threading.Thread | None = None
+        self._started: deque[Template | None] = deque()  # from the starting thread
+        self._waiting: list[int] = []  # requested while the template starts
+        self._asked: dict[int, socket.socket] = {}  # fork requested, no answer yet
+        self._kids: dict[int, _Kid] = {}  # forked, exit not taken yet
+        self._statuses: dict[int, int] = {}  # exits reported, not taken yet
+
+    def bind(self, reactor: _Reactor) -> None:
+        self._reactor = reactor
+
+    # --------------------------------------------------------------- requests
+    def request(self, wid: int) -> bool:
+        if self.state == "off":
+            return False
+        if self.state == "up":
+            self._ask(wid)
+        else:
+            self._waiting.append(wid)
+            if self.state == "idle":
+                self._start()
+        return True
+
+    def _ask(self, wid: int) -> None:
+        t = self.template
+        sock = t.fork(wid) if t is not None else None
+        if sock is None:  # the template is gone (its exit callback may not have run yet)
+            self._waiting.append(wid)
+            self._lost()
+            return
+        self._asked[wid] = sock
+
+    def forked(self, wid: int) -> bool:
+        """Is ``wid`` a worker this forker handed over (and whose exit is not taken)?"""
+        return wid in self._kids
+
+    # --------------------------------------------------------- the template
+    def _start(self) -> None:
+        self.state = "starting"
+        t = Template(self._ctx, self._worker_args, self._preload)
+        self._starting = t
+        self._thread = threading.Thread(target=self._start_on_thread, args=(t,),
+                                        name="taskwarden-template-start", daemon=True)
+        self._thread.start()
+
+    def _start_on_thread(self, t: Template) -> None:
+        started: Template | None = t
+        try:
+            t.start()
+        except TemplateUnavailable as exc:
+            started = None
+            if t.threads > 1 and t.preload and self.state == "starting":
+                # The initializer's modules start threads at import: fork from a
+                # template without them (each worker imports them itself).
+                log.info("taskwarden: %s; the template imports none of the "
+                         "initializer's modules", exc)
+                retry = Template(self._ctx, self._worker_args, ())
+                self._starting = retry
+                try:
+                    retry.start()
+                    started = retry
+                except TemplateUnavailable as exc2:
+                    exc = exc2
+            if started is None:
+                log.warning("taskwarden: no template process (%s); workers start the "
+                            "plain way", exc)
+        self._started.append(started)
+        if self._reactor is not None:
+            self._reactor.wake()
+
+    def has_news(self) -> bool:
+        """The template's start ended: the loop must call ``take_news`` now."""
+        return bool(self._started)
+
+    def take_news(self) -> None:
+        """On the loop thread: take over a template that started (or did not)."""
+        while self._started:
+            t = self._started.popleft()
+            self._starting = None
+            if self.state != "starting":  # closed meanwhile
+                if t is not None:
+                    t.close()
+                continue
+            if t is None:
+                self._give_up()
+                continue
+            reactor = self._reactor
+            assert reactor is not None
+            self.template = t
+            self.state = "up"
+            reactor.watch(t.fileno(), functools.partial(self._on_control, t))
+            reactor.watch(t.pidfd, functools.partial(self._on_template_exit, t))
+            waiting, self._waiting = self._waiting, []
+            for wid in waiting:
+                if self.state != "up":
+                    self._waiting.append(wid)  # it died meanwhile: they wait on
+                    continue
+                self._ask(wid)
+
+    def _give_up(self) -> None:
+        self.state = "off"
+        waiting, self._waiting = self._waiting, []
+        for wid in waiting:
+            self._on_failed(wid)
+
+    def _on_control(self, t: Template, mask: int = 0) -> None:
+        if t is not self.template:
+            return
+        self._dispatch(t.read())
+        if t.dead:
+            self._lost()
+
+    def _on_template_exit(self, t: Template, mask: int = 0) -> None:
+        if t is not self.template:
+            return
+        self._dispatch(t.read())  # what it said before it died
+        self._lost()
+
+    def _lost(self) -> None:
+        """The template died: restart it. Its workers live on (their exits will be
+        unknown); forks asked of it and not answered are asked of the next one
+        (if one was made, its worker sees its channel close and leaves)."""
+        t = self.template
+        if t is None:
+            return
+        self.template = None
+        self.deaths += 1
+        reactor = self._reactor
+        if reactor is not None:
+            reactor.unwatch(t.fileno())
+            reactor.unwatch(t.pidfd)
+        code = None
+        if t.process is not None:
+            t.process.join(0)
+            code = t.process.exitcode
+        t.close()
+        orphans = [wid for wid, kid in self._kids.items() if kid.template is t]
+        log.warning("taskwarden: the template process %d died (exit code %s); %d worker(s) "
+                    "it forked run on, their exit statuses will be unknown",
+                    t.pid, code, len(orphans))
+        asked, self._asked = self._asked, {}
+        for sock in asked.values():
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._waiting.extend(asked)
+        if self.deaths >= self.MAX_DEATHS:
+            log.warning("taskwarden: the template process died %d times; workers start "
+                        "the plain way from now on", self.deaths)
+            self._give_up()
+        else:
+            self.state = "idle"
+            self._start()  # at once: the next replacement should not wait for it
+        for wid in orphans:
+            self._on_status(wid)  # a death the pool waits to report: unknown now
+
+    def _dispatch(self, events: list[TemplateEvent]) -> None:
+        t = self.template
+        for ev in events:
+            if isinstance(ev, Spawned):
+                sock = self._asked.pop(ev.wid, None)
+                if sock is None or t is None:  # pragma: no cover - never asked
+                    os.close(ev.pidfd)
+                    continue
+                self._kids[ev.wid] = _Kid(ev.pid, t)
+                self._on_spawned(ev.wid, sock, ev.pid, ev.pidfd)
+            elif isinstance(ev, ForkFailed):
+                sock = self._asked.pop(ev.wid, None)
+                if sock is not None:
+                    sock.close()
+                log.warning("taskwarden: the template could not fork a worker (%s); "
+                            "starting it the plain way", os.strerror(ev.error))
+                self._on_failed(ev.wid)
+            else:
+                if ev.wid in self._kids:
+                    self._statuses[ev.wid] = ev.status
+                    self._on_status(ev.wid)
+
+    # ------------------------------------------------------------------ exits
+    def exit_status(self, wid: int, *, block: bool) -> tuple[bool, int | None]:
+        """(known, status) of a forked worker that died. Unknown when its template
+        died first. With ``block``, wait for the template's word (it comes as soon
+        as the template sees the death, a moment after the pool does)."""
+        if wid in self._statuses:
+            return True, self._statuses[wid]
+        kid = self._kids.get(wid)
+        if kid is None or kid.template is not self.template or kid.template.dead:
+            return True, None
+        if not block:
+            return False, None
+        t = kid.template
+
+        def arrived(events: list[TemplateEvent]) -> bool:
+            return any(isinstance(e, Exited) and e.wid == wid for e in events)
+
+        self._dispatch(t.wait_for(arrived, START_TIMEOUT))
+        if t.dead:
+            self._lost()
+        return True, self._statuses.get(wid)
+
+    def done(self, wid: int) -> None:
+        """The pool has reported this worker's exit: the template may reap it."""
+        self._statuses.pop(wid, None)
+        kid = self._kids.pop(wid, None)
+        if kid is not None and kid.template is self.template:
+            kid.template.release(wid)
+
+    def close(self) -> None:
+        """Stop the template (after the pool has killed and reaped its workers)."""
+        self.state = "off"
+        starting = self._starting
+        if starting is not None:
+            starting.abort()
+        if self._thread is not None:
+            self._thread.join()
+        while self._started:
+            t = self._started.popleft()
+            if t is not None:
+                t.close()
+        if self.template is not None:
+            reactor = self._reactor
+            if reactor is not None:
+                reactor.unwatch(self.template.fileno())
+                reactor.unwatch(self.template.pidfd)
+            self.template.close()
+            self.template = None
+        for sock in self._asked.values():
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._asked.clear()
+        self._waiting.clear()
+
+
 __all__ = [
     "BASE_PRELOAD",
     "Exited",
     "ForkFailed",
+    "Forker",
     "Spawned",
     "Template",
     "TemplateEvent",
