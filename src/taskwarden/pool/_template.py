@@ -294,7 +294,6 @@ def _worker_child(
             with contextlib.suppress(OSError):
                 os.close(fd)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        gc.unfreeze()
         # As multiprocessing does in a forked child: its hooks, not the template's exits.
         import multiprocessing.util as mp_util
 

@@ -19,7 +19,9 @@ import multiprocessing.process
 import os
 import pickle
 import queue
+import select
 import selectors
+import signal
 import threading
 import time
 from collections import deque
@@ -28,6 +30,7 @@ from typing import Any
 from loky.backend.context import get_context
 
 from .._errors import RemoteError, RemoteTraceback
+from ._template import Forker, modules_of
 from ._timer import make_timer
 from ._tree import descendants as _descendants  # noqa: F401 - its old home
 from ._tree import kill_tree
@@ -65,11 +68,39 @@ _IO = 1
 _EXIT = 2
 _WAKE = 3
 _TIMER = 4
+_CALL = 5  # a callback of the template's forker
+
+
+class _Forked:
+    """A worker forked by the template: its pid, and the pidfd the template sent."""
+
+    __slots__ = ("pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+
+
+class _SelectorReactor:
+    """The forker's view of this pool's selector."""
+
+    def __init__(self, pool: LokyPool) -> None:
+        self._pool = pool
+
+    def watch(self, fd: int, on_ready: Any, *, write: bool = False) -> None:
+        self._pool._sel.register(fd, selectors.EVENT_READ, (_CALL, on_ready))
+
+    def unwatch(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._pool._sel.unregister(fd)
+
+    def wake(self) -> None:
+        self._pool.wake()
 
 
 class _Proc:
-    __slots__ = ("conn", "crash", "dead", "exit_fd", "fd", "inbuf", "killed", "nudge",
-                 "outbuf", "outstanding", "pid", "process", "ready", "revoked", "wid",
+    __slots__ = ("conn", "crash", "dead", "exit_fd", "exit_pending", "fd", "inbuf", "killed",
+                 "nudge", "outbuf", "outstanding", "pid", "process", "ready", "revoked", "wid",
                  "writing")
 
     def __init__(self, wid: int, process: Any, conn: Any) -> None:
@@ -86,6 +117,7 @@ class _Proc:
         self.ready = False
         self.nudge = False  # nudge the worker once outbuf is written out
         self.exit_fd: int = -1
+        self.exit_pending = False  # dead, its exit status still to come from the template
         # Runs sent and not reported done or skipped yet, in the worker's order.
         self.outstanding: deque[int] = deque()
         # Runs taken back without the worker's answer: its SKIPPED for them is dropped.
@@ -123,17 +155,38 @@ class LokyPool:
         # What was sent to a worker before its process was handed over by the spawner.
         self._early: dict[int, bytearray] = {}
         self._early_runs: dict[int, list[int]] = {}  # the seqs of the runs among them
+        self._forker = Forker(
+            self._ctx, (id_base, init_payload, max_memory), modules_of(init_payload),
+            on_spawned=self._on_forked, on_failed=self._spawn_plain,
+            on_status=self._on_status,
+        )
+        self._forker.bind(_SelectorReactor(self))
 
     # ---------------------------------------------------------------- spawning
     def spawn(self, wid: int) -> None:
+        self._early[wid] = bytearray()
+        self._early_runs[wid] = []
+        if not self._forker.request(wid):
+            self._spawn_plain(wid)
+
+    def _spawn_plain(self, wid: int) -> None:
         if self._spawner is None:
             self._spawner = threading.Thread(
                 target=self._spawn_loop, name="taskwarden-spawner", daemon=True
             )
             self._spawner.start()
-        self._early[wid] = bytearray()
-        self._early_runs[wid] = []
         self._spawn_q.put(wid)
+
+    def _on_forked(self, wid: int, sock: Any, pid: int, pidfd: int) -> None:
+        self._adopt(wid, _Forked(pid, pidfd), sock)
+        if wid in self._doomed:
+            self._doomed.discard(wid)
+            self.kill(wid)
+
+    def _on_status(self, wid: int) -> None:
+        p = self._procs.get(wid)
+        if p is not None and p.exit_pending:
+            self._reap(p, block=False)
 
     def _spawn_loop(self) -> None:
         while True:
@@ -171,10 +224,13 @@ class LokyPool:
         os.set_blocking(p.fd, False)
         self._procs[wid] = p
         self._sel.register(p.fd, selectors.EVENT_READ, (_IO, p))
-        try:
-            p.exit_fd = os.pidfd_open(p.pid)
-        except (AttributeError, OSError):
-            p.exit_fd = -1
+        if isinstance(process, _Forked):
+            p.exit_fd = process.pidfd
+        else:
+            try:
+                p.exit_fd = os.pidfd_open(p.pid)
+            except (AttributeError, OSError):
+                p.exit_fd = -1
         if p.exit_fd >= 0:
             self._sel.register(p.exit_fd, selectors.EVENT_READ, (_EXIT, p))
         else:  # pragma: no cover - no pidfd: loky's sentinel pipe
@@ -309,8 +365,16 @@ class LokyPool:
         return not p.ready or p.outstanding[0] != seq
 
     def _nudge(self, p: _Proc) -> None:
+        self._signal(p, NUDGE_SIGNAL)
+
+    def _signal(self, p: _Proc, signum: int) -> None:
+        if isinstance(p.process, _Forked):
+            # Through its pidfd: not our child, its pid could be another's once it died.
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(p.exit_fd, signum)
+            return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, NUDGE_SIGNAL)
+            os.kill(p.pid, signum)
 
     def stop(self, wid: int) -> None:
         self._out(wid, frame((STOP,)))
@@ -318,8 +382,7 @@ class LokyPool:
     def interrupt(self, wid: int, seq: int) -> None:
         p = self._procs.get(wid)
         if p is not None and not p.dead:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, INTERRUPT_SIGNAL)
+            self._signal(p, INTERRUPT_SIGNAL)
 
     def kill(self, wid: int) -> bool:
         """SIGKILL a worker's tree; True if a process will be reported gone later."""
@@ -330,7 +393,7 @@ class LokyPool:
             # Not adopted yet: kill it as soon as the spawner hands it over.
             self._doomed.add(wid)
             return True
-        kill_tree(p.pid)
+        self._kill_tree(p)
         # The process dies in the background (its exit fd reports it); settle() waits.
         # Nothing more is read from or written to it.
         p.killed = True
@@ -339,6 +402,11 @@ class LokyPool:
             self._sel.unregister(p.fd)
         p.writing = False
         return True
+
+    def _kill_tree(self, p: _Proc) -> None:
+        if isinstance(p.process, _Forked) and _exited(p.exit_fd):
+            return  # dead already; its pid may be another's (if its template died too)
+        kill_tree(p.pid)
 
     def settle(self) -> list[int]:
         """Wait until every process killed so far is gone (reaped); their worker ids."""
@@ -384,6 +452,8 @@ class LokyPool:
             elif tag == _EXIT:
                 self._read(p)
                 self._reap(p, block=False)
+            elif tag == _CALL:
+                p(mask)
             elif tag == _TIMER:
                 assert self._timer is not None
                 self._timer.clear()
@@ -398,6 +468,8 @@ class LokyPool:
         return events
 
     def _take_spawned(self) -> None:
+        if self._forker.has_news():
+            self._forker.take_news()
         while self._spawned:
             wid, process, conn = self._spawned.popleft()
             self._adopt(wid, process, conn)
@@ -492,18 +564,34 @@ class LokyPool:
             raise ProtocolError(f"unknown message kind {kind!r}")
 
     def _reap(self, p: _Proc, *, block: bool) -> None:
-        if self._procs.pop(p.wid, None) is None:
+        if p.wid not in self._procs:
             return
+        code: int | None
+        if isinstance(p.process, _Forked):
+            # The template holds its exit status: it says it a moment after the death.
+            known, code = self._forker.exit_status(p.wid, block=block)
+            if not known:
+                if not p.exit_pending:
+                    p.exit_pending = True
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._sel.unregister(p.exit_fd)
+                return  # _on_status() comes back here
+            if p.wid not in self._procs:
+                return  # reaped meanwhile (while waiting for the template)
+        del self._procs[p.wid]
         if p.killed and p in self._killed:
             self._killed.remove(p)
-        popen = p.process._popen
-        try:
-            code = popen.poll(0 if block else os.WNOHANG)
-        except OSError:
-            code = None
-        if code is None and not block:
-            # The exit fd fired but the process is not reapable yet: wait for it.
-            code = popen.poll(0)
+        if isinstance(p.process, _Forked):
+            self._forker.done(p.wid)
+        else:
+            popen = p.process._popen
+            try:
+                code = popen.poll(0 if block else os.WNOHANG)
+            except OSError:
+                code = None
+            if code is None and not block:
+                # The exit fd fired but the process is not reapable yet: wait for it.
+                code = popen.poll(0)
         for fd in (p.fd, p.exit_fd if p.exit_fd >= 0 else p.process.sentinel):
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(fd)
@@ -527,8 +615,10 @@ class LokyPool:
             self._spawner.join()
         self._take_spawned()
         for p in list(self._procs.values()):
-            kill_tree(p.pid)
+            self._kill_tree(p)
+        for p in list(self._procs.values()):
             self._reap(p, block=True)
+        self._forker.close()
         self._events.clear()
         self._sel.close()
         if self._timer is not None:
@@ -536,6 +626,11 @@ class LokyPool:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _exited(pidfd: int) -> bool:
+    """Has the process behind ``pidfd`` ended?"""
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def _load_quiet(data: bytes) -> Any:
