@@ -385,7 +385,7 @@ class Template:
         process = self._ctx.Process(
             target=template_main,
             args=(child, self._worker_args, self.preload),
-            name="taskwarden-template",
+            name="taskwarden-worker-template",  # its workers show this command line too
         )
         try:
             process.start()
