@@ -204,7 +204,7 @@ class _Template:
 
     def _read(self) -> bool:
         try:
-            data, fds, _, _ = socket.recv_fds(self.ctl, 4096, _MAX_FDS)
+            data, fds, _, _ = socket.recv_fds(self.ctl, 4096, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
         except InterruptedError:
             return True
         except OSError:
@@ -436,14 +436,19 @@ class Template:
 
     def fork(self, wid: int) -> socket.socket | None:
         """Ask for a worker; returns the supervisor's end of its channel (``Spawned``
-        follows from ``read``), or None if the request could not be made."""
+        follows from ``read``), or None if the request could not be made (then
+        ``dead`` tells whether the template is gone)."""
         if self.dead or self._sock is None:
             return None
         ours, theirs = socket.socketpair()
         try:
             _send(self._sock, _FORK, wid, 0, [theirs.fileno()])
-        except OSError:  # full (never, for records this small) or the template is gone
+        except BlockingIOError:  # its socket is full (the template is far behind)
             ours.close()
+            return None
+        except OSError:
+            ours.close()
+            self.dead = True
             return None
         finally:
             theirs.close()
@@ -463,7 +468,8 @@ class Template:
             return out
         while not self.dead:
             try:
-                data, fds, _, _ = socket.recv_fds(self._sock, 4096, _MAX_FDS)
+                data, fds, _, _ = socket.recv_fds(self._sock, 4096, _MAX_FDS,
+                                                  socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -615,11 +621,13 @@ class Forker:
     def _ask(self, wid: int) -> None:
         t = self.template
         sock = t.fork(wid) if t is not None else None
-        if sock is None:  # the template is gone (its exit callback may not have run yet)
+        if sock is not None:
+            self._asked[wid] = sock
+        elif t is not None and not t.dead:
+            self._on_failed(wid)  # it cannot take the request now: the plain way
+        else:  # the template is gone (its exit callback may not have run yet)
             self._waiting.append(wid)
             self._lost()
-            return
-        self._asked[wid] = sock
 
     def forked(self, wid: int) -> bool:
         """Is ``wid`` a worker this forker handed over (and whose exit is not taken)?"""
