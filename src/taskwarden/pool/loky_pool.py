@@ -568,9 +568,19 @@ class LokyPool:
             return
         code: int | None
         if isinstance(p.process, _Forked):
-            # The template holds its exit status: it says it a moment after the death.
-            known, code = self._forker.exit_status(p.wid, block=block)
-            if not known:
+            if p.killed and p.crash is None:
+                # Killed on the loop's word: nobody reads its exit status (the core let go
+                # of it already), so it is reported once its pidfd says it is gone,
+                # without waiting for the template's word on it.
+                if block:
+                    select.select([p.exit_fd], [], [])
+                known, code = self._forker.exit_status(p.wid, block=False)
+            else:
+                # The template holds its exit status: it says it a moment after the death.
+                known, code = self._forker.exit_status(p.wid, block=block)
+            if not known and p.killed and p.crash is None:
+                code = None
+            elif not known:
                 if not p.exit_pending:
                     p.exit_pending = True
                     with contextlib.suppress(KeyError, ValueError):
