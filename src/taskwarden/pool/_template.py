@@ -75,16 +75,32 @@ BASE_PRELOAD = ("taskwarden.pool._worker", "cloudpickle", "pickle", "traceback")
 START_TIMEOUT = 60.0  # seconds for the template to start and import its modules
 
 
+@functools.cache
 def supported() -> bool:
-    """Can workers be forked from a template here (fork, pidfds, fd passing)?"""
-    return (
+    """Can workers be forked from a template here (fork, pidfds, fd passing)? The
+    kernel is asked too: pidfds need Linux 5.3, ``waitid`` on one 5.4."""
+    if not (
         hasattr(os, "fork")
         and hasattr(os, "pidfd_open")
         and hasattr(os, "P_PIDFD")
         and hasattr(os, "waitid")
         and hasattr(signal, "pidfd_send_signal")
         and hasattr(socket, "send_fds")
-    )
+    ):
+        return False
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except OSError:
+        return False
+    try:
+        os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: the kernel understood the question
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def modules_of(payload: bytes | None) -> tuple[str, ...]:
