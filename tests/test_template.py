@@ -195,7 +195,11 @@ def test_the_template_goes_at_shutdown() -> None:
     assert all(gone(p) for p in workers)
 
 
-def test_a_supervisor_killed_takes_its_template_and_forked_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("template_died_first", [False, True],
+                         ids=["template-alive", "template-died-first"])
+def test_a_supervisor_killed_takes_its_template_and_forked_workers(
+    tmp_path: Path, template_died_first: bool
+) -> None:
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent(f"""
         import sys, time
@@ -207,18 +211,32 @@ def test_a_supervisor_killed_takes_its_template_and_forked_workers(tmp_path: Pat
         while t.state != "RUNNING" or len(s._pool.pids()) < 3:
             time.sleep(0.01)
         print(s._pool._forker.template.pid, *s._pool.pids().values(), flush=True)
+        sys.stdin.readline()  # the test may kill the template meanwhile
+        while s._pool._forker.template is None:
+            time.sleep(0.01)
+        print(s._pool._forker.template.pid, flush=True)
         time.sleep(60)
     """))
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
-        assert parent.stdout is not None
+        assert parent.stdout is not None and parent.stdin is not None
         pids = [int(p) for p in parent.stdout.readline().split()]
         template, workers = pids[0], pids[1:]
         assert all(psutil.Process(w).ppid() == template for w in workers)
+        if template_died_first:
+            os.kill(template, signal.SIGKILL)
+            wait_for(lambda: gone(template))
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        pids.append(int(parent.stdout.readline()))  # the template now (a new one if it died)
+        if template_died_first:
+            assert pids[-1] != template
+            assert all(not gone(w) for w in workers)  # its workers live on
     finally:
         parent.kill()
         parent.wait()
-    procs = [psutil.Process(p) for p in pids if not gone(p)]
+    procs = [psutil.Process(p) for p in set(pids) if not gone(p)]
     _, alive = psutil.wait_procs(procs, timeout=10)
     assert not alive
 
