@@ -819,6 +819,18 @@ class Forker:
         if kid is not None and kid.template is self.template:
             kid.template.release(wid)
 
+    def drain(self, timeout: float = 5.0) -> None:
+        """Take the template's answers to every fork asked of it (at shutdown: each
+        worker is then adopted and killed like the others, not left to find its
+        channel closed)."""
+        t = self.template
+        deadline = time.monotonic() + timeout
+        while t is not None and self._asked and not t.dead:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._dispatch(t.wait_for(bool, remaining))
+
     def close(self) -> None:
         """Stop the template (after the pool has killed and reaped its workers)."""
         self.state = "off"
