@@ -210,9 +210,11 @@ def test_a_supervisor_killed_takes_its_template_and_forked_workers(
         t = s.submit(_tasks.sleep, 60)
         while t.state != "RUNNING" or len(s._pool.pids()) < 3:
             time.sleep(0.01)
-        print(s._pool._forker.template.pid, *s._pool.pids().values(), flush=True)
-        sys.stdin.readline()  # the test may kill the template meanwhile
-        while s._pool._forker.template is None:
+        first = s._pool._forker.template.pid
+        print(first, *s._pool.pids().values(), flush=True)
+        died = sys.stdin.readline().strip() == "died"  # the test may kill the template
+        while (s._pool._forker.template is None
+               or (died and s._pool._forker.template.pid == first)):
             time.sleep(0.01)
         print(s._pool._forker.template.pid, flush=True)
         time.sleep(60)
@@ -227,7 +229,7 @@ def test_a_supervisor_killed_takes_its_template_and_forked_workers(
         if template_died_first:
             os.kill(template, signal.SIGKILL)
             wait_for(lambda: gone(template))
-        parent.stdin.write("go\n")
+        parent.stdin.write("died\n" if template_died_first else "alive\n")
         parent.stdin.flush()
         pids.append(int(parent.stdout.readline()))  # the template now (a new one if it died)
         if template_died_first:
