@@ -264,14 +264,18 @@ class _Template:
         _send(self.ctl, _SPAWNED, wid, pid, [pidfd])
 
     def _exited(self, pidfd: int) -> None:
+        # Read the status, but leave the zombie: its pid stays the worker's until the
+        # supervisor is done with it (it may be killing the worker's tree by pid).
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is None:
+            # Not (yet) an exit: a stale event of this poll round, for a pidfd that was
+            # closed (its worker released) and whose number a new worker's took since.
+            return
         wid = self.by_pidfd[pidfd]
         self.poller.unregister(pidfd)
         if wid in self.released:
             self._reap(wid)
             return
-        # Read the status, but leave the zombie: its pid stays the worker's until the
-        # supervisor is done with it (it may be killing the worker's tree by pid).
-        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         _send(self.ctl, _EXITED, wid, _status(info))
 
     def _release(self, wid: int) -> None:
@@ -293,8 +297,6 @@ class _Template:
 
 
 def _status(info: Any) -> int:
-    if info is None:  # pragma: no cover - the pidfd said it exited
-        return 0
     if info.si_code == os.CLD_EXITED:
         return int(info.si_status)
     return -int(info.si_status)  # killed or dumped: the signal, as multiprocessing says it
