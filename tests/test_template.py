@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -249,3 +250,60 @@ def test_modules_of_reads_the_modules_a_pickle_imports_without_loading_it() -> N
     assert _template.modules_of(cloudpickle.dumps((lambda: 1, ()))) != ()  # cloudpickle's
     assert _template.modules_of(None) == ()
     assert _template.modules_of(b"not a pickle") == ()
+
+
+def test_a_worker_released_before_the_template_saw_its_exit_leaves_it_sound() -> None:
+    # The pool releases a worker it killed as soon as its own pidfd says it is gone,
+    # maybe before the template has polled that exit; a fork asked right after may
+    # reuse the released pidfd's number. The new worker must not be taken for dead,
+    # nor the template spin on a closed descriptor.
+    from loky.backend.context import get_context
+
+    t = _template.Template(get_context("loky"), (1, None, None))
+    t.start()
+    held: list[object] = []
+
+    def spawned(wid: int) -> _template.Spawned:
+        events = t.wait_for(
+            lambda evs: any(isinstance(e, _template.Spawned) and e.wid == wid for e in evs),
+            WAIT)
+        found = [e for e in events if isinstance(e, _template.Spawned) and e.wid == wid]
+        assert found, f"worker {wid} was not forked"
+        return found[0]
+
+    try:
+        held.append(t.fork(1))
+        a = spawned(1)
+        # The template sees the exit, the release and the fork in one poll round: it is
+        # stopped meanwhile, and the two requests travel in one write.
+        os.kill(t.pid, signal.SIGSTOP)
+        try:
+            signal.pidfd_send_signal(a.pidfd, signal.SIGKILL)
+            wait_for(lambda: gone(a.pid))
+            ours, theirs = socket.socketpair()
+            held.append(ours)
+            records = (_template._REC.pack(_template._RELEASE, 1, 0)
+                       + _template._REC.pack(_template._FORK, 2, 0))
+            socket.send_fds(t._sock, [records], [theirs.fileno()])  # type: ignore[arg-type]
+            theirs.close()
+        finally:
+            os.kill(t.pid, signal.SIGCONT)
+        b = spawned(2)
+        cpu0 = sum(psutil.Process(t.pid).cpu_times()[:2])
+        events = t.wait_for(lambda evs: False, 0.3)  # a window for a wrong report
+        assert not [e for e in events if isinstance(e, _template.Exited) and e.wid == 2]
+        assert sum(psutil.Process(t.pid).cpu_times()[:2]) - cpu0 < 0.15  # not spinning
+        assert not gone(b.pid)
+        signal.pidfd_send_signal(b.pidfd, signal.SIGTERM)
+        events = t.wait_for(
+            lambda evs: any(isinstance(e, _template.Exited) and e.wid == 2 for e in evs), WAIT)
+        assert [e.status for e in events
+                if isinstance(e, _template.Exited) and e.wid == 2] == [-signal.SIGTERM]
+        t.release(2)
+        for fd in (a.pidfd, b.pidfd):
+            os.close(fd)
+    finally:
+        for sock in held:
+            if sock is not None:
+                sock.close()  # type: ignore[attr-defined]
+        t.close()

@@ -291,6 +291,8 @@ class _Template:
         pidfd = self.pidfd_of.pop(wid)
         del self.by_pidfd[pidfd]
         self.released.discard(wid)
+        with contextlib.suppress(KeyError):
+            self.poller.unregister(pidfd)  # (released before its exit was polled)
         with contextlib.suppress(ChildProcessError):
             os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
         os.close(pidfd)
