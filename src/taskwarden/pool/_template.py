@@ -53,7 +53,9 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
+
+from .base import Reactor
 
 log = logging.getLogger("taskwarden")
 
@@ -560,19 +562,6 @@ class Template:
             self.pidfd = -1
 
 
-class _Reactor(Protocol):
-    """What ``Forker`` needs of the loop's reactor (pool/base.py's ``Reactor``)."""
-
-    def watch(self, fd: int, on_ready: Callable[[int], None], *, write: bool = False) -> None:
-        ...
-
-    def unwatch(self, fd: int) -> None:
-        ...
-
-    def wake(self) -> None:
-        ...
-
-
 @dataclass(slots=True)
 class _Kid:
     pid: int
@@ -611,7 +600,7 @@ class Forker:
         self._on_spawned = on_spawned
         self._on_failed = on_failed
         self._on_status = on_status
-        self._reactor: _Reactor | None = None
+        self._reactor: Reactor | None = None
         self.state = "idle" if supported() else "off"  # idle, starting, up, off
         self.template: Template | None = None
         self.deaths = 0
@@ -623,7 +612,7 @@ class Forker:
         self._kids: dict[int, _Kid] = {}  # forked, exit not taken yet
         self._statuses: dict[int, int] = {}  # exits reported, not taken yet
 
-    def bind(self, reactor: _Reactor) -> None:
+    def bind(self, reactor: Reactor) -> None:
         self._reactor = reactor
 
     # --------------------------------------------------------------- requests
