@@ -22,9 +22,13 @@ supervisor, which watches it to see the death at once (and signals through
 it, so a recycled pid can never be hit). The template reads the exit status
 without reaping (``waitid(..., WNOWAIT)``) and reports it; it reaps the
 zombie only when the supervisor releases it, so the pid stays the worker's
-while the supervisor may still kill its tree by pid. If the template dies,
-its workers live on (re-parented to init, which reaps them): their exit
-statuses are then unknown, and the pool reports them as such.
+while the supervisor may still kill its tree by pid. (A worker the loop
+killed is reported gone as soon as its pidfd says so, and released then:
+nobody reads that exit status.) If the template dies, its workers live on
+(re-parented to init, which reaps them; they still die with their supervisor,
+through their channels): their exit statuses are then unknown, and the pool
+reports them as such. The template itself leaves when its control socket
+closes: the pool closed, or the supervisor died.
 
 The wire between the two is fixed-size records (``_REC``), each request to
 fork carrying one descriptor, each SPAWNED answer one pidfd. Descriptors
