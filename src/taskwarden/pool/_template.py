@@ -664,7 +664,7 @@ class Forker:
             if t.threads > 1 and t.preload and self.state == "starting":
                 # The initializer's modules start threads at import: fork from a
                 # template without them (each worker imports them itself).
-                log.info("taskwarden: %s; the template imports none of the "
+                log.info("%s; the template imports none of the "
                          "initializer's modules", exc)
                 retry = Template(self._ctx, self._worker_args, ())
                 self._starting = retry
@@ -674,7 +674,7 @@ class Forker:
                 except TemplateUnavailable as exc2:
                     exc = exc2
             if started is None:
-                log.warning("taskwarden: no template process (%s); workers start the "
+                log.warning("no template process (%s); workers start the "
                             "plain way", exc)
         self._started.append(started)
         if self._reactor is not None:
@@ -747,7 +747,7 @@ class Forker:
             code = t.process.exitcode
         t.close()
         orphans = [wid for wid, kid in self._kids.items() if kid.template is t]
-        log.warning("taskwarden: the template process %d died (exit code %s); %d worker(s) "
+        log.warning("the template process %d died (exit code %s); %d worker(s) "
                     "it forked run on, their exit statuses will be unknown",
                     t.pid, code, len(orphans))
         asked, self._asked = self._asked, {}
@@ -756,7 +756,7 @@ class Forker:
                 sock.close()
         self._waiting.extend(asked)
         if self.deaths >= self.MAX_DEATHS:
-            log.warning("taskwarden: the template process died %d times; workers start "
+            log.warning("the template process died %d times; workers start "
                         "the plain way from now on", self.deaths)
             self._give_up()
         else:
@@ -779,7 +779,7 @@ class Forker:
                 sock = self._asked.pop(ev.wid, None)
                 if sock is not None:
                     sock.close()
-                log.warning("taskwarden: the template could not fork a worker (%s); "
+                log.warning("the template could not fork a worker (%s); "
                             "starting it the plain way", os.strerror(ev.error))
                 self._on_failed(ev.wid)
             else:
