@@ -307,3 +307,14 @@ def test_a_worker_released_before_the_template_saw_its_exit_leaves_it_sound() ->
             if sock is not None:
                 sock.close()  # type: ignore[attr-defined]
         t.close()
+
+
+def test_a_pool_shut_down_while_its_template_starts_leaves_nothing_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # (The leak fixture checks that the template processes are gone.)
+    for _ in range(3):
+        s = Supervisor(workers=2)
+        s.shutdown(wait=True)
+        assert s.stats()["workers_alive"] == 0
+    assert not [r for r in caplog.records if "template" in r.getMessage()]

@@ -185,7 +185,10 @@ def template_main(
     # that a worker does not copy those pages for the collector's bookkeeping. (No
     # collection first: it would cost the first worker ~10 ms, to free next to nothing.)
     gc.freeze()
-    _send(ctl, _HELLO, threads, os.getpid())
+    try:
+        _send(ctl, _HELLO, threads, os.getpid())
+    except OSError:
+        return  # the pool closed while we started
     if threads > 1:
         return
     _Template(ctl, worker_args).serve()
@@ -351,6 +354,13 @@ def _worker_child(
 # ----------------------------------------------------------- in the supervisor
 
 
+def _sigkill(pid: int) -> None:
+    """SIGKILL our own child (not reaped yet: the pid is still its); loky's Popen has
+    no ``kill()``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
 class TemplateUnavailable(Exception):
     """The template could not start (or cannot fork safely): use the plain path."""
 
@@ -422,7 +432,7 @@ class Template:
         with self._lock:
             self.process = process
             if self._aborted:
-                process.kill()  # its hello never comes: start() fails below
+                _sigkill(process.pid)  # its hello never comes: start() fails below
         self.pid = process.pid
         self._sock = socket.socket(fileno=os.dup(parent.fileno()))
         parent.close()
@@ -452,8 +462,7 @@ class Template:
         with self._lock:
             self._aborted = True
             if self.process is not None:
-                with contextlib.suppress(OSError):
-                    self.process.kill()
+                _sigkill(self.process.pid)
 
     def fileno(self) -> int:
         """The control socket: readable when the template has something to say."""
@@ -556,8 +565,7 @@ class Template:
             # imports does not: kill it.
             self.process.join(1.0)
             if self.process.exitcode is None:
-                with contextlib.suppress(OSError):
-                    self.process.kill()
+                _sigkill(self.process.pid)
                 self.process.join()
             self.process = None
         if self.pidfd >= 0:
@@ -642,6 +650,14 @@ class Forker:
             self._waiting.append(wid)
             self._lost()
 
+    def cancel(self, wid: int) -> bool:
+        """Drop a request not yet made of a template (it is still starting); False
+        if it was made (its worker comes, or the plain path has it)."""
+        if wid in self._waiting:
+            self._waiting.remove(wid)
+            return True
+        return False
+
     def forked(self, wid: int) -> bool:
         """Is ``wid`` a worker this forker handed over (and whose exit is not taken)?"""
         return wid in self._kids
@@ -673,7 +689,7 @@ class Forker:
                     started = retry
                 except TemplateUnavailable as exc2:
                     exc = exc2
-            if started is None:
+            if started is None and self.state == "starting":  # (not closed meanwhile)
                 log.warning("no template process (%s); workers start the "
                             "plain way", exc)
         self._started.append(started)

@@ -240,6 +240,11 @@ class LokyPool:
         if p is None:
             return False  # already gone (reaped earlier in this round)
         if p.process is None:
+            if self._forker.cancel(wid):
+                # Still waiting for the template to start: no process was ever made.
+                del self._procs[wid]
+                self._events.append(WorkerExited(wid, None))
+                return False
             # Not handed over yet: kill it as soon as the spawner hands it over.
             self._doomed.add(wid)
             return True
