@@ -686,6 +686,40 @@ def replacement(peer: str, cfg: Config, tmp: str) -> Figures:
     }
 
 
+KILL_RATE_TASKS = 100  # every one hangs
+KILL_RATE_LIMIT = 0.01  # seconds: each task's time limit
+
+
+def kill_rate(peer: str, cfg: Config, tmp: str) -> Figures:
+    """100 tasks on 2 workers, every one hanging past a 0.01 s limit: each costs a kill
+    and a replacement process. Kills per second until every task has timed out, and
+    its floor (the deadlines alone: 2 workers / limit)."""
+    if peer not in ("taskwarden", "pebble"):
+        raise NotSupported("no per-task timeout")
+    rates: list[float] = []
+    problems: list[str] = []
+    with pool_of(peer) as pool:
+        for r in range(cfg.repeats + 1):
+            warm(pool)
+            t0 = perf()
+            handles = [pool.submit_timeout(hang, (), KILL_RATE_LIMIT)
+                       for _ in range(KILL_RATE_TASKS)]
+            timed_out = sum(isinstance(h.exception(timeout=60), TimeoutError) for h in handles)
+            rates.append(KILL_RATE_TASKS / (perf() - t0))
+            if timed_out != KILL_RATE_TASKS:
+                problems.append(f"round {r}: {timed_out} of {KILL_RATE_TASKS} timed out")
+    out: Figures = {
+        "kills_per_s": median(rates),
+        "ceiling_per_s": 2 / KILL_RATE_LIMIT,
+        "limit_s": KILL_RATE_LIMIT,
+        "tasks": KILL_RATE_TASKS,
+        "rate_runs": [round(x, 1) for x in rates],
+    }
+    if problems:
+        out["problems"] = problems
+    return out
+
+
 # --------------------------------------------------------------- heartbeat
 
 
@@ -791,5 +825,6 @@ BENCHMARKS: dict[str, Bench] = {
     "storm_10ms": Bench(storm_10ms, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
     "storm_50ms": Bench(storm_50ms, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
     "replacement": Bench(replacement, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
+    "kill_rate": Bench(kill_rate, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
     "big_results": Bench(big_results, ("taskwarden", "ppe", "loky", "pebble"), 90, rounds=3),
 }

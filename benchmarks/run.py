@@ -99,6 +99,8 @@ ROWS: tuple[Row, ...] = (
     Row("hang storm, timeout=0.05: 100 tasks, half hang, s", "storm_50ms", "total_s", "lower"),
     Row("hang storm, timeout=0.05: times its floor", "storm_50ms", "x_floor", ""),
     Row("replacement ready after a kill, spare used up, ms", "replacement", "ready_ms", "lower"),
+    Row("kills per second sustained (every task hangs, timeout=0.01)", "kill_rate",
+        "kills_per_s", "higher"),
     # no ratio: a difference of a few MiB is the figure (the target: within 16 MiB of PPE)
     Row("parent memory after 1,000 × 1 MiB results consumed and dropped, MiB",  # noqa: RUF001
         "big_results", "grown_mib", ""),

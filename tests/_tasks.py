@@ -417,3 +417,14 @@ def init_child_then_hang(pidfile: str) -> None:
 
 def init_slow(seconds: float) -> None:
     time.sleep(seconds)
+
+
+def note_pid_then_remember(path: str, value: int) -> None:
+    """An initializer that appends this process's pid to ``path``, then remembers."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    remember(value)
+
+
+def pid_and_recall() -> tuple[int, int | None]:
+    return os.getpid(), _remembered

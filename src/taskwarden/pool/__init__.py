@@ -1,7 +1,8 @@
 """The pool layer: the engines that run tasks in workers, and the worker side.
 
 Owns: the ``Pool`` and ``Reactor`` interfaces and the pool events
-(``base.py``); the process engine (``loky_pool.py``); one worker's channel
+(``base.py``); the process engine (``loky_pool.py``) and the template process
+it forks its workers from (``_template.py``); one worker's channel
 as the supervisor sees it (``_channel.py``) and the wire messages both ends
 speak (``_wire.py``); what runs inside a worker (``_worker.py``).
 

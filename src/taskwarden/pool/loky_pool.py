@@ -1,10 +1,15 @@
 """Worker processes started through loky's process context, one channel each.
 
 Each worker gets its own socket pair, so the supervisor always knows which
-process runs which task and can kill exactly that process tree. Process
-starts (a few milliseconds of fork and exec each) happen on a small
-spawner thread so that the loop never waits for them: the spawner hands a
-started process over through a deque and wakes the loop. A worker's death
+process runs which task and can kill exactly that process tree. Where it can
+(Linux), the pool forks its workers from a template process
+(``pool/_template.py``): a fork request is one small write from the loop and
+the worker is ready in a few milliseconds; the template's exit-status reports
+and the workers' pidfds come back to the loop through the reactor. Else (no
+fork or pidfds, or the template cannot start) process starts (a fork, an exec
+and a fresh interpreter's imports each) happen on a small spawner thread so
+that the loop never waits for them: the spawner hands a started process over
+through a deque and wakes the loop. A worker's death
 is seen through a pidfd (Linux) or loky's sentinel, without polling. The
 pool waits on nothing itself: its sockets and pidfds are watched by the
 loop's reactor, and their callbacks gather events for ``take_events``.
@@ -21,6 +26,8 @@ import contextlib
 import multiprocessing.process
 import os
 import queue
+import select
+import signal
 import threading
 from collections import deque
 from typing import Any
@@ -29,15 +36,28 @@ from loky.backend.context import get_context
 
 from .._proctree import kill_tree
 from ._channel import Channel
+from ._template import Forker, modules_of
 from ._wire import RunItem
 from ._worker import INTERRUPT_SIGNAL, NUDGE_SIGNAL, worker_main
 from .base import Event, Reactor, WorkerExited
 
 
+class _Forked:
+    """A worker forked by the template (pool/_template.py): its pid, and the pidfd the
+    template sent. The pool owns the pidfd: its exit watch, and what signals go through
+    (the worker is not the pool's child: once dead, its pid could be another's)."""
+
+    __slots__ = ("pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+
+
 class _Proc:
     """One worker: its channel, and, once the spawner handed it over, its process."""
 
-    __slots__ = ("chan", "conn", "exit_fd", "pid", "process", "wid")
+    __slots__ = ("chan", "conn", "exit_fd", "exit_pending", "pid", "process", "wid")
 
     def __init__(self, wid: int, chan: Channel) -> None:
         self.wid = wid
@@ -46,6 +66,7 @@ class _Proc:
         self.conn: Any = None
         self.pid = 0
         self.exit_fd: int = -1
+        self.exit_pending = False  # dead; its exit status is still to come from the template
 
 
 class LokyPool:
@@ -67,25 +88,60 @@ class LokyPool:
         self._scratch = memoryview(bytearray(1 << 20))  # reads land here: no buffer each
         self._doomed: set[int] = set()  # killed while starting: killed once handed over
         self._killed: list[_Proc] = []
+        # Where it can, the pool forks its workers from a template process (a few ms
+        # each, not a process start); else, or if that fails, the spawner thread starts
+        # them through loky's context.
+        self._forker = Forker(
+            self._ctx, (id_base, init_payload, max_memory), modules_of(init_payload),
+            on_spawned=self._on_forked, on_failed=self._spawn_plain,
+            on_status=self._on_status,
+        )
 
     def bind(self, reactor: Reactor) -> None:
         self._reactor = reactor
+        self._forker.bind(reactor)
 
     # ---------------------------------------------------------------- spawning
     def spawn(self, wid: int) -> None:
         reactor = self._reactor
         assert reactor is not None, "bind() the pool to the loop's reactor first"
+        chan = Channel(wid, reactor, self._events, self._scratch,
+                       nudge=lambda: self._signal(wid, NUDGE_SIGNAL),
+                       on_garbled=lambda: self._kill_garbled(wid))
+        self._procs[wid] = _Proc(wid, chan)
+        if not self._forker.request(wid):
+            self._spawn_plain(wid)
+
+    def _spawn_plain(self, wid: int) -> None:
+        """Start a worker through loky's context, on the spawner thread."""
+        reactor = self._reactor
+        assert reactor is not None
         if self._spawner is None:
             self._spawner = threading.Thread(
                 target=self._spawn_loop, args=(reactor,), name="taskwarden-spawner",
                 daemon=True,
             )
             self._spawner.start()
-        chan = Channel(wid, reactor, self._events, self._scratch,
-                       nudge=lambda: self._signal(wid, NUDGE_SIGNAL),
-                       on_garbled=lambda: self._kill_garbled(wid))
-        self._procs[wid] = _Proc(wid, chan)
         self._spawn_q.put(wid)
+
+    def _on_forked(self, wid: int, sock: Any, pid: int, pidfd: int) -> None:
+        """The template forked ``wid``: adopt it as the spawner's processes are."""
+        if wid not in self._procs:  # pragma: no cover - every fork asked is for a _Proc
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+            sock.close()
+            return
+        self._adopt(wid, _Forked(pid, pidfd), sock)
+        if wid in self._doomed:
+            self._doomed.discard(wid)
+            self.kill(wid)
+
+    def _on_status(self, wid: int) -> None:
+        """The template said how a worker ended: report it if its death is waiting."""
+        p = self._procs.get(wid)
+        if p is not None and p.exit_pending:
+            self._reap(p, block=False)
 
     def _spawn_loop(self, reactor: Reactor) -> None:
         while True:
@@ -132,10 +188,13 @@ class LokyPool:
         p.conn = conn
         p.pid = process.pid
         p.chan.name = f"worker process {p.pid}"
-        try:
-            p.exit_fd = os.pidfd_open(p.pid)
-        except (AttributeError, OSError):
-            p.exit_fd = -1
+        if isinstance(process, _Forked):
+            p.exit_fd = process.pidfd
+        else:
+            try:
+                p.exit_fd = os.pidfd_open(p.pid)
+            except (AttributeError, OSError):
+                p.exit_fd = -1
         on_exit = lambda mask: self._on_exit(p)  # noqa: E731
         if p.exit_fd >= 0:
             reactor.watch(p.exit_fd, on_exit)
@@ -161,15 +220,19 @@ class LokyPool:
 
     def _signal(self, wid: int, signum: int) -> None:
         p = self._procs.get(wid)
-        if p is not None and p.pid:
+        if p is None or not p.pid:
+            return
+        if isinstance(p.process, _Forked):
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(p.exit_fd, signum)
+        else:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signum)
 
     def interrupt(self, wid: int, seq: int) -> None:
         p = self._procs.get(wid)
         if p is not None and p.process is not None and not p.chan.dead:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, INTERRUPT_SIGNAL)
+            self._signal(wid, INTERRUPT_SIGNAL)
 
     def kill(self, wid: int) -> bool:
         """SIGKILL a worker's tree; True if a process will be reported gone later."""
@@ -177,15 +240,25 @@ class LokyPool:
         if p is None:
             return False  # already gone (reaped earlier in this round)
         if p.process is None:
+            if self._forker.cancel(wid):
+                # Still waiting for the template to start: no process was ever made.
+                del self._procs[wid]
+                self._events.append(WorkerExited(wid, None))
+                return False
             # Not handed over yet: kill it as soon as the spawner hands it over.
             self._doomed.add(wid)
             return True
-        kill_tree(p.pid)
+        self._kill_tree(p)
         # The process dies in the background (its exit fd reports it); settle() waits.
         # Nothing more is read from or written to it.
         p.chan.cut()
         self._killed.append(p)
         return True
+
+    def _kill_tree(self, p: _Proc) -> None:
+        if isinstance(p.process, _Forked) and _exited(p.exit_fd):
+            return  # dead already; its pid may be another's (if its template died too)
+        kill_tree(p.pid)
 
     def _kill_garbled(self, wid: int) -> None:
         self.kill(wid)  # its exit reports the channel's ``crash``
@@ -202,9 +275,11 @@ class LokyPool:
 
     # ---------------------------------------------------------------- events
     def has_events(self) -> bool:
-        return bool(self._events) or bool(self._spawned)
+        return bool(self._events) or bool(self._spawned) or self._forker.has_news()
 
     def take_events(self) -> list[Event]:
+        if self._forker.has_news():
+            self._forker.take_news()  # the template is up (or will not be)
         if self._spawned:
             self._take_spawned()
         if not self._events:
@@ -218,18 +293,43 @@ class LokyPool:
         self._reap(p, block=False)
 
     def _reap(self, p: _Proc, *, block: bool) -> None:
-        if self._procs.pop(p.wid, None) is None:
+        if p.wid not in self._procs:
             return
+        code: int | None
+        if isinstance(p.process, _Forked):
+            if block:
+                select.select([p.exit_fd], [], [])  # killed (always, here): gone at once
+            if p.chan.killed and p.chan.crash is None:
+                # Killed on the loop's word: nobody reads its exit status (the core let
+                # go of it already), so it is reported once its pidfd says it is gone,
+                # without waiting for the template's word.
+                known, code = self._forker.exit_status(p.wid, block=False)
+            else:
+                # The template holds its exit status and says it a moment after the
+                # death; with ``block``, wait for it here.
+                known, code = self._forker.exit_status(p.wid, block=block)
+                if not known:
+                    if not p.exit_pending:
+                        p.exit_pending = True
+                        if self._reactor is not None:
+                            self._reactor.unwatch(p.exit_fd)
+                    return  # _on_status() comes back here
+            if p.wid not in self._procs:
+                return  # reported meanwhile (while waiting for the template)
+        del self._procs[p.wid]
         if p.chan.killed and p in self._killed:
             self._killed.remove(p)
-        popen = p.process._popen
-        try:
-            code = popen.poll(0 if block else os.WNOHANG)
-        except OSError:
-            code = None
-        if code is None and not block:
-            # The exit fd fired but the process is not reapable yet: wait for it.
-            code = popen.poll(0)
+        if isinstance(p.process, _Forked):
+            self._forker.done(p.wid)  # the template may reap it now
+        else:
+            popen = p.process._popen
+            try:
+                code = popen.poll(0 if block else os.WNOHANG)
+            except OSError:
+                code = None
+            if code is None and not block:
+                # The exit fd fired but the process is not reapable yet: wait for it.
+                code = popen.poll(0)
         p.chan.detach()
         if self._reactor is not None:
             self._reactor.unwatch(p.exit_fd if p.exit_fd >= 0 else p.process.sentinel)
@@ -250,14 +350,21 @@ class LokyPool:
         self._spawn_q.put(None)
         if self._spawner is not None:
             self._spawner.join()
+        self._forker.drain()  # forks asked of the template: adopted, so killed below
         self._take_spawned()
-        for p in list(self._procs.values()):
-            if p.process is None:
-                continue  # never started (the spawner stopped first)
-            kill_tree(p.pid)
+        started = [p for p in self._procs.values() if p.process is not None]
+        for p in started:  # never started: the spawner stopped first
+            self._kill_tree(p)
+        for p in started:
             self._reap(p, block=True)
+        self._forker.close()
         self._procs.clear()
         self._events.clear()
+
+
+def _exited(pidfd: int) -> bool:
+    """Has the process behind ``pidfd`` ended?"""
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 __all__ = ["LokyPool", "kill_tree"]
