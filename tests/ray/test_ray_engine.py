@@ -21,20 +21,32 @@ from taskwarden import (
     WorkerCrashed,
 )
 
+from taskwarden.pool import ray_pool
+
 import _tasks as T
 from _live import WAIT, gone, read_pid, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_submit_and_map_run_on_ray_workers(rsup: Supervisor) -> None:
-    task = rsup.submit(T.square, 7)
-    assert task.result(timeout=WAIT) == 49
-    assert list(rsup.map(T.square, range(200))) == [x * x for x in range(200)]
-    # The worker is a process of its own, the child of the slot's Ray actor.
-    assert task.worker_pid is not None
-    agent = psutil.Process(task.worker_pid).parent()
-    assert agent.cmdline()[0].startswith("ray::")
+@pytest.mark.parametrize("unix", [True, False], ids=["unix-socket", "tcp"])
+def test_submit_and_map_run_on_ray_workers(
+    local_ray: None, monkeypatch: pytest.MonkeyPatch, unix: bool
+) -> None:
+    """On the supervisor's machine workers connect over a Unix socket; from any other
+    node, over TCP (forced here)."""
+    monkeypatch.setattr(ray_pool, "UNIX_SOCKETS", unix)
+    with Supervisor(workers=2, engine="ray") as sup:
+        task = sup.submit(T.square, 7)
+        assert task.result(timeout=WAIT) == 49
+        assert list(sup.map(T.square, range(500))) == [x * x for x in range(500)]
+        # The worker is a process of its own, the child of the slot's Ray actor.
+        assert task.worker_pid is not None
+        agent = psutil.Process(task.worker_pid).parent()
+        assert agent.cmdline()[0].startswith("ray::")
+        family = socket.AF_UNIX if unix else socket.AF_INET
+        conns = psutil.Process(task.worker_pid).net_connections(kind="all")
+        assert [c.family for c in conns if c.status in ("ESTABLISHED", "NONE")] == [family]
 
 
 def test_a_task_in_a_python_loop_is_killed_at_its_deadline(rsup: Supervisor) -> None:

@@ -35,22 +35,48 @@ CHILD_MODULE = "taskwarden.pool._ray_child"
 
 
 class Agent:
-    """The Ray actor behind one worker slot (``ray.remote`` is applied by the pool)."""
+    """The Ray actor behind one worker slot (``ray.remote`` is applied by the pool).
+
+    It keeps the slot's next worker process started ahead of time (booted, its
+    imports done, waiting for its boot data on stdin), as the local engine keeps a
+    spare worker: a killed worker's replacement is up in milliseconds.
+    """
+
+    def __init__(self) -> None:
+        self._next: subprocess.Popen[bytes] | None = None
 
     def pid(self) -> int:
         return os.getpid()
 
-    def serve(self, host: str, port: int, secret: bytes, wid: int, boot: bytes) -> int | None:
+    def _start_child(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        # The worker imports what the agent can (Ray's working_dir, py_modules and
+        # the like are on the agent's sys.path): the task's functions come by reference.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        return subprocess.Popen(
+            [sys.executable, "-m", CHILD_MODULE], stdin=subprocess.PIPE, env=env, close_fds=True
+        )
+
+    def _take_child(self) -> subprocess.Popen[bytes]:
+        child, self._next = self._next, None
+        if child is not None and child.poll() is None:
+            return child
+        if child is not None:
+            with contextlib.suppress(OSError):
+                child.wait()
+        return self._start_child()
+
+    def serve(self, where: L.Where, secret: bytes, wid: int, boot: bytes) -> int | None:
         """Run one worker to its end: connect, wait for GO, start the worker process,
         carry out the supervisor's commands, report its exit. Returns the exit status
         (None if no worker was started)."""
-        ctl = L.connect(host, port, secret, L.ROLE_CONTROL, wid)
+        ctl = L.connect(where, secret, L.ROLE_CONTROL, wid)
         try:
-            return self._serve(ctl, host, port, secret, wid, boot)
+            return self._serve(ctl, where, secret, wid, boot)
         finally:
             ctl.close()
 
-    def _serve(self, ctl: Any, host: str, port: int, secret: bytes, wid: int,
+    def _serve(self, ctl: Any, where: L.Where, secret: bytes, wid: int,
                boot: bytes) -> int | None:
         buf = bytearray()
         while True:  # nothing starts before the supervisor has accepted this agent
@@ -63,26 +89,19 @@ class Agent:
                 return None
             if L.GO in kinds:
                 break
-        env = dict(os.environ)
-        # The worker imports what the agent can (Ray's working_dir, py_modules and
-        # the like are on the agent's sys.path): the task's functions come by reference.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
-            child = subprocess.Popen(
-                [sys.executable, "-m", CHILD_MODULE],
-                stdin=subprocess.PIPE,
-                env=env,
-                close_fds=True,
-            )
+            child = self._take_child()
         except OSError as exc:
             ctl.sendall(L.control(L.SPAWN_FAILED, exc.errno or 0))
             return None
         assert child.stdin is not None
         with contextlib.suppress(OSError):
-            child.stdin.write(pickle.dumps((host, port, secret, wid, os.getpid(), boot)))
+            child.stdin.write(pickle.dumps((tuple(where), secret, wid, os.getpid(), boot)))
         with contextlib.suppress(OSError):
             child.stdin.close()
         ctl.sendall(L.control(L.STARTED, child.pid))
+        with contextlib.suppress(OSError):
+            self._next = self._start_child()  # the replacement, ready when needed
         code = _watch(ctl, child, buf)
         with contextlib.suppress(OSError):
             ctl.sendall(L.control(L.EXITED, code))

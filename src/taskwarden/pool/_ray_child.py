@@ -1,8 +1,11 @@
 """The worker process of a slot on Ray: started by its agent, it runs the worker loop.
 
-``python -m taskwarden.pool._ray_child`` reads its boot data from stdin (a
-pickle its own parent, the agent, wrote), dies with that parent, opens its
-data connection to the supervisor and runs ``worker_main`` over it.
+``python -m taskwarden.pool._ray_child`` imports the worker loop, then waits
+for its boot data on stdin (a pickle its own parent, the agent, writes when
+it needs a worker: the agent starts the next one ahead of time), dies with
+that parent, opens its data connection to the supervisor and runs
+``worker_main`` over it. An agent that goes away first closes the pipe: the
+process exits without a word.
 """
 
 from __future__ import annotations
@@ -31,13 +34,16 @@ def _die_with(parent: int) -> None:
 
 
 def main() -> None:
-    host, port, secret, wid, agent_pid, boot = pickle.loads(sys.stdin.buffer.read())
+    data = sys.stdin.buffer.read()
+    if not data:
+        return  # the agent went away (or stopped) before it needed this process
+    where, secret, wid, agent_pid, boot = pickle.loads(data)
     _die_with(agent_pid)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # the task's stdin: as in a local worker, nothing to read
     os.close(devnull)
     id_base, init_payload, max_memory = pickle.loads(boot)
-    sock = L.connect(host, port, secret, L.ROLE_DATA, wid)
+    sock = L.connect(L.Where(*where), secret, L.ROLE_DATA, wid)
     worker_main(sock, id_base, init_payload, max_memory)
 
 

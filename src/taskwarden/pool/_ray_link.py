@@ -24,11 +24,13 @@ or minus the signal that killed it) or SPAWN_FAILED (an errno).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import socket
 import struct
+from typing import NamedTuple
 
 MAGIC = b"TWR1"
 SECRET_SIZE = 32
@@ -51,6 +53,25 @@ EXITED = b"X"
 SPAWN_FAILED = b"F"
 
 CONNECT_TIMEOUT = 30.0  # a peer that cannot reach its supervisor in this time gives up
+
+
+class Where(NamedTuple):
+    """Where a supervisor listens: TCP for every node, and a Unix socket that a peer on
+    the supervisor's own machine uses instead (a third of the cost per message)."""
+
+    host: str
+    port: int
+    unix_path: str  # "" if none
+    boot_id: str  # this machine's (this boot's) id: a peer elsewhere has another
+
+
+def boot_id() -> str:
+    """This machine's id for this boot (Linux); "" where unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def new_secret() -> bytes:
@@ -94,12 +115,35 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(buf)
 
 
-def connect(host: str, port: int, secret: bytes, role: int, wid: int) -> socket.socket:
+def _open(where: Where) -> socket.socket:
+    """A connected socket: the Unix one on the supervisor's machine, else TCP. A Unix
+    path that does not connect (another container on the same machine, whose files
+    are not ours) falls back to TCP."""
+    if where.unix_path and where.boot_id and where.boot_id == boot_id():
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(where.unix_path)
+        except OSError:
+            sock.close()
+        else:
+            return sock
+    sock = socket.create_connection((where.host, where.port), timeout=CONNECT_TIMEOUT)
+    with contextlib.suppress(OSError):
+        tune_tcp(sock)
+    return sock
+
+
+def tune_tcp(sock: socket.socket) -> None:
+    """No Nagle delay (a result goes out at once), and keepalive probes."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    keep_alive(sock)
+
+
+def connect(where: Where, secret: bytes, role: int, wid: int) -> socket.socket:
     """Open one connection to the supervisor and say who this is (the peer side)."""
-    sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    sock = _open(where)
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        keep_alive(sock)
         nonce = recv_exactly(sock, NONCE_SIZE)
         sock.sendall(hello(secret, nonce, role, wid, os.getpid()))
         sock.settimeout(None)

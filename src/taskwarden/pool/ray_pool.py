@@ -41,7 +41,9 @@ import logging
 import os
 import pickle
 import selectors
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections import deque
@@ -59,6 +61,7 @@ KILL_BACKSTOP = 2.0  # seconds an agent has to carry out a kill before ray.kill 
 SETTLE_LIMIT = 10.0  # settle()/close() wait no longer than this for killed workers
 MAX_PENDING = 64  # connections not through their hello yet: the oldest is dropped beyond
 DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 1}
+UNIX_SOCKETS = True  # workers on this machine connect over a Unix socket (False: TCP only)
 
 
 def import_ray() -> Any:
@@ -144,8 +147,16 @@ class RayPool:
         self._secret = L.new_secret()
         self._listener = socket.create_server((host, 0), backlog=128)
         self._listener.setblocking(False)
-        self._host: str = host
-        self._port: int = self._listener.getsockname()[1]
+        # Workers on this machine connect over a Unix socket, in a folder of our own
+        # (mode 0700: other users cannot even reach it).
+        self._unix_dir = tempfile.mkdtemp(prefix="taskwarden-")
+        unix_path = os.path.join(self._unix_dir, "s")
+        self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._unix.bind(unix_path)
+        self._unix.listen(128)
+        self._unix.setblocking(False)
+        self._where = L.Where(host, self._listener.getsockname()[1],
+                              unix_path if UNIX_SOCKETS else "", L.boot_id())
         options = {**DEFAULT_ACTOR_OPTIONS, **(ray_options or {})}
         options["max_restarts"] = 0  # a dead agent is a crash, and is replaced by us
         self._agent_cls = ray.remote(Agent).options(**options)
@@ -167,12 +178,13 @@ class RayPool:
     # ------------------------------------------------------------------ binding
     def bind(self, reactor: Reactor) -> None:
         self._reactor = reactor
-        reactor.watch(self._listener.fileno(), self._on_accept)
+        for listener in (self._listener, self._unix):
+            reactor.watch(listener.fileno(), functools.partial(self._on_accept, listener))
 
     @property
     def address(self) -> tuple[str, int]:
-        """Where this pool listens for its workers."""
-        return self._host, self._port
+        """Where this pool listens for its workers (TCP)."""
+        return self._where.host, self._where.port
 
     def _r(self) -> Reactor:
         assert self._reactor is not None, "bind() comes before the first spawn"
@@ -210,7 +222,7 @@ class RayPool:
 
     def _assign(self, slot: _Slot, agent: Any) -> None:
         slot.agent = agent
-        ref = agent.serve.remote(self._host, self._port, self._secret, slot.wid, self._boot)
+        ref = agent.serve.remote(self._where, self._secret, slot.wid, self._boot)
         ref.future().add_done_callback(functools.partial(self._on_serve_done, slot.wid, agent))
 
     def _release_agent(self, slot: _Slot, *, alive: bool) -> None:
@@ -261,18 +273,18 @@ class RayPool:
             self._ray.kill(agent, no_restart=True)
 
     # ---------------------------------------------------------- connections
-    def _on_accept(self, mask: int) -> None:
+    def _on_accept(self, listener: socket.socket, mask: int) -> None:
         while True:
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
             sock.setblocking(False)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                L.keep_alive(sock)
+            if sock.family != socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    L.tune_tcp(sock)
             nonce = L.new_nonce()
             try:
                 sock.send(nonce)  # a fresh socket's buffer takes 16 bytes whole
@@ -577,9 +589,11 @@ class RayPool:
                 self._ray.kill(agent, no_restart=True)
         self._agents.clear()
         self._free_agents.clear()
-        if reactor is not None:
-            reactor.unwatch(self._listener.fileno())
-        self._listener.close()
+        for listener in (self._listener, self._unix):
+            if reactor is not None:
+                reactor.unwatch(listener.fileno())
+            listener.close()
+        shutil.rmtree(self._unix_dir, ignore_errors=True)
         self._events.clear()
         if self._owns_ray:
             self._ray.shutdown()
