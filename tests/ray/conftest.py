@@ -18,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,9 @@ def ray_environment() -> Iterator[str]:
     paths = [TESTS, *(p for p in sys.path if p)]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     temp = tempfile.mkdtemp(prefix="tw-ray-")  # short: Ray puts unix sockets in it
+    # Ray's default folder too (a Cluster writes its address file there): in ours.
+    os.environ["RAY_TMPDIR"] = temp
+    os.mkdir(os.path.join(temp, "ray"))
     try:
         yield temp
     finally:
@@ -72,6 +76,28 @@ def local_ray() -> Iterator[None]:
             yield
         finally:
             ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[tuple[Any, Any]]:
+    """A Ray cluster of two nodes on this machine (``ray.cluster_utils.Cluster``): the
+    head (1 CPU) and node B (1 CPU and a custom resource ``"b"``). Yields
+    (cluster, node B)."""
+    from ray.cluster_utils import Cluster
+
+    with ray_environment() as temp:
+        args = {"num_cpus": 1, "object_store_memory": OBJECT_STORE, "temp_dir": temp}
+        cluster = Cluster(initialize_head=True,
+                          head_node_args={**args, "include_dashboard": False})
+        try:
+            node_b = cluster.add_node(**args, resources={"b": 1})
+            ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
+            try:
+                yield cluster, node_b
+            finally:
+                ray.shutdown()
+        finally:
+            cluster.shutdown()
 
 
 @pytest.fixture
