@@ -15,18 +15,18 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from taskwarden import Supervisor, TaskTimeout
+from taskwarden import Supervisor, TaskTimeout, _taskside
 from taskwarden._policy import Policy
 from taskwarden.core import engine as E
+from taskwarden.driver._reactor import Reactor
 from taskwarden.driver.supervisor import Supervisor as _Sup
 from taskwarden.pool import _wire, _worker
+from taskwarden.pool._channel import Channel
 from taskwarden.pool._worker import _Inbox
-from taskwarden.pool.loky_pool import LokyPool, _Proc
 
 import _tasks as T
 
@@ -161,14 +161,15 @@ def test_a_grace_signal_during_a_heartbeat_is_raised_once_the_frame_is_whole() -
             _worker._on_interrupt(signal.SIGUSR1, None)
         written.append(data[3:])
 
-    _worker._running = _worker._Running(send, 5, _worker.CurrentTask(0, 5, 1, None, None), 0.0)
+    running = _taskside.Running(send, 5, _taskside.CurrentTask(0, 5, 1, None, None), 0.0)
+    _taskside.running = running
     try:
         with pytest.raises(TaskTimeout):
-            _worker.heartbeat("half way")
-        _worker._running.next_send = 0.0
-        _worker.heartbeat()  # nothing left over from the signal: no second raise
+            _taskside.heartbeat("half way")
+        running.next_send = 0.0
+        _taskside.heartbeat()  # nothing left over from the signal: no second raise
     finally:
-        _worker._running = None
+        _taskside.running = None
     frames = _wire.split_frames(bytearray(b"".join(written)))
     assert frames[0] == (_wire.BEAT, 5, _wire.dumps("half way"))
     assert frames[1] == (_wire.BEAT, 5, None)
@@ -249,23 +250,22 @@ def test_a_nudge_is_answered_even_when_the_main_thread_held_the_channel_at_that_
 def test_the_pool_nudges_a_worker_only_once_the_skip_request_is_in_the_channel(
     channel: tuple[socket.socket, socket.socket],
 ) -> None:
-    pool = LokyPool(0, None)
-    no_such_pid = 2**31 - 1  # above any pid_max: a stray signal would find no process
-    proc = _Proc(1, SimpleNamespace(pid=no_such_pid), channel[0])
-    proc.ready = True
+    reactor = Reactor()
     nudged: list[int] = []
-    pool._nudge = lambda p: nudged.append(p.wid)  # type: ignore[method-assign]
-    pool._procs[1] = proc
+    chan = Channel(1, reactor, [], memoryview(bytearray(1 << 16)),
+                   nudge=lambda: nudged.append(1), on_garbled=lambda: None)
     try:
-        proc.outbuf += b"rest of a batch of runs"  # the socket was full a moment ago
-        pool.skip(1, 7)
+        chan.attach(channel[0].fileno())
+        chan.ready = True
+        chan.outbuf += b"rest of a batch of runs"  # the socket was full a moment ago
+        chan.skip(7)
         assert nudged == []
-        pool._flush(proc)
+        chan.flush()
         assert nudged == [1]
         expected = b"rest of a batch of runs" + _wire.frame((_wire.SKIP, 7))
         assert channel[1].recv(1 << 16) == expected
-        pool.skip(1, 8)  # nothing queued: at once
+        chan.skip(8)  # nothing queued: at once
         assert nudged == [1, 1]
     finally:
-        pool._procs.clear()
-        pool.close()
+        chan.detach()
+        reactor.close()

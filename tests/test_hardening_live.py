@@ -24,8 +24,8 @@ import pytest
 
 from taskwarden import Job, Supervisor, TaskCancelled, TaskState, TaskTimeout
 from taskwarden._policy import MAX_SECONDS, seconds
+from taskwarden.driver._timer import make_timer
 from taskwarden.pool import loky_pool
-from taskwarden.pool._timer import make_timer
 
 import _tasks as T
 from _live import WAIT, gone, read_pid, wait_for
@@ -156,7 +156,7 @@ def test_if_the_loop_dies_every_unfinished_task_says_cancelled() -> None:
             raise _Fatal("the loop cannot go on")
 
         s._core.advance = advance  # type: ignore[method-assign]
-        s._pool.wake()
+        s._reactor.wake()
         with pytest.raises(TaskCancelled):
             running.result(timeout=WAIT)
         assert running.state is TaskState.CANCELLED  # the state says what the future says

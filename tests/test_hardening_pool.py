@@ -23,9 +23,12 @@ import pytest
 import taskwarden
 from taskwarden import Supervisor, TaskState, TaskTimeout, WorkerCrashed
 from taskwarden._policy import Policy
+from taskwarden._proctree import descendants as _descendants
+from taskwarden._proctree import kill_tree
 from taskwarden.core import engine as E
+from taskwarden.driver._reactor import Reactor
 from taskwarden.pool import _wire
-from taskwarden.pool.loky_pool import LokyPool, _descendants, kill_tree
+from taskwarden.pool._channel import Channel
 
 import _tasks as T
 from _live import WAIT, gone, read_pid, wait_for
@@ -440,18 +443,20 @@ def test_the_pool_splits_a_batch_to_fit_the_frame_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_wire, "MAX_FRAME", LIMIT)
-    pool = LokyPool(1, None)
+    reactor = Reactor()
+    chan = Channel(1, reactor, [], memoryview(bytearray(16)),
+                   nudge=lambda: None, on_garbled=lambda: None)
     frames: list[bytes] = []
-    monkeypatch.setattr(pool, "_out", lambda wid, data: frames.append(data))
+    monkeypatch.setattr(Channel, "write", lambda self, data: frames.append(data))
     try:
         runs: list[tuple[int, bytes, dict[str, Any] | None]] = [
             (i, b"y" * 30_000, {"attempt": 2, "previous_progress": "p" * (i * 1000)})
             for i in range(10)
         ]
         runs.append((99, b"z" * (LIMIT - _wire.FRAME_SLACK - 100), None))  # the largest allowed
-        pool.send(1, runs)
+        chan.send(runs)
     finally:
-        pool.close()
+        reactor.close()
     assert all(len(f) <= _wire.HEADER.size + LIMIT for f in frames)
     buf = bytearray(b"".join(frames))
     got = [run for msg in _wire.split_frames(buf) for run in msg[1]]
@@ -460,10 +465,11 @@ def test_the_pool_splits_a_batch_to_fit_the_frame_limit(
 
 
 def test_a_result_over_the_frame_limit_fails_that_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskwarden import _taskside
     from taskwarden.pool import _worker
 
     monkeypatch.setattr(_wire, "MAX_FRAME", LIMIT)
-    running = _worker._Running(None, 1, None, 0.05)  # type: ignore[arg-type]
+    running = _taskside.Running(None, 1, None, 0.05)  # type: ignore[arg-type]
     msg = _worker._done_ok(1, b"r" * LIMIT, running)
     kind, seq, ok, _, _, _, message, _ = pickle.loads(msg[_wire.HEADER.size:])
     assert (kind, seq, ok) == (_wire.DONE, 1, False)

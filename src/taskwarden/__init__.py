@@ -21,7 +21,7 @@ from ._errors import (
     WorkerCrashed,
 )
 from ._states import JobState, TaskState
-from .pool._worker import CurrentTask, current_task, heartbeat
+from ._taskside import CurrentTask, current_task, heartbeat
 
 if TYPE_CHECKING:
     from .driver.job import Job

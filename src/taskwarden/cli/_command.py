@@ -47,6 +47,8 @@ import psutil
 from rich.console import Console
 
 from taskwarden import Supervisor, Task
+from taskwarden._proctree import become_subreaper, leftovers
+from taskwarden._proctree import kill_trees as kill_tree
 from taskwarden.cli._args import RunConfig, Target, shell_argv, substitute
 from taskwarden.cli._display import (
     Display,
@@ -85,15 +87,7 @@ from taskwarden.cli._runner import (
     run_one,
     tail_lines,
 )
-from taskwarden.cli._treewatch import (
-    RUN_MARKER,
-    alive,
-    become_subreaper,
-    describe,
-    kill_tree,
-    leftovers,
-    marked,
-)
+from taskwarden.cli._treewatch import RUN_MARKER, alive, describe, marked
 
 _TICK = 0.1  # seconds between redraws of the live area, and the latency of a Ctrl-C
 _IN_FLIGHT_SHOWN = 20

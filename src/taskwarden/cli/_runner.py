@@ -45,17 +45,9 @@ from typing import BinaryIO, Literal, TypedDict
 
 import psutil
 
-from taskwarden.cli._treewatch import (
-    RUN_MARKER,
-    TreeSampler,
-    alive,
-    become_subreaper,
-    describe,
-    kill_tree,
-    leftovers,
-    marked,
-    reap_zombie_children,
-)
+from taskwarden._proctree import become_subreaper, leftovers, reap_zombie_children
+from taskwarden._proctree import kill_trees as kill_tree
+from taskwarden.cli._treewatch import RUN_MARKER, TreeSampler, alive, describe, marked
 
 STDERR_TAIL_LINES = 20
 _TAIL_BYTES = 64 * 1024

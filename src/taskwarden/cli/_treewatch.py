@@ -11,21 +11,20 @@ Where smaps_rollup cannot be read, RSS stands in.
 Finding what a run leaves behind. A process that double-forks or calls
 ``setsid`` leaves its parent's tree: the kernel hands an orphan to the
 nearest *child subreaper* among its ancestors, else to init. So the command
-line makes itself a subreaper (``become_subreaper``), and so does each of its
-workers: an orphan of a run lands on the worker that ran it (or on the
-command line, if that worker was killed), never on init. Each run also
-carries ``TASKWARDEN_RUN=<id>`` in its environment, which every descendant
-inherits, so that the command line can tell whose orphan it holds. When a
-run ends, ``leftovers`` lists what is still there, and ``kill_tree`` ends it.
+line makes itself a subreaper (``taskwarden._proctree.become_subreaper``),
+and so does each of its workers: an orphan of a run lands on the worker that
+ran it (or on the command line, if that worker was killed), never on init.
+Each run also carries ``TASKWARDEN_RUN=<id>`` in its environment, which every
+descendant inherits, so that the command line can tell whose orphan it
+holds. When a run ends, ``_proctree.leftovers`` lists what is still there,
+and ``_proctree.kill_trees`` ends it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -35,24 +34,7 @@ import psutil
 SAMPLE_INTERVAL = 0.02
 _CHILDREN_EVERY = 5  # listing descendants scans /proc: do it every 5th sample only
 _STATS_EVERY = 0.25  # seconds between writes of the stats file
-_KILL_WAIT = 5.0  # seconds to wait for killed processes to die
-_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 RUN_MARKER = "TASKWARDEN_RUN"  # environment variable naming the run a process belongs to
-
-
-def become_subreaper() -> bool:
-    """Make this process the reaper of its orphaned descendants (Linux); True if it is.
-
-    Process-wide, so only for processes the command line owns (itself and its
-    workers), never for a library caller.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def describe(proc: psutil.Process) -> str:
@@ -77,22 +59,6 @@ def marked(proc: psutil.Process, run_id: str) -> bool:
         return proc.environ().get(RUN_MARKER) == run_id
     except psutil.Error:
         return False
-
-
-def leftovers(under: int | None = None) -> list[psutil.Process]:
-    """Every descendant of ``under`` (default: this process), zombies included."""
-    try:
-        return psutil.Process(under).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def reap_zombie_children() -> None:
-    """Reap this process's children that have already exited (orphans handed to us)."""
-    for child in leftovers():
-        with contextlib.suppress(psutil.Error, ChildProcessError, OSError):
-            if child.ppid() == os.getpid() and child.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(child.pid, os.WNOHANG)
 
 
 class TreeSampler:
@@ -205,45 +171,3 @@ def _high_water_mark(pid: int) -> int:
     so it does not carry the parent's peak over fork and exec.
     """
     return _proc_kb(f"/proc/{pid}/status", b"VmHWM:") or 0
-
-
-def kill_tree(roots: Iterable[psutil.Process], *, reaped_elsewhere: int | None = None) -> None:
-    """SIGKILL every process in ``roots`` and all their descendants, then wait for them.
-
-    Processes are collected before any is killed, so that children cannot
-    slip away to init between kills. psutil checks each ``Process``'s start
-    time, so a recycled pid is never killed by mistake. The process whose pid
-    is ``reaped_elsewhere`` is killed but not waited for here: another thread
-    reaps it (with ``os.wait4``, to read its resource usage).
-    """
-    victims: dict[int, psutil.Process] = {}
-    for root in roots:
-        victims.setdefault(root.pid, root)
-        with contextlib.suppress(psutil.Error):
-            for child in root.children(recursive=True):
-                victims.setdefault(child.pid, child)
-    for proc in victims.values():
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    deadline = time.monotonic() + _KILL_WAIT
-    for pid, proc in victims.items():
-        if pid != reaped_elsewhere:
-            _wait_gone(proc, deadline)
-
-
-def _wait_gone(proc: psutil.Process, deadline: float) -> None:
-    """Wait until ``proc`` is dead: reaped if it is our child, else gone or a zombie
-    (its new parent, often init, reaps it in its own time)."""
-    with contextlib.suppress(psutil.Error):
-        if proc.ppid() == os.getpid():
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            return
-    while time.monotonic() < deadline:
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        except psutil.Error:
-            pass
-        time.sleep(0.005)

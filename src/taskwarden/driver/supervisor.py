@@ -69,6 +69,7 @@ from ..core.jobs import MIN_INTERVAL, CronTrigger, JobRec
 from ..pool import _wire
 from ..pool import base as P
 from ..pool.loky_pool import LokyPool
+from ._reactor import Reactor
 from .job import Job
 from .task import Task
 
@@ -201,7 +202,9 @@ class Supervisor(Executor):
         self._close_lock = threading.Lock()
         self._core = E.Core(workers, max_tasks_per_worker=max_tasks_per_worker)
         self._core.id_of = functools.partial(make_uuid, self._id_base)
-        self._pool = LokyPool(self._id_base, init_payload, max_memory_per_worker)
+        self._reactor = Reactor()  # the loop's wait: the pool's fds, wake-ups, deadlines
+        self._pool: P.Pool = LokyPool(self._id_base, init_payload, max_memory_per_worker)
+        self._pool.bind(self._reactor)
         # Loop-owned registries. Live tasks, and finished ones kept for get() (schedule()
         # tasks and job runs, within keep_finished and keep_finished_bytes):
         self._tasks: dict[int, Task[Any]] = {}
@@ -562,7 +565,7 @@ class Supervisor(Executor):
             if put is not None:
                 put()
         if put is not None:
-            self._pool.wake()
+            self._reactor.wake()
 
     def _take_adds(self) -> None:
         adds = self._adds
@@ -581,7 +584,7 @@ class Supervisor(Executor):
 
     def _post(self, fn: Callable[[], Any]) -> None:
         self._commands.append(fn)
-        self._pool.wake()
+        self._reactor.wake()
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
@@ -656,13 +659,14 @@ class Supervisor(Executor):
                     # clock step or a suspend is noticed (one wake-up a minute).
                     check = time.monotonic() + WALL_CHECK
                     deadline = check if deadline is None else min(deadline, check)
-                if commands or self._adds:
+                if commands or self._adds or pool.has_events():
                     deadline = 0.0  # work is waiting: do not block
                 elif deadline is not None:
                     # A far deadline (timeout=sys.maxsize) never reaches the timer as such.
                     deadline = min(deadline, time.monotonic() + MAX_WAIT)
                 # No local keeps the batch: an outcome delivered is the task's alone.
-                self._on_events(pool.wait(deadline))
+                self._reactor.wait(deadline)
+                self._on_events(pool.take_events())
                 self._take_adds()
                 while commands:
                     self._take_adds()  # a command must see every task added before it
@@ -692,6 +696,7 @@ class Supervisor(Executor):
             with self._close_lock:
                 self._closed = True  # no more submits: nothing would run them
             pool.close()
+            self._reactor.close()
             for wid in list(self._parked):
                 self._release(wid)
             while self._adds:

@@ -4,6 +4,11 @@ Both ends are ours, so the channel is a plain socket pair read in large
 chunks: one read may carry many messages, which is what lets a busy
 worker's results and a burst of dispatches travel without a system call
 each.
+
+Each message has a named type below (a NamedTuple: as cheap as the plain
+tuple it is on the wire), with its encoder (``.encode()``, a whole frame)
+beside its decoder (``decode``, from what ``split_frames`` took off the
+channel). On the wire a message is ``(KIND, *fields)``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-from typing import Any
+from typing import Any, NamedTuple, TypeAlias
 
 import cloudpickle
 
@@ -49,6 +54,122 @@ class ProtocolError(ValueError):
     def __init__(self, message: str, parsed: list[Any] | None = None) -> None:
         super().__init__(message)
         self.parsed: list[Any] = parsed if parsed is not None else []
+
+
+RunItem: TypeAlias = tuple[int, bytes, dict[str, Any] | None]  # (seq, payload, options)
+
+
+# ----------------------------------------------------- supervisor -> worker
+class Run(NamedTuple):
+    """Runs to execute in this order."""
+
+    runs: list[RunItem]
+
+    def encode(self) -> bytes:
+        return frame((RUN, self.runs))
+
+
+class Skip(NamedTuple):
+    """Do not start run ``seq`` if it has not started (answered by ``Skipped``)."""
+
+    seq: int
+
+    def encode(self) -> bytes:
+        return frame((SKIP, self.seq))
+
+
+class Stop(NamedTuple):
+    """Exit once idle."""
+
+    def encode(self) -> bytes:
+        return frame((STOP,))
+
+
+# ----------------------------------------------------- worker -> supervisor
+class Ready(NamedTuple):
+    """Up (the initializer ran), signal handlers in place."""
+
+    pid: int
+
+    def encode(self) -> bytes:
+        return frame((READY, self.pid))
+
+
+class Done(NamedTuple):
+    """Run ``seq`` ended: ``data`` is its pickled result (``ok``) or exception (else,
+    with ``tb`` and, should it not unpickle, ``type_name`` and ``message``);
+    ``progress`` its last unsent progress value, pickled, or ``NO_PROGRESS``."""
+
+    seq: int
+    ok: bool
+    data: bytes
+    tb: str | None
+    type_name: str | None
+    message: str | None
+    progress: bytes
+
+    def encode(self) -> bytes:
+        return frame((DONE, *self))
+
+
+class Skipped(NamedTuple):
+    """Run ``seq`` was taken out of the worker's inbox unstarted."""
+
+    seq: int
+
+    def encode(self) -> bytes:
+        return frame((SKIPPED, self.seq))
+
+
+class Beating(NamedTuple):
+    """Run ``seq`` is alive; ``progress`` is a pickled progress value, or None."""
+
+    seq: int
+    progress: bytes | None
+
+    def encode(self) -> bytes:
+        return frame((BEAT, self.seq, self.progress))
+
+
+class InitFailed(NamedTuple):
+    """The initializer raised (its traceback); the worker exits."""
+
+    tb: str
+
+    def encode(self) -> bytes:
+        return frame((INIT_FAILED, self.tb))
+
+
+class Retiring(NamedTuple):
+    """Over its memory limit (``rss`` bytes): the worker exits before its next run."""
+
+    rss: int
+
+    def encode(self) -> bytes:
+        return frame((RETIRING, self.rss))
+
+
+Message: TypeAlias = Run | Skip | Stop | Ready | Done | Skipped | Beating | InitFailed | Retiring
+
+_TYPES: dict[int, type[Message]] = {
+    RUN: Run, SKIP: Skip, STOP: Stop, READY: Ready, DONE: Done, SKIPPED: Skipped,
+    BEAT: Beating, INIT_FAILED: InitFailed, RETIRING: Retiring,
+}
+# kind -> (type, length on the wire): decode builds the tuple without the NamedTuple's
+# Python-level __new__ (this is the hot path: one call per message).
+_DECODE = {kind: (cls, len(cls._fields) + 1) for kind, cls in _TYPES.items()}
+_new = tuple.__new__
+
+
+def decode(msg: Any) -> Message:
+    """The named message a frame carried; ProtocolError if it is none of ours."""
+    try:
+        cls, length = _DECODE[msg[0]]
+    except (TypeError, IndexError, KeyError):
+        raise ProtocolError(f"not a message of ours: {msg!r:.80}") from None
+    if type(msg) is not tuple or len(msg) != length:
+        raise ProtocolError(f"a message of kind {msg[0]} has the wrong shape")
+    return _new(cls, msg[1:])
 
 
 def frame_limit() -> int:

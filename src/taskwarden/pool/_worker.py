@@ -1,4 +1,5 @@
-"""What runs inside a worker process: the task loop, heartbeat() and current_task().
+"""What runs inside a worker: the task loop (the task's side of it, ``heartbeat()``
+and ``current_task()``, is ``taskwarden/_taskside.py``).
 
 A reader thread takes batches of runs off the channel into an inbox; the
 main thread runs them one at a time and writes each result back as soon as
@@ -9,6 +10,9 @@ starts before the initializer, so that a worker still starting notices too.
 
 Only the worker process speaks on the channel: a child that a task forks and
 that returns (rather than calling ``os._exit``) exits there, silently.
+
+``worker_main`` speaks over any connected stream socket (anything with
+``fileno()``): the socket pair of a local process, or a TCP connection.
 """
 
 from __future__ import annotations
@@ -24,140 +28,54 @@ import time
 import traceback
 import types
 from collections import deque
-from dataclasses import dataclass
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from .. import _taskside as TS
 from .._errors import TaskTimeout
-from .._ids import make_uuid
-from ._tree import kill_own_tree
+from .._proctree import kill_own_tree
+from .._taskside import CurrentTask, Running
 from ._wire import (
-    BEAT,
-    DONE,
-    INIT_FAILED,
     NO_PROGRESS,
-    READY,
-    RETIRING,
-    RUN,
-    SKIP,
-    SKIPPED,
-    STOP,
+    Done,
     FrameTooLarge,
+    InitFailed,
     ProtocolError,
+    Ready,
+    Retiring,
+    Run,
+    Skip,
+    Skipped,
+    Stop,
+    decode,
     dumps,
-    frame,
     payload_limit,
     split_frames,
     write_all,
 )
 
+if TYPE_CHECKING:  # (a Protocol class costs a worker's boot time: for mypy only)
+    from typing import Protocol
+
+    class Connected(Protocol):
+        """A connected stream socket to the supervisor (a socket, a multiprocessing
+        Connection over a socket pair): all the worker needs of it is its fd."""
+
+        def fileno(self) -> int: ...
+
+
 INTERRUPT_SIGNAL = signal.SIGUSR1  # raise TaskTimeout in the task (grace)
 NUDGE_SIGNAL = signal.SIGUSR2  # read the channel now (a skip request is waiting)
-_NO = object()
 _NO_OPTS: dict[str, Any] = {}
-
-
-@dataclass(frozen=True, slots=True)
-class CurrentTask:
-    """What a task may know about itself: see ``taskwarden.current_task()``."""
-
-    id_base: int
-    seq: int
-    attempt: int
-    deadline: float | None  # time.time() at which the hard limit strikes, or None
-    previous_progress: Any  # the last progress of the previous attempt, or None
-
-    @property
-    def id(self) -> str:
-        """The task's id, as ``Task.id`` gives it (made only when asked for)."""
-        return make_uuid(self.id_base, self.seq)
-
-
-class _Running:
-    """The run in progress in this worker, for heartbeat() and the grace signal."""
-
-    __slots__ = ("info", "interval", "next_send", "progress", "send", "seq", "unsent")
-
-    def __init__(self, send: Any, seq: int, info: CurrentTask, interval: float) -> None:
-        self.send = send
-        self.seq = seq
-        self.info = info
-        self.interval = interval
-        self.next_send = 0.0
-        self.progress: Any = _NO
-        self.unsent = False
-
-
-_running: _Running | None = None
-
-
-def heartbeat(progress: Any = _NO) -> None:
-    """Tell the supervisor this task is alive, optionally with a progress value.
-
-    Outside a worker it does nothing. It is cheap enough for a tight loop:
-    what crosses the channel is throttled (the last progress value is never
-    lost; it travels with the result at the latest).
-    """
-    r = _running
-    if r is None:
-        return
-    thread = threading.current_thread()
-    if thread is not _main_thread and getattr(thread, _RUN_OF_THREAD, None) != r.seq:
-        # A thread that this run did not start (one an earlier task left behind, or
-        # the initializer's): its heartbeat is not this run's sign of life.
-        return
-    if progress is not _NO:
-        r.progress = progress
-        r.unsent = True
-    now = time.monotonic()
-    if now < r.next_send:
-        return
-    r.next_send = now + r.interval
-    data = None
-    if r.unsent:
-        r.unsent = False
-        data = dumps(r.progress)
-    message = frame((BEAT, r.seq, data))
-    # The grace signal and Ctrl-C raise inside the task, but never in the middle of a
-    # frame (a cut frame would garble the channel): their handlers leave the exception
-    # for here while the frame is being written.
-    global _sending, _deferred
-    _sending = True
-    try:
-        r.send(message)
-    finally:
-        _sending = False
-        exc, _deferred = _deferred, None
-        if exc is not None:
-            raise exc
-
-
-def current_task() -> CurrentTask | None:
-    """The task running in this process (id, attempt, deadline, previous progress), or None."""
-    r = _running
-    return None if r is None else r.info
-
-
-_main_thread = threading.main_thread()
-_RUN_OF_THREAD = "_taskwarden_run"  # set on each Thread at start(): the run it belongs to
-_thread_start = threading.Thread.start
-
-
-def _start_in_run(self: threading.Thread) -> None:
-    """threading.Thread.start in a worker: note which run started the thread, so that
-    its heartbeats count for that run only."""
-    r = _running
-    setattr(self, _RUN_OF_THREAD, None if r is None else r.seq)
-    _thread_start(self)
 
 
 _forked = False  # this process is a child that a task forked, not the worker
 
 
 def _after_fork_in_child() -> None:
-    global _forked, _running
+    global _forked
     _forked = True
-    _running = None  # heartbeat() and current_task() are the worker's, not the child's
+    TS.running = None  # heartbeat() and current_task() are the worker's, not the child's
 
 
 def _child_exit(code: int) -> NoReturn:
@@ -183,29 +101,19 @@ def _flush_stdio() -> None:
             pass
 
 
-_sending = False  # heartbeat() is writing a frame
-_deferred: BaseException | None = None  # what a signal raises once that frame is out
-
-
-def _raise_in_task(exc: BaseException) -> None:
-    global _deferred
-    if _sending:
-        _deferred = exc
-        return
-    raise exc
-
-
 def _on_interrupt(signum: int, frame_: FrameType | None) -> None:
-    if _running is not None:
-        _raise_in_task(TaskTimeout("time limit reached: the task is being stopped (grace period)"))
+    if TS.running is not None:
+        TS.raise_in_task(
+            TaskTimeout("time limit reached: the task is being stopped (grace period)")
+        )
 
 
 def _on_sigint(signum: int, frame_: FrameType | None) -> None:
     # A terminal's Ctrl-C reaches the whole process group. A running task gets
     # KeyboardInterrupt (and ends FAILED, as in ProcessPoolExecutor); an idle
     # worker ignores it, so the pool is not torn down under its supervisor.
-    if _running is not None:
-        _raise_in_task(KeyboardInterrupt())
+    if TS.running is not None:
+        TS.raise_in_task(KeyboardInterrupt())
 
 
 SPIN = 0.0005
@@ -272,20 +180,24 @@ class _Inbox:
             msgs = split_frames(self._buf)
         except ProtocolError:
             self.on_hangup()  # the channel is garbled: nothing on it can be trusted
-        for msg in msgs:
-            kind = msg[0]
-            if kind == RUN:
-                with self.cond:
-                    self.runs.extend(msg[1])
-                    self.cond.notify()
-            elif kind == SKIP:
-                self._skip(msg[1])
-            elif kind == STOP:
-                with self.cond:
-                    self.stopping = True
-                    self.cond.notify()
-            else:
+        for raw in msgs:
+            try:
+                msg = decode(raw)
+            except ProtocolError:
                 self.on_hangup()  # not a message of ours: the channel is garbled
+            match msg:
+                case Run(runs):
+                    with self.cond:
+                        self.runs.extend(runs)
+                        self.cond.notify()
+                case Skip(seq):
+                    self._skip(seq)
+                case Stop():
+                    with self.cond:
+                        self.stopping = True
+                        self.cond.notify()
+                case _:
+                    self.on_hangup()  # a worker's message, sent to a worker: garbled
 
     def reader(self) -> None:
         hangup = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
@@ -345,7 +257,7 @@ class _Inbox:
             # Answer before the main thread can start a later run: the supervisor
             # must read SKIPPED ahead of that run's result, or it would take the
             # result for a run it believes is still ahead of it.
-            self.send(frame((SKIPPED, seq)))
+            self.send(Skipped(seq).encode())
 
     def next_run(self) -> tuple[int, bytes, dict[str, Any] | None] | None:
         while True:
@@ -407,10 +319,10 @@ def _rss() -> int:
 
 
 def worker_main(
-    conn: Any, id_base: int, init_payload: bytes | None, max_memory: int | None = None
+    conn: Connected, id_base: int, init_payload: bytes | None, max_memory: int | None = None
 ) -> None:
-    """Entry point of a worker process (started through loky's process context)."""
-    global _running
+    """A worker's life, speaking over ``conn`` until told to stop or the supervisor is
+    gone (in a process started through loky's process context, or any other)."""
     fd = conn.fileno()
     write_lock = threading.Lock()
 
@@ -426,7 +338,7 @@ def worker_main(
             os.close(fd)
 
     os.register_at_fork(after_in_child=close_in_child)
-    threading.Thread.start = _start_in_run  # type: ignore[method-assign]
+    TS.mark_threads_with_their_run()
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt)
     signal.signal(signal.SIGINT, _on_sigint)
     # The reader watches the channel from the start: a supervisor that dies while the
@@ -441,13 +353,13 @@ def worker_main(
         except BaseException:
             if _forked:
                 _child_exit(1)
-            send(frame((INIT_FAILED, traceback.format_exc())))
+            send(InitFailed(traceback.format_exc()).encode())
             _leave()
             return
         if _forked:
             _child_exit(0)
         signal.set_wakeup_fd(nudge_w, warn_on_full_buffer=False)  # it may have set its own
-    send(frame((READY, os.getpid())))
+    send(Ready(os.getpid()).encode())
 
     while True:
         item = inbox.next_run()
@@ -470,13 +382,13 @@ def worker_main(
         )
         hb = opts.get("heartbeat")
         interval = 0.05 if hb is None else min(0.05, hb / 4)
-        running = _Running(send, seq, info, interval)
-        _running = running
+        running = Running(send, seq, info, interval)
+        TS.running = running
         try:
             try:
                 result = _run_call(payload)
             finally:
-                _running = None
+                TS.running = None
             if _forked:
                 _child_exit(0)
             msg = _done_ok(seq, result, running)
@@ -493,7 +405,7 @@ def worker_main(
             if rss > max_memory:
                 # Grown past its limit (a leak in a task or a library): leave before the
                 # next run; the supervisor re-queues what it had sent ahead and replaces us.
-                send(frame((RETIRING, rss)))
+                send(Retiring(rss).encode())
                 _leave()
                 return
 
@@ -510,7 +422,7 @@ def _leave() -> None:
         os._exit(0)
 
 
-def _progress(running: _Running) -> bytes:
+def _progress(running: Running) -> bytes:
     if not running.unsent:
         return NO_PROGRESS
     try:
@@ -519,7 +431,7 @@ def _progress(running: _Running) -> bytes:
         return NO_PROGRESS
 
 
-def _done_ok(seq: int, result: Any, running: _Running) -> bytes:
+def _done_ok(seq: int, result: Any, running: Running) -> bytes:
     try:
         data = dumps(result)
         if len(data) > payload_limit():
@@ -527,7 +439,7 @@ def _done_ok(seq: int, result: Any, running: _Running) -> bytes:
                 f"it pickles to {len(data)} bytes, over the worker channel's frame limit "
                 f"({payload_limit()} bytes)"
             )
-        return frame((DONE, seq, True, data, None, None, None, _progress(running)))
+        return Done(seq, True, data, None, None, None, _progress(running)).encode()
     except BaseException as exc:
         err = pickle.PicklingError(
             f"the task's result ({type(result).__qualname__}) could not be pickled: {exc}"
@@ -535,7 +447,7 @@ def _done_ok(seq: int, result: Any, running: _Running) -> bytes:
         return _done_error(seq, err, traceback.format_exc(), running)
 
 
-def _done_error(seq: int, exc: BaseException, tb: str, running: _Running) -> bytes:
+def _done_error(seq: int, exc: BaseException, tb: str, running: Running) -> bytes:
     type_name = type(exc).__qualname__
     module = type(exc).__module__
     if module not in ("builtins", "__main__"):
@@ -549,9 +461,9 @@ def _done_error(seq: int, exc: BaseException, tb: str, running: _Running) -> byt
     except BaseException:
         data = b""  # the supervisor rebuilds it from type name, message and traceback
     try:
-        return frame((DONE, seq, False, data, tb, type_name, message, _progress(running)))
+        return Done(seq, False, data, tb, type_name, message, _progress(running)).encode()
     except FrameTooLarge:
         # Too big to travel whole (a huge exception or progress value): the text only.
         limit = payload_limit() // 4
-        return frame((DONE, seq, False, b"", tb[-limit:], type_name, message[:limit],
-                      NO_PROGRESS))
+        return Done(seq, False, b"", tb[-limit:], type_name, message[:limit],
+                    NO_PROGRESS).encode()

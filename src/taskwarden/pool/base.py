@@ -1,13 +1,16 @@
 """The interface between the supervisor loop and whatever runs tasks.
 
 The loop asks a pool to start a worker, send it runs, skip or interrupt a
-run, stop or kill a worker, and waits on it for events. loky processes on
-this machine are one engine (``LokyPool``); another (Ray, for work that
-outgrows one machine) can stand in behind the same few methods.
+run, stop or kill a worker, and takes the events the pool gathered. The loop
+owns its wait (``Reactor``): a pool registers the file descriptors it wants
+watched and turns their readiness into events. loky processes on this
+machine are one engine (``LokyPool``); another (Ray, for work that outgrows
+one machine) can stand in behind the same few methods.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,7 +71,39 @@ class WorkerRetiring:
 Event = WorkerReady | RunDone | RunSkipped | Beat | WorkerExited | InitFailed | WorkerRetiring
 
 
+class Reactor(Protocol):
+    """The loop's wait, as an engine sees it (implemented by ``driver/_reactor.py``).
+
+    An engine owns no selector and no thread that the loop waits on: it asks
+    the reactor to watch its file descriptors, and each callback runs on the
+    loop thread when its fd is ready. An engine without fds (one that gathers
+    results on a thread of its own) calls ``wake`` when it has events.
+    """
+
+    def watch(self, fd: int, on_ready: Callable[[int], None], *, write: bool = False) -> None:
+        """Call ``on_ready(mask)`` (``selectors.EVENT_READ``/``EVENT_WRITE`` bits) on
+        the loop thread whenever ``fd`` is readable, and with ``write`` writable."""
+
+    def modify(self, fd: int, *, write: bool) -> None:
+        """Start (``write=True``) or stop watching a watched ``fd`` for writability."""
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd``; no error if it is not watched."""
+
+    def wake(self) -> None:
+        """Make the loop's wait return now. The one method any thread may call."""
+
+
 class Pool(Protocol):
+    """An engine that runs tasks in workers, driven by the loop thread alone.
+
+    After each wait the loop takes the pool's events (``take_events``); it
+    does not block while ``has_events()`` is true.
+    """
+
+    def bind(self, reactor: Reactor) -> None:
+        """Give the pool the loop's reactor; called once, before the first ``spawn``."""
+
     def spawn(self, wid: int) -> None:
         """Start a worker; it reports ``WorkerReady`` (or ``InitFailed``) when up."""
 
@@ -92,14 +127,17 @@ class Pool(Protocol):
     def settle(self) -> list[int]:
         """Wait until every worker killed so far is gone; returns their ids."""
 
-    def wait(self, deadline: float | None) -> list[Event]:
-        """Block until events arrive, ``deadline`` (monotonic) passes or ``wake()`` is called."""
+    def has_events(self) -> bool:
+        """Events are waiting to be taken: the loop must not block."""
 
-    def wake(self) -> None:
-        """Make a blocked ``wait`` return now (from any thread)."""
+    def take_events(self) -> list[Event]:
+        """Every event gathered since the last call, in order."""
 
     def alive(self) -> int:
-        """How many worker processes are still alive."""
+        """How many workers are still alive (started, or starting)."""
+
+    def pids(self) -> dict[int, int]:
+        """The process id of each started worker, by worker id."""
 
     def close(self) -> None:
-        """Kill what is left and release every resource."""
+        """Kill what is left and release every resource (not the reactor: the loop's)."""

@@ -1,5 +1,9 @@
-"""Finding and killing a process tree: used by the pool (a worker's tree) and by a
-worker itself (its task's children, when its supervisor is gone).
+"""Process trees: finding and killing a process and everything under it.
+
+Used by the pool (a worker's tree, killed from the loop: ``kill_tree``), by a
+worker itself (its task's children, when its supervisor is gone:
+``kill_own_tree``) and by the command line (what a run leaves behind:
+``become_subreaper``, ``leftovers``, ``kill_trees``, ``reap_zombie_children``).
 
 The tree is read from ``/proc/<pid>/task/*/children``, which is fast but racy:
 threads and processes come and go while it is read. Each vanished entry is
@@ -13,9 +17,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psutil
 
 STOP_WAIT = 0.005  # how long to wait for a SIGSTOP to take hold before reading on anyway
+KILL_WAIT = 5.0  # seconds kill_trees waits for killed processes to die
+_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 def _children(pid: int) -> list[int]:
@@ -115,3 +127,92 @@ def kill_own_tree() -> None:
         for child in reversed(found):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
+
+
+# ------------------------------------------------ the command line's runs (psutil)
+# psutil (and ctypes) are imported in each function: a worker imports this module,
+# and boots without them.
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux); True if it is.
+
+    Process-wide, so only for processes the command line owns (itself and its
+    workers), never for a library caller.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes  # here: a worker imports this module, and boots without ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def leftovers(under: int | None = None) -> list[psutil.Process]:
+    """Every descendant of ``under`` (default: this process), zombies included."""
+    import psutil
+
+    try:
+        return psutil.Process(under).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def reap_zombie_children() -> None:
+    """Reap this process's children that have already exited (orphans handed to us)."""
+    import psutil
+
+    for child in leftovers():
+        with contextlib.suppress(psutil.Error, ChildProcessError, OSError):
+            if child.ppid() == os.getpid() and child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+
+
+def kill_trees(roots: Iterable[psutil.Process], *, reaped_elsewhere: int | None = None) -> None:
+    """SIGKILL every process in ``roots`` and all their descendants, then wait for them.
+
+    Unlike ``kill_tree`` (the loop's, which must not wait), this one waits, and
+    works on psutil processes: psutil checks each one's start time, so a
+    recycled pid is never killed by mistake. Processes are collected before any
+    is killed, so that children cannot slip away to init between kills. The
+    process whose pid is ``reaped_elsewhere`` is killed but not waited for
+    here: another thread reaps it (with ``os.wait4``, to read its resource usage).
+    """
+    import psutil
+
+    victims: dict[int, psutil.Process] = {}
+    for root in roots:
+        victims.setdefault(root.pid, root)
+        with contextlib.suppress(psutil.Error):
+            for child in root.children(recursive=True):
+                victims.setdefault(child.pid, child)
+    for proc in victims.values():
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    deadline = time.monotonic() + KILL_WAIT
+    for pid, proc in victims.items():
+        if pid != reaped_elsewhere:
+            _wait_gone(proc, deadline)
+
+
+def _wait_gone(proc: psutil.Process, deadline: float) -> None:
+    """Wait until ``proc`` is dead: reaped if it is our child, else gone or a zombie
+    (its new parent, often init, reaps it in its own time)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        if proc.ppid() == os.getpid():
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        except psutil.Error:
+            pass
+        time.sleep(0.005)
