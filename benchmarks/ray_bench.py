@@ -20,6 +20,7 @@ Medians over the repeats; ratios against plain Ray tasks and the local engine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -45,8 +46,9 @@ os.environ.update({
     "PYTHONPATH": os.pathsep.join([str(HERE), *(p for p in sys.path if p)]),
 })
 
-import _tasks as T  # noqa: E402
 from _common import median  # noqa: E402
+
+import _tasks as T  # noqa: E402
 
 WORKERS = 2
 TIMEOUT = 0.2  # the hung tasks' time limit (s)
@@ -113,15 +115,13 @@ def tw_round_trip(sup: Any, n: int) -> float:
 
 def tw_kill(sup: Any, fn: Callable[[str], None], tmp: Path, reps: int) -> float:
     late = []
-    for i in range(reps):
+    for _ in range(reps):
         path = Path(tempfile.mkdtemp(dir=tmp)) / "pid"
         task = sup.schedule(fn, args=(str(path),), timeout=TIMEOUT)
         pid, deadline = read_pid(path)
         late.append(gone_at(pid) - deadline)
-        try:
-            task.result(timeout=30)
-        except Exception:
-            pass
+        with contextlib.suppress(Exception):
+            task.result(timeout=30)  # TaskTimeout
         both_ready(sup)
     return median(late)
 
@@ -165,7 +165,7 @@ def ray_task_throughput(ray: Any, f: Any, n: int) -> float:
 
 
 def ray_actor_throughput(ray: Any, actors: list[Any], n: int) -> float:
-    ray.get([a.identity.remote(i) for i, a in zip(range(100), actors * 50)])
+    ray.get([a.identity.remote(i) for i, a in zip(range(100), actors * 50, strict=False)])
     t0 = time.perf_counter()
     out = ray.get([actors[i % len(actors)].identity.remote(i) for i in range(n)])
     dt = time.perf_counter() - t0

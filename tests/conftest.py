@@ -12,7 +12,6 @@ import pytest
 
 from taskwarden import Supervisor
 
-
 # Ray's own processes (a local Ray started once for the Ray tests: its raylet, GCS,
 # agents, and the worker processes it keeps or ends on its own schedule), recognised
 # by their own command lines. Not exempt: what taskwarden starts on Ray (a worker

@@ -47,7 +47,6 @@ from decimal import Decimal
 from typing import Any, TypeVar, cast, overload
 
 import cloudpickle
-import loky
 
 from .._errors import TaskCancelled
 from .._ids import make_uuid, new_base, seq_of
@@ -68,7 +67,7 @@ from ..core import engine as E
 from ..core.jobs import MIN_INTERVAL, CronTrigger, JobRec
 from ..pool import _wire
 from ..pool import base as P
-from ..pool.loky_pool import LokyPool
+from ..pool.engines import Engine, check_engine, default_workers, make_pool, spare_workers
 from ._reactor import Reactor
 from .job import Job
 from .task import Task
@@ -142,12 +141,16 @@ class Supervisor(Executor):
         initargs: tuple[Any, ...] = (),
         keep_finished: int = 10_000,
         keep_finished_bytes: int = KEEP_FINISHED_BYTES,
+        engine: Engine = "local",
+        ray_address: str | None = None,
+        ray_options: dict[str, Any] | None = None,
         **policy: Any,
     ) -> None:
         check_keywords(policy, SUPERVISOR_POLICY, "Supervisor()")
         self._defaults = Policy().with_overrides(normalize(policy))
+        engine = check_engine(engine, ray_address, ray_options)
         if workers is None:
-            workers = loky.cpu_count()
+            workers = default_workers(engine, ray_address)
         if not _whole(workers) or workers < 1:
             raise ValueError(f"workers must be a whole number >= 1, not {workers!r}")
         workers = int(workers)  # numpy integers and the like: a plain int from here on
@@ -200,10 +203,13 @@ class Supervisor(Executor):
         self._adds: deque[E.Run] = deque()
         self._closed = False
         self._close_lock = threading.Lock()
-        self._core = E.Core(workers, max_tasks_per_worker=max_tasks_per_worker)
+        self._core = E.Core(workers, spare=spare_workers(engine),
+                            max_tasks_per_worker=max_tasks_per_worker)
         self._core.id_of = functools.partial(make_uuid, self._id_base)
         self._reactor = Reactor()  # the loop's wait: the pool's fds, wake-ups, deadlines
-        self._pool: P.Pool = LokyPool(self._id_base, init_payload, max_memory_per_worker)
+        self._pool: P.Pool = make_pool(
+            engine, self._id_base, init_payload, max_memory_per_worker,
+            ray_address=ray_address, ray_options=ray_options)
         self._pool.bind(self._reactor)
         # Loop-owned registries. Live tasks, and finished ones kept for get() (schedule()
         # tasks and job runs, within keep_finished and keep_finished_bytes):

@@ -28,8 +28,8 @@ import subprocess
 import sys
 from typing import Any
 
+from .._proctree import kill_tree
 from . import _ray_link as L
-from ._tree import kill_tree
 
 CHILD_MODULE = "taskwarden.pool._ray_child"
 

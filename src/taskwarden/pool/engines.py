@@ -29,7 +29,7 @@ def check_engine(engine: object, ray_address: object, ray_options: object) -> En
         from .ray_pool import import_ray
 
         import_ray()  # without Ray: an ImportError that says how to install it
-    return engine  # type: ignore[return-value]
+    return engine
 
 
 def spare_workers(engine: Engine) -> int:

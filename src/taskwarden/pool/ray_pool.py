@@ -101,9 +101,9 @@ class _Pending:
 class _Slot:
     """One worker on Ray: its agent, its two connections, what is known of its end."""
 
-    __slots__ = ("agent", "agent_pid", "agent_released", "channel", "ctl", "ctl_buf", "ctl_closed", "data",
-                 "data_closed", "data_pid", "exit_status", "exited", "killed", "pid",
-                 "reason", "reported", "wid")
+    __slots__ = ("agent", "agent_pid", "agent_released", "channel", "ctl", "ctl_buf",
+                 "ctl_closed", "data", "data_closed", "data_pid", "exit_status", "exited",
+                 "killed", "pid", "reason", "reported", "wid")
 
     def __init__(self, wid: int, channel: Channel) -> None:
         self.wid = wid
@@ -196,7 +196,7 @@ class RayPool:
         channel = Channel(
             wid, reactor, self._events, self._scratch,
             nudge=functools.partial(self._control, wid, L.NUDGE),
-            on_garbled=functools.partial(self.kill, wid),
+            on_garbled=functools.partial(self._garbled, wid),
         )
         slot = _Slot(wid, channel)
         self._slots[wid] = slot
@@ -209,6 +209,9 @@ class RayPool:
             self._waiting.append(slot)
         else:
             self._assign(slot, self._new_agent())
+
+    def _garbled(self, wid: int) -> None:
+        self.kill(wid)
 
     def _new_agent(self) -> Any:
         agent = self._agent_cls.remote()
@@ -528,7 +531,8 @@ class RayPool:
         with selectors.DefaultSelector() as sel:
             for s in waiting:
                 if s.ctl is not None and not s.ctl_closed:
-                    sel.register(s.ctl, selectors.EVENT_READ, functools.partial(self._on_control, s))
+                    sel.register(s.ctl, selectors.EVENT_READ,
+                                 functools.partial(self._on_control, s))
                 if s.data is not None and not s.data_closed:
                     sel.register(s.data, selectors.EVENT_READ,
                                  functools.partial(self._on_data_after_kill, s))
