@@ -28,9 +28,10 @@ ran). If an agent does not carry out a kill in ``KILL_BACKSTOP`` seconds,
 ``ray.kill`` ends the actor, and with it its worker.
 
 Only connections that prove they know this supervisor's secret (an HMAC of
-a fresh nonce, checked before a byte is unpickled) are kept; the socket
+a fresh nonce, checked before a byte is unpickled) are kept. The TCP socket
 listens on the address Ray knows this node by (127.0.0.1 for a Ray that
-keeps to loopback).
+keeps to loopback); peers on this machine use a Unix socket instead, in a
+folder only this user can enter (the same frames, a third of the cost).
 """
 
 from __future__ import annotations
