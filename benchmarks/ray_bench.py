@@ -9,7 +9,9 @@ On one local Ray (``num_cpus=2``, loopback only, no dashboard), in one run:
   has no time limit: the user's own ``ray.wait(timeout)`` then
   ``ray.cancel(force=True)`` (tasks) or ``ray.kill`` (actors);
 - supersede: from a newer task for the same key until the old process is gone
-  and the new result is in (plain Ray: cancel or kill the old one, submit anew).
+  and the new result is in (plain Ray: cancel or kill the old one, submit anew);
+- the Ray engine's throughput and round trip over TCP, as from another node (a
+  worker on the supervisor's machine connects over a Unix socket).
 
 "Gone" is seen through a pidfd on the task's process (the kernel's word).
 Medians over the repeats; ratios against plain Ray tasks and the local engine.
@@ -299,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
         results["ray_actor_supersede_ms"] = ms(ray_actor_supersede(ray, Slot, tmp, reps))
 
         tw_engine(Supervisor, "ray", results, tmp, n_tw, n_rt, reps)
+        # As from another node: TCP, not the Unix socket a worker on this machine uses.
+        from taskwarden.pool import ray_pool
+
+        ray_pool.UNIX_SOCKETS = False
+        with Supervisor(workers=WORKERS, engine="ray") as sup:
+            both_ready(sup)
+            results["tw_ray_tcp_tasks_per_s"] = tw_throughput(sup, n_tw)
+            results["tw_ray_tcp_round_trip_ms"] = ms(tw_round_trip(sup, n_rt))
+        ray_pool.UNIX_SOCKETS = True
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
