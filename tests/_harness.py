@@ -3,6 +3,7 @@ records what it was told. No threads, no processes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from taskwarden._policy import Policy
@@ -15,8 +16,9 @@ class Harness:
 
     def __init__(self, workers: int = 2, **kw: Any) -> None:
         self.now = 1000.0
-        self.core = E.Core(workers, **kw)
-        self.seq = 0
+        self.seq = 0  # the last seq given out, by a test or by the core (a job's run)
+        self._seqs = self._count()
+        self.core = E.Core(workers, seqs=self._seqs, **kw)
         self.core.start(self.now)
         self.spawned = [a.wid for a in self.take(E.Spawn)]
         for wid in list(self.spawned):
@@ -26,14 +28,18 @@ class Harness:
                 self.core.worker_ready(spare.wid, 10_000 + spare.wid, self.now)
         self.actions: list[E.Action] = []
 
+    def _count(self) -> Iterator[int]:
+        while True:
+            self.seq += 1
+            yield self.seq
+
     def take(self, kind: type | None = None) -> list[Any]:
         acts, self.core.actions = self.core.actions, []
         self.actions = acts
         return [a for a in acts if kind is None or isinstance(a, kind)]
 
     def run(self, due_in: float | None = None, **policy: Any) -> E.Run:
-        self.seq += 1
-        run = E.Run(self.seq, b"", Policy(**policy))
+        run = E.Run(next(self._seqs), b"", Policy(**policy))
         self.core.add(run, self.now, None if due_in is None else self.now + due_in)
         return run
 
@@ -58,15 +64,9 @@ class JobHarness(Harness):
     def __init__(self, workers: int = 2, **kw: Any) -> None:
         super().__init__(workers, **kw)
         self.core.wall_offset = 1_700_000_000.0 - self.now
-        self.core.jobs.make_run = self._make_run
-
-    def _make_run(self, job: JobRec) -> E.Run:
-        self.seq += 1
-        return E.Run(self.seq, b"", job.policy)
 
     def job(self, first_in: float | None = None, **kw: Any) -> JobRec:
-        self.seq += 1
-        job = JobRec(self.seq, b"", Policy(), **kw)
+        job = JobRec(next(self._seqs), b"", Policy(), **kw)
         first = None if first_in is None else self.now + first_in
         self.core.add_job(job, self.now, first)
         return job

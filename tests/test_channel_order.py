@@ -123,7 +123,7 @@ def test_a_skip_never_overtakes_the_run_it_names_in_one_round() -> None:
     sup._applying = False
     sup._parked = {}
     runs = [E.Run(seq, b"", Policy()) for seq in (1, 2, 3, 4)]
-    sup._core.actions = [E.Send(1, runs[:3]), E.Skip(1, 3), E.Send(1, runs[3:]), E.Stop(2)]
+    sup._actions = [E.Send(1, runs[:3]), E.Skip(1, 3), E.Send(1, runs[3:]), E.Stop(2)]
     sup._apply()
     assert recorder.wire == [
         ("run", 1, [1, 2, 3]), ("skip", 1, 3), ("stop", 2, None), ("run", 1, [4]),

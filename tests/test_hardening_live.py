@@ -24,6 +24,7 @@ import pytest
 
 from taskwarden import Job, Supervisor, TaskCancelled, TaskState, TaskTimeout
 from taskwarden._policy import MAX_SECONDS, seconds
+from taskwarden.core.timers import Timings
 from taskwarden.driver._timer import make_timer
 from taskwarden.pool import loky_pool
 
@@ -315,10 +316,12 @@ def test_cancelling_an_await_does_not_block_the_event_loop(
 
 
 def test_kick_of_a_queued_task_submitted_without_a_delay_is_false() -> None:
-    with Supervisor(workers=1) as s:
+    # No run is ever handed to a busy worker ahead of time (steal_after=0: its head has
+    # always run "too long" for that), so the new task waits in the queue: no sleep to
+    # get past the moment a worker's queue is filled ahead of time.
+    with Supervisor(workers=1, _timings=Timings(steal_after=0.0)) as s:
         blocker = s.submit(T.sleep, 0.5)
         wait_for(lambda: blocker.state is TaskState.RUNNING)
-        time.sleep(0.05)  # past the moment a worker's queue is filled ahead of time
         queued = s.submit(T.square, 2)
         assert queued.kick() is False  # nothing moved: it waits for the worker
         assert queued.state is TaskState.PENDING

@@ -222,11 +222,9 @@ def test_an_initializer_that_kills_its_process_breaks_the_pool(
         assert shutdown_returns(sup)
 
 
-def test_a_timed_task_waiting_for_a_hanging_initializer_times_out(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(E, "BOOT_ALLOWANCE", 0.5)
-    sup = Supervisor(workers=1, initializer=T.init_hang)
+def test_a_timed_task_waiting_for_a_hanging_initializer_times_out() -> None:
+    sup = Supervisor(workers=1, initializer=T.init_hang,
+                     _timings=E.Timings(boot_allowance=0.5))
     try:
         started = time.monotonic()
         task = sup.schedule(T.square, args=(3,), timeout=2)
@@ -239,11 +237,10 @@ def test_a_timed_task_waiting_for_a_hanging_initializer_times_out(
 
 
 def test_a_worker_that_never_gets_ready_is_killed_and_then_the_pool_breaks(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="taskwarden")
-    monkeypatch.setattr(E, "BOOT_LIMIT", 1.0)
-    sup = Supervisor(workers=2, initializer=T.init_hang)
+    sup = Supervisor(workers=2, initializer=T.init_hang, _timings=E.Timings(boot_limit=1.0))
     try:
         task = sup.submit(T.square, 3)  # no time limit: only the boot limit ends this
         with pytest.raises(WorkerCrashed, match="did not finish starting within 1 s"):
@@ -254,9 +251,9 @@ def test_a_worker_that_never_gets_ready_is_killed_and_then_the_pool_breaks(
         assert shutdown_returns(sup, within=5)
 
 
-def test_a_slow_initializer_is_not_a_broken_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(E, "BOOT_ALLOWANCE", 0.2)
-    with Supervisor(workers=1, initializer=T.init_slow, initargs=(0.5,)) as sup:
+def test_a_slow_initializer_is_not_a_broken_pool() -> None:
+    with Supervisor(workers=1, initializer=T.init_slow, initargs=(0.5,),
+                    _timings=E.Timings(boot_allowance=0.2)) as sup:
         # The first waits out the start (its limit is shorter than the start): it times
         # out, the worker starts on, and the next runs.
         early = sup.schedule(T.square, args=(2,), timeout=0.3)

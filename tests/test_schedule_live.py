@@ -99,3 +99,24 @@ def test_bad_schedules_are_refused_at_the_call(sup: Supervisor) -> None:
         sup.schedule(T.stamp, delay=1, overlap="skip")  # a job keyword on a one-shot task
     with pytest.raises(TypeError):
         sup.schedule(T.square, every=1)  # square needs an argument
+
+
+def test_polling_a_one_run_job_never_sees_it_end_without_its_finished_run(
+    sup: Supervisor,
+) -> None:
+    """A caller polls ``job.result(timeout=0)`` as a user would, while other work keeps
+    the loop busy: the run COMPLETED, so every poll is "not yet" (TimeoutError) until
+    the result itself, never TaskCancelled("ended without a finished run") in between
+    (the loop's records must not be read half-updated from the caller's thread)."""
+    for attempt in range(20):
+        busy = [sup.submit(T.square, i) for i in range(300)]
+        job = sup.schedule(T.square, args=(attempt,), every=3600, delay=0, max_runs=1)
+        while True:
+            try:
+                value = job.result(timeout=0)
+            except TimeoutError:
+                continue
+            break
+        assert value == attempt * attempt
+        for t in busy:
+            t.result(timeout=WAIT)

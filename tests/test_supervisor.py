@@ -414,9 +414,10 @@ def test_shutdown_ends_a_worker_that_a_task_left_a_thread_in() -> None:
 
 
 def test_shutdown_kills_a_worker_that_hangs_on_its_way_out() -> None:
-    from taskwarden.core.engine import STOP_WAIT
+    from taskwarden.core.engine import Timings
 
-    s = Supervisor(workers=1)
+    STOP_WAIT = 1.0  # short, injected: the rule is the same at the default 5 s
+    s = Supervisor(workers=1, _timings=Timings(stop_wait=STOP_WAIT))
     pid = s.submit(T.hang_at_exit).result(timeout=WAIT)
     t0 = time.monotonic()
     s.shutdown(wait=True)

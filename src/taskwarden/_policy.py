@@ -52,7 +52,7 @@ def seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
     try:
         result = float(value)
     except OverflowError:  # an int or Fraction past float's range
-        result = math.inf if value > 0 else -math.inf  # type: ignore[operator]
+        result = -math.inf if value <= 0 else math.inf
     except (ValueError, ArithmeticError):  # Decimal('sNaN')
         result = math.nan
     if math.isnan(result):

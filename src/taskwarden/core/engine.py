@@ -1,10 +1,12 @@
 """The supervisor's decisions, with no threads, no pipes and no clock of its own.
 
-The driver feeds events in (a task was added, a worker is ready, a result
-came back, a worker died, time went by) together with the current
-monotonic time, and takes the resulting actions out of ``Core.actions``
-(spawn a worker, send runs to a worker, kill a worker, resolve a task).
-Tests drive it with a fake clock, in microseconds.
+The driver hands each input to ``Core.handle(item, now)``: a pool event (a
+worker is ready, a result came back, a worker died) or a command of
+``model`` (add a run or a job, cancel, reschedule, control a job, close,
+time went by, the wall clock stepped), with the current monotonic time; it
+returns the actions to carry out (spawn a worker, send runs to a worker,
+kill a worker, resolve a task, make a job run's Task...). Tests drive it
+with a fake clock, in microseconds.
 
 Dispatch: at most ``workers`` processes run tasks at once; one more process
 is kept started as a spare, so that a killed worker is replaced by a process
@@ -28,184 +30,85 @@ import heapq
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import TaskCancelled, TaskSuperseded, TaskTimeout, WorkerCrashed
-from .._policy import MAX_RETRY_DELAY, Policy
+from .._policy import MAX_RETRY_DELAY
 from .._states import InvalidTransition, TaskState, check_task
-from .jobs import JobBook, JobRec
+from ..pool.base import (
+    Beat,
+    Event,
+    InitFailed,
+    RunDone,
+    RunSkipped,
+    WorkerExited,
+    WorkerReady,
+    WorkerRetiring,
+)
+from .jobs import JobBook
+from .model import (
+    TICK,
+    Action,
+    Add,
+    AddJob,
+    Cancel,
+    ClockChanged,
+    Close,
+    Command,
+    CronTrigger,
+    Interrupt,
+    JobChanged,
+    JobControl,
+    JobOp,
+    JobRec,
+    Kill,
+    NewRun,
+    Note,
+    Reschedule,
+    Resolve,
+    Run,
+    Send,
+    Skip,
+    Spawn,
+    Start,
+    Stop,
+    Tick,
+    Worker,
+)
+from .timers import (
+    BEAT,
+    BOOT,
+    BOOT_ALLOWANCE,
+    BOOT_LIMIT,
+    BOOT_STRIKES,
+    CALLBACK,
+    DEADLINE,
+    GRACE,
+    JOB,
+    LEAD,
+    REPLACE_DELAY,
+    SKIP_ACK_WAIT,
+    SKIP_WAIT,
+    START,
+    STEAL_AFTER,
+    STOP_WAIT,
+    Timings,
+)
 
-# Heap entry kinds.
-START = 0  # a scheduled run becomes due
-DEADLINE = 1  # a running run's hard time limit
-BEAT = 2  # a running run's heartbeat deadline
-GRACE = 3  # the grace after an in-task TaskTimeout has run out
-SKIP_WAIT = 4  # a cancelled prefetched run reached the head: did the worker skip it?
-CALLBACK = 5  # an opaque timer: a callable, run when due
-JOB = 6  # a recurring job's next run
-BOOT = 7  # a worker's start-up has taken too long (obj: the Worker)
+# What the driver and the tests use through ``engine``: the core and its vocabulary.
+__all__ = [
+    "BEAT", "BOOT", "BOOT_ALLOWANCE", "BOOT_LIMIT", "BOOT_STRIKES", "CALLBACK", "DEADLINE",
+    "GRACE", "JOB", "LEAD", "REPLACE_DELAY", "SKIP_ACK_WAIT", "SKIP_WAIT", "START",
+    "STEAL_AFTER", "STOP_WAIT", "TICK", "Action", "Add", "AddJob", "Cancel", "ClockChanged",
+    "Close", "Command", "Core", "CronTrigger", "Interrupt", "JobChanged", "JobControl",
+    "JobOp", "JobRec", "Kill", "NewRun", "Note", "Reschedule", "Resolve", "Run", "Send",
+    "Skip", "Spawn", "Start", "Stop", "Tick", "Timings", "Worker",
+]
 
-SKIP_ACK_WAIT = 0.05
-# A worker told to stop, or leaving over its memory limit, is killed if it is still
-# there this long after (an atexit hook or a process a task left behind holds it).
-STOP_WAIT = 5.0
-REPLACE_DELAY = 0.02
-# A timed start is handed to a worker this early, with the exact time to begin: the worker
-# waits out the rest itself, so neither the loop's nor the worker's wake-up makes it late.
-LEAD = 0.01
-# Runs prefetched behind a head that has run this long may be taken back by an idle worker.
-STEAL_AFTER = 0.002
-# A worker process that has not reported READY this long after its spawn is killed
-# (its initializer hangs); this many in a row dying or killed before READY break the pool.
-BOOT_LIMIT = 300.0
-BOOT_STRIKES = 3
-# A run waiting for a worker that is still starting ends TIMED_OUT once its time limit
-# has passed, but never sooner than this (a normal start, on a busy machine).
-BOOT_ALLOWANCE = 5.0
+_NONE: list[Action] = []  # handle's answer when nothing is to be done: never filled
 
 _S = TaskState
-
-
-class Run:
-    """One task as the core sees it. ``handle`` is the driver's object (the Task)."""
-
-    __slots__ = (
-        "attempts",
-        "blocked",
-        "cancel_error",
-        "cancel_pending",
-        "deadline",
-        "due",
-        "finished_at",
-        "gen",
-        "handle",
-        "hb_reason",
-        "job",
-        "last_beat",
-        "not_before",
-        "payload",
-        "policy",
-        "progress",
-        "seq",
-        "started_at",
-        "state",
-        "stealing",
-        "tb",
-        "value",
-        "value_ok",
-        "wall_due",
-        "worker",
-        "worker_pid",
-    )
-
-    def __init__(self, seq: int, payload: bytes, policy: Policy, handle: Any = None) -> None:
-        self.seq = seq
-        self.payload = payload
-        self.policy = policy
-        self.handle = handle
-        self.state = _S.PENDING
-        self.due = 0.0
-        self.gen = 0
-        self.worker: Worker | None = None
-        self.worker_pid: int | None = None
-        self.attempts = 0
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.deadline: float | None = None
-        self.last_beat = 0.0
-        self.progress: Any = None
-        self.value: Any = None
-        self.value_ok = False
-        self.tb: str | None = None
-        # A cancel asked while the run sits on a worker, not started: the state and error
-        # it ends with once the worker confirms the skip (or its process is killed).
-        self.cancel_pending: TaskState | None = None
-        self.cancel_error: BaseException | None = None
-        self.stealing = False
-        self.blocked = False
-        self.hb_reason: str | None = None
-        self.not_before: float | None = None  # a timed start: the worker begins no earlier
-        self.job: Any = None
-        self.wall_due: float | None = None
-
-    def __repr__(self) -> str:
-        return f"<Run {self.seq} {self.state.value}>"
-
-
-class Worker:
-    __slots__ = ("done_count", "gen", "inflight", "pid", "ready", "retiring", "wid")
-
-    def __init__(self, wid: int) -> None:
-        self.wid = wid
-        self.pid: int | None = None
-        self.ready = False
-        self.retiring = False
-        self.inflight: deque[Run] = deque()
-        self.done_count = 0
-        self.gen = 0  # its BOOT timer is stale once it is ready
-
-    def __repr__(self) -> str:
-        return f"<Worker {self.wid} ready={self.ready} inflight={len(self.inflight)}>"
-
-
-# Actions (the driver matches on the first element).
-@dataclass(slots=True)
-class Spawn:
-    wid: int
-
-
-@dataclass(slots=True)
-class Send:
-    wid: int
-    runs: list[Run]
-
-
-@dataclass(slots=True)
-class Skip:
-    wid: int
-    seq: int
-
-
-@dataclass(slots=True)
-class Kill:
-    wid: int
-    run: Run | None = None  # the run it was executing: resolved once the process is gone
-    also: tuple[Run, ...] = ()  # cancelled runs it held that may have begun: the same
-
-
-@dataclass(slots=True)
-class Interrupt:
-    wid: int
-    seq: int
-
-
-@dataclass(slots=True)
-class Stop:
-    wid: int
-
-
-@dataclass(slots=True)
-class Resolve:
-    run: Run
-
-
-@dataclass(slots=True)
-class JobChanged:
-    job: Any
-
-
-@dataclass(slots=True)
-class Note:
-    """A supervision event for the driver to log (kill and why, crash, retry, replacement,
-    broken pool): the core decides what is worth telling, the driver does the I/O."""
-
-    level: int
-    text: str
-
-
-Action = Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | JobChanged | Note
 
 
 class Core:
@@ -218,7 +121,13 @@ class Core:
         spare: int = 1,
         prefetch: int = 16,
         max_tasks_per_worker: int | None = None,
+        timings: Timings | None = None,
+        id_format: Callable[[int], str] = str,
+        seqs: Iterator[int] | None = None,
+        wall_offset: float = 0.0,
     ) -> None:
+        """``id_format`` says how a task id reads in messages; ``seqs`` numbers the runs
+        the core makes itself (a job's), from the same count as the driver's."""
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.n_workers = workers
@@ -240,9 +149,15 @@ class Core:
         self._stale = 0
         self.broken: str | None = None
         self.streams: dict[str, deque[Run]] = {}  # live runs of each key, oldest first
-        self.id_of: Callable[[int], str] = str  # how a task id reads in messages
-        # Wall clock = monotonic + wall_offset; the driver updates it when the clock steps.
-        self.wall_offset = 0.0
+        self.timings = Timings() if timings is None else timings
+        self._id = id_format
+        self.seqs: Iterator[int] = itertools.count(1) if seqs is None else seqs
+        # Runs whose state, attempts or progress changed since the driver last looked:
+        # it publishes them to their Tasks (see ``handle``).
+        self.touched: list[Run] = []
+        self.jobs_touched = False  # a NewRun or JobChanged is among the actions
+        # Wall clock = monotonic + wall_offset; ClockChanged updates it when the clock steps.
+        self.wall_offset = wall_offset
         self.wall_anchored: dict[tuple[str, int], Any] = {}
         self.jobs = JobBook(self)
         self._steal_at: float | None = None
@@ -250,6 +165,79 @@ class Core:
         self._prefetched = False  # runs may sit queued behind a worker's head
         self._leaving: set[int] = set()  # workers that should exit on their own soon
         self.boot_failures = 0  # workers in a row that died or timed out before READY
+
+    # ---------------------------------------------------------- entry point
+    def handle(self, item: Command | Event, now: float) -> list[Action]:
+        """The one way in: a pool event or a command, at monotonic time ``now``. Returns
+        the actions to carry out, in order. The runs whose state, attempts or progress
+        changed are left in ``touched`` for the driver to publish (it empties it; a new
+        run's first state is ``Add.answer.state``); ``jobs_touched`` says a NewRun or
+        JobChanged is among the actions, which the driver answers at once."""
+        match item:
+            case Add():
+                item.answer = self.add(item.run, now, item.due, item.wall_due)
+            case RunDone():
+                self.done(item.wid, item.seq, item.ok, item.value, item.tb, now,
+                          item.progress, item.has_progress)
+            case Tick():
+                self.advance(now)
+            case Beat():
+                self.beat(item.wid, item.seq, item.progress, item.has_progress, now)
+            case WorkerReady():
+                self.worker_ready(item.wid, item.pid, now)
+            case RunSkipped():
+                self.skipped(item.wid, item.seq, now)
+            case WorkerExited():
+                self.worker_exited(item.wid, item.exitcode, now, item.reason)
+            case WorkerRetiring():
+                self.worker_retiring(item.wid, now)
+            case InitFailed():
+                self.initializer_failed(item.tb, now)
+            case Cancel():
+                item.answer = self.cancel(item.run, now)
+            case Reschedule():
+                item.answer = self.reschedule(item.run, item.due, now, item.wall_due)
+            case JobControl():
+                item.answer = self._job_control(item, now)
+            case AddJob():
+                self.add_job(item.job, now, item.first_due, item.first_wall)
+            case ClockChanged():
+                self.clock_changed(item.wall_offset, now)
+            case Close():
+                self.close(now, item.cancel_pending)
+            case Start():
+                self.start(now)
+        actions = self.actions
+        if actions:
+            self.actions = []
+            return actions
+        return _NONE
+
+    def _job_control(self, cmd: JobControl, now: float) -> bool:
+        jobs, job = self.jobs, cmd.job
+        match cmd.op:
+            case "pause":
+                done = jobs.pause(job, now)
+            case "resume":
+                done = jobs.resume(job, now)
+            case "kick":
+                done = jobs.kick(job, now)
+            case "cancel":
+                done = jobs.cancel(job, now, cmd.kill_running)
+            case "reschedule":
+                assert cmd.due is not None
+                done = jobs.reschedule(job, now, cmd.due, cmd.wall_due)
+        self._dispatch(now)
+        return done
+
+    def new_job_run(self, job: JobRec) -> Run:
+        """A run of a recurring job, numbered from the shared count; the driver is told
+        (NewRun) to make its Task."""
+        run = Run(next(self.seqs), job.payload, job.policy)
+        run.job = job
+        self.actions.append(NewRun(job, run))
+        self.jobs_touched = True
+        return run
 
     # ------------------------------------------------------------------ setup
     def start(self, now: float) -> None:
@@ -262,7 +250,7 @@ class Core:
         wid = next(self._wids)
         self.workers[wid] = Worker(wid)
         self.actions.append(Spawn(wid))
-        self.push_timer(now + BOOT_LIMIT, BOOT, self.workers[wid], 0)
+        self.push_timer(now + self.timings.boot_limit, BOOT, self.workers[wid], 0)
 
     def _live_target(self) -> int:
         if self.broken is not None:
@@ -284,6 +272,7 @@ class Core:
         if new is _S.SCHEDULED:
             self.scheduled += 1
         run.state = new
+        self.touched.append(run)
 
     # --------------------------------------------------------------- timers
     def push_timer(self, when: float, kind: int, obj: Any, gen: int) -> None:
@@ -345,7 +334,7 @@ class Core:
                                  f"(heartbeat={hb:g} s)")
             elif kind == GRACE:
                 if run.worker is not None and run.state is _S.RUNNING:
-                    self._kill_worker(run.worker, now, f"task {self.id_of(run.seq)} "
+                    self._kill_worker(run.worker, now, f"task {self._id(run.seq)} "
                                       f"{run.hb_reason}, and its grace of "
                                       f"{run.policy.grace:g} s ran out", logging.WARNING)
                     self._finish_timeout(run, now)
@@ -354,7 +343,7 @@ class Core:
                 # has not said it skipped it: it may be running, so kill.
                 w = run.worker
                 if w is not None and w.inflight and w.inflight[0] is run:
-                    self._kill_worker(w, now, f"task {self.id_of(run.seq)} was cancelled "
+                    self._kill_worker(w, now, f"task {self._id(run.seq)} was cancelled "
                                       f"and may have begun before its worker read the cancel")
                     self._end_cancelled(run, now)
         self._dispatch(now)
@@ -371,12 +360,16 @@ class Core:
         mode = run.policy.on_conflict
         if key is not None and mode == "drop" and self.streams.get(key):
             return self.streams[key][-1]
+        if run.state is _S.PENDING and (
+            (due is not None and due > now) or (key is not None and run.policy.debounce)
+        ):
+            run.state = _S.SCHEDULED  # its first state: it waits for its time
         self.by_state[run.state] += 1
         if run.state is _S.SCHEDULED:
             self.scheduled += 1
         if key is not None:
             if mode == "supersede":
-                winner = self.id_of(run.seq)
+                winner = self._id(run.seq)
                 for old in list(self.streams.get(key, ())):
                     err = TaskSuperseded(f"superseded by task {winner}", winner_id=winner)
                     self.cancel(old, now, _S.SUPERSEDED, err)
@@ -408,7 +401,7 @@ class Core:
                 obj.due = obj.wall_due - wall_offset
                 if not obj.blocked:  # a blocked run is armed when its turn comes
                     self._invalidate(obj)
-                    self.push_timer(obj.due - LEAD, START, obj, obj.gen)
+                    self.push_timer(obj.due - self.timings.lead, START, obj, obj.gen)
             else:
                 del self.wall_anchored[key]
         self._dispatch(now)
@@ -421,7 +414,11 @@ class Core:
         self._dispatch(now)
 
     def job_changed(self, job: JobRec) -> None:
-        self.actions.append(JobChanged(job))
+        actions = self.actions
+        last = actions[-1] if actions else None
+        if not (isinstance(last, JobChanged) and last.job is job):
+            actions.append(JobChanged(job))
+            self.jobs_touched = True
 
     def _enter(self, run: Run, now: float, due: float | None, dispatch: bool = True) -> None:
         if run.state not in (_S.PENDING, _S.SCHEDULED) or run.worker is not None:
@@ -429,7 +426,7 @@ class Core:
         if due is not None and due > now:
             if run.state is _S.SCHEDULED:  # the driver made it SCHEDULED at the call
                 run.due = due
-                self.push_timer(due - LEAD, START, run, run.gen)
+                self.push_timer(due - self.timings.lead, START, run, run.gen)
             else:
                 self._schedule(run, due)
         else:
@@ -462,7 +459,7 @@ class Core:
     def _schedule(self, run: Run, due: float) -> None:
         self._set(run, _S.SCHEDULED)
         run.due = due
-        self.push_timer(due - LEAD, START, run, run.gen)
+        self.push_timer(due - self.timings.lead, START, run, run.gen)
 
     def _make_pending(self, run: Run, now: float) -> None:
         self._set(run, _S.PENDING)
@@ -486,7 +483,7 @@ class Core:
                 self._make_pending(run, now)
                 self._dispatch(now)
             else:
-                self.push_timer(due - LEAD, START, run, run.gen)
+                self.push_timer(due - self.timings.lead, START, run, run.gen)
                 self._anchor(run, wall_due)
             return True
         if run.state is _S.PENDING and run.worker is None:
@@ -525,7 +522,7 @@ class Core:
             assert w is not None
             what = "superseded" if state is _S.SUPERSEDED else "cancelled"
             # Takes run off the worker, re-queues the rest.
-            self._kill_worker(w, now, f"task {self.id_of(run.seq)} was {what}")
+            self._kill_worker(w, now, f"task {self._id(run.seq)} was {what}")
         elif w is not None:
             # Handed out ahead of time, not started: ask the worker to skip it.
             if run.cancel_pending is None:
@@ -596,6 +593,7 @@ class Core:
         run = w.inflight.popleft()
         if has_progress:
             run.progress = progress
+            self.touched.append(run)
         run.worker = None
         w.done_count += 1
         self._after_head_change(w, now)  # the worker's bookkeeping first, then the outcome
@@ -639,7 +637,7 @@ class Core:
             if head.state is _S.RUNNING:
                 self._invalidate(head)
                 what = reason or _describe_exit(exitcode, w.pid)
-                self._note(logging.WARNING, f"task {self.id_of(head.seq)} crashed: {what}")
+                self._note(logging.WARNING, f"task {self._id(head.seq)} crashed: {what}")
                 err = WorkerCrashed(what, exitcode)
                 if not self._maybe_retry(head, now, err):
                     self._end(head, _S.FAILED, now, ok=False, value=err)
@@ -676,7 +674,8 @@ class Core:
         if self.workers.get(w.wid) is w and not w.ready and not w.retiring:
             self.actions.append(Kill(w.wid))
             who = f"worker process {w.pid}" if w.pid else "a worker process"
-            self._boot_failed(w, f"{who} did not finish starting within {BOOT_LIMIT:g} s "
+            limit = self.timings.boot_limit
+            self._boot_failed(w, f"{who} did not finish starting within {limit:g} s "
                               "(is the initializer hanging?)", now)
 
     def _boot_failed(self, w: Worker, why: str, now: float) -> None:
@@ -689,11 +688,12 @@ class Core:
             self.pending.appendleft(head)
         self.replaced += 1
         self.boot_failures += 1
-        if self.boot_failures >= BOOT_STRIKES:
+        if self.boot_failures >= self.timings.boot_strikes:
             self._break(f"{self.boot_failures} worker processes in a row ended before they "
                         f"were ready (the last: {why})", now)
             return
-        self._note(logging.WARNING, f"{why} ({self.boot_failures} of {BOOT_STRIKES} in a row "
+        strikes = self.timings.boot_strikes
+        self._note(logging.WARNING, f"{why} ({self.boot_failures} of {strikes} in a row "
                    "before the pool counts as broken); starting another")
         self._refill_soon(now)
         self._dispatch(now)
@@ -790,14 +790,14 @@ class Core:
     def _expect_exit(self, w: Worker, now: float) -> None:
         w.retiring = True
         self._leaving.add(w.wid)
-        heapq.heappush(self._heap, (now + STOP_WAIT, next(self._counter), CALLBACK,
+        heapq.heappush(self._heap, (now + self.timings.stop_wait, next(self._counter), CALLBACK,
                                     functools.partial(self._exit_overdue, w.wid), 0))
 
     def _exit_overdue(self, wid: int, now: float) -> None:
         if wid in self._leaving:  # still there: its process tree is killed
             self._leaving.discard(wid)
             self._note(logging.WARNING, f"killing a worker that did not exit "
-                       f"{STOP_WAIT:g} s after it was told to")
+                       f"{self.timings.stop_wait:g} s after it was told to")
             self.actions.append(Kill(wid))
 
     def _note(self, level: int, text: str) -> None:
@@ -816,7 +816,7 @@ class Core:
         compete for the CPU with what matters right after a kill (the spare taking
         over, the task's result); the new process needs ~100 ms to boot anyway."""
         if self._refill_at is None:
-            self._refill_at = now + REPLACE_DELAY
+            self._refill_at = now + self.timings.replace_delay
             heapq.heappush(self._heap, (self._refill_at, next(self._counter), CALLBACK,
                                         self._refill_timer, 0))
 
@@ -894,12 +894,12 @@ class Core:
         grace = run.policy.grace
         if grace:
             self._invalidate(run)
-            self._note(logging.WARNING, f"task {self.id_of(run.seq)} {reason}: TaskTimeout "
+            self._note(logging.WARNING, f"task {self._id(run.seq)} {reason}: TaskTimeout "
                        f"raised in it; its worker is killed if it is still there in {grace:g} s")
             self.actions.append(Interrupt(w.wid, run.seq))
             self.push_timer(now + grace, GRACE, run, run.gen)
             return
-        self._kill_worker(w, now, f"task {self.id_of(run.seq)} {reason}", logging.WARNING)
+        self._kill_worker(w, now, f"task {self._id(run.seq)} {reason}", logging.WARNING)
         self._finish_timeout(run, now)
 
     def _finish_timeout(self, run: Run, now: float) -> None:
@@ -917,7 +917,7 @@ class Core:
         run.not_before = None
         # The doubling stops at 2**64: a float cannot hold 2**1024 (retries=sys.maxsize).
         delay = min(p.retry_delay * (2.0 ** min(run.attempts - 1, 64)), MAX_RETRY_DELAY)
-        self._note(logging.INFO, f"task {self.id_of(run.seq)}: attempt {run.attempts} failed "
+        self._note(logging.INFO, f"task {self._id(run.seq)}: attempt {run.attempts} failed "
                    f"({type(error).__name__}: {error}); retry {run.attempts} of {p.retries}"
                    f" in {delay:g} s")
         if delay > 0:
@@ -949,7 +949,7 @@ class Core:
         run = w.inflight[0]
         if run.cancel_pending is not None or run.state.final:
             # The worker is told to skip it; if it runs it anyway, kill it.
-            self.push_timer(now + SKIP_ACK_WAIT, SKIP_WAIT, run, run.gen)
+            self.push_timer(now + self.timings.skip_ack_wait, SKIP_WAIT, run, run.gen)
             return
         self._set(run, _S.RUNNING)
         run.attempts += 1
@@ -1022,7 +1022,7 @@ class Core:
                     self._start_head(w, now)
                 elif run.policy.timeout is not None:
                     # Its time limit covers the wait for a worker still starting.
-                    wait = max(run.policy.timeout, BOOT_ALLOWANCE)
+                    wait = max(run.policy.timeout, self.timings.boot_allowance)
                     heapq.heappush(self._heap, (
                         now + wait, next(self._counter), CALLBACK,
                         functools.partial(self._boot_wait_over, run, w, now), 0))
@@ -1038,7 +1038,7 @@ class Core:
                     or not w.inflight
                     or not w.ready
                     or w.inflight[0].policy.grace
-                    or now >= (w.inflight[0].started_at or now) + STEAL_AFTER
+                    or now >= (w.inflight[0].started_at or now) + self.timings.steal_after
                 ):
                     continue
                 while pending and len(w.inflight) < self.prefetch and self._can_take(w):
@@ -1069,7 +1069,7 @@ class Core:
             any_queued = True
             head = victim.inflight[0]
             started = head.started_at if head.started_at is not None else now
-            when = started + STEAL_AFTER
+            when = started + self.timings.steal_after
             if now < when:
                 retry_at = when if retry_at is None else min(retry_at, when)
                 continue

@@ -10,88 +10,41 @@ a clock step or a suspend moves them to the right monotonic instant.
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Callable
-from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Any
-
-from croniter import croniter
+from typing import Any, Protocol
 
 from .._errors import TaskSuperseded
-from .._policy import Policy
 from .._states import JobState, TaskState, check_job
+from .model import RUNS_KEPT, CronTrigger, JobRec, Run
+from .timers import JOB, Timings
 
-if TYPE_CHECKING:
-    from .engine import Core, Run
-
-MIN_INTERVAL = 0.001
-RUNS_KEPT = 100
+__all__ = ["RUNS_KEPT", "CronTrigger", "JobBook", "JobHost", "JobRec"]
 
 
-class CronTrigger:
-    """Next fire times of a cron expression, on the wall clock, in a time zone."""
+class JobHost(Protocol):
+    """What the job rules need of the core (``engine.Core``): its clock offset and
+    timers, and a way to add, cancel and announce runs."""
 
-    def __init__(self, expression: str, tz: tzinfo | None = None) -> None:
-        if not isinstance(expression, str) or not croniter.is_valid(expression):
-            raise ValueError(f"invalid cron expression: {expression!r}")
-        self.expression = expression
-        self.tz = tz
+    wall_offset: float
+    wall_anchored: dict[tuple[str, int], Any]
+    timings: Timings
 
-    def next_after(self, wall: float) -> float:
-        start = datetime.fromtimestamp(wall, self.tz) if self.tz else datetime.fromtimestamp(
-            wall).astimezone()
-        return float(croniter(self.expression, start).get_next(float))
+    def push_timer(self, when: float, kind: int, obj: Any, gen: int) -> None: ...
 
+    def add(self, run: Run, now: float, due: float | None = None,
+            wall_due: float | None = None) -> Run: ...
 
-class JobRec:
-    """One recurring job as the engine sees it; ``handle`` is the driver's Job."""
+    def cancel(self, run: Run, now: float, state: TaskState = TaskState.CANCELLED,
+               error: BaseException | None = None, dispatch: bool = True) -> bool | None: ...
 
-    def __init__(
-        self,
-        seq: int,
-        payload: bytes,
-        policy: Policy,
-        *,
-        every: float | None = None,
-        cron: CronTrigger | None = None,
-        anchor: str = "start",
-        overlap: str = "skip",
-        max_runs: int | None = None,
-        until: float | None = None,  # wall-clock timestamp
-        handle: Any = None,
-    ) -> None:
-        if (every is None) == (cron is None):
-            raise ValueError("a job needs every or cron, not both")
-        if every is not None and every < MIN_INTERVAL:
-            raise ValueError(f"every must be at least {MIN_INTERVAL * 1000:g} ms, not {every!r}")
-        self.seq = seq
-        self.payload = payload
-        self.policy = policy
-        self.every = every
-        self.cron = cron
-        self.anchor = anchor
-        self.overlap = overlap
-        self.max_runs = max_runs
-        self.until = until
-        self.handle = handle
-        self.state = JobState.ACTIVE
-        self.gen = 0
-        self.due: float | None = None  # monotonic time of the next run
-        self.wall_due: float | None = None  # the same on the wall clock, for cron and `at`
-        self.started = 0
-        self.live: list[Run] = []
-        self.queued = False
-        self.runs: deque[Run] = deque(maxlen=RUNS_KEPT)
-        self.latest: Run | None = None
+    def job_changed(self, job: JobRec) -> None: ...
 
+    def new_job_run(self, job: JobRec) -> Run: ...
 
 class JobBook:
     """The engine's jobs: timers, runs started, overlap and anchor rules."""
 
-    def __init__(self, core: Core, make_run: Callable[[JobRec], Run] | None = None) -> None:
+    def __init__(self, core: JobHost) -> None:
         self.core = core
-        # Makes a Run (and the driver's Task for it) for one run of a job.
-        self.make_run = make_run
         self.jobs: dict[int, JobRec] = {}
 
     # ------------------------------------------------------------- timing
@@ -99,8 +52,6 @@ class JobBook:
         return now + self.core.wall_offset
 
     def _arm(self, job: JobRec, due: float, wall_due: float | None = None) -> None:
-        from .engine import JOB, LEAD
-
         job.gen += 1
         job.due = due
         job.wall_due = wall_due
@@ -108,13 +59,15 @@ class JobBook:
             self.core.wall_anchored[("job", job.seq)] = job
         else:
             self.core.wall_anchored.pop(("job", job.seq), None)
-        self.core.push_timer(due - LEAD, JOB, job, job.gen)
+        self.core.push_timer(due - self.core.timings.lead, JOB, job, job.gen)
+        self.core.job_changed(job)
 
     def _disarm(self, job: JobRec) -> None:
         job.gen += 1
         job.due = None
         job.wall_due = None
         self.core.wall_anchored.pop(("job", job.seq), None)
+        self.core.job_changed(job)
 
     def _arm_next_after(self, job: JobRec, now: float, wall_from: float | None = None) -> None:
         """The next run from ``now`` on: one interval, or the next cron time (after
@@ -154,8 +107,6 @@ class JobBook:
         live = [r for r in job.live if not r.state.final]
         if live and job.overlap != "parallel":
             if slot > now:
-                from .engine import JOB
-
                 # Fired LEAD early. Whether the previous run is still running is asked at
                 # the slot itself: a fast job's previous run has not even begun yet.
                 self.core.push_timer(slot, JOB, job, job.gen)
@@ -200,9 +151,7 @@ class JobBook:
                 self._arm(job, nxt)
 
     def _start_run(self, job: JobRec, now: float, slot: float | None = None) -> None:
-        assert self.make_run is not None
-        run = self.make_run(job)
-        run.job = job
+        run = self.core.new_job_run(job)
         if slot is not None and slot > now:
             run.not_before = slot  # fired a little early on purpose: begin on time
         job.started += 1
@@ -214,7 +163,8 @@ class JobBook:
             self._finish(job, now)
 
     def run_ended(self, run: Run, now: float) -> None:
-        job: JobRec = run.job
+        job = run.job
+        assert job is not None
         if run in job.live:
             job.live.remove(run)
         if job.state is not JobState.ACTIVE:

@@ -11,19 +11,43 @@ from concurrent.futures import Future
 from concurrent.futures._base import FINISHED as _FINISHED
 from concurrent.futures._base import PENDING as _PENDING
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .._ids import make_uuid
 from .._states import TaskState
-
-if TYPE_CHECKING:
-    from ..core.engine import Run
-    from .supervisor import Supervisor
+from ..core.model import Run
 
 T = TypeVar("T")
 
+
+class TaskOwner(Protocol):
+    """What a Task asks of its supervisor (``Supervisor`` is one)."""
+
+    _id_base: int
+
+    def _check_process(self) -> None: ...
+
+    def _wall(self, mono: float | None) -> float | None: ...
+
+    def _run_callbacks(self, task: Task[Any], callbacks: list[Any]) -> None: ...
+
+    def _cancel_run(self, task: Task[Any], wait: bool = True) -> bool: ...
+
+    def _postpone_run(self, task: Task[Any], delay: float | timedelta | None) -> bool: ...
+
+    def _reschedule_run(
+        self, task: Task[Any], at: datetime | float | None, delay: float | timedelta | None
+    ) -> bool: ...
+
 _CANCELLED_STATES = (TaskState.CANCELLED, TaskState.SUPERSEDED)
 _CONDITION_LOCK = threading.Lock()
+
+# What the loop publishes of a run, in one assignment, so that a caller always reads a
+# state the loop was in: (state, attempts, worker pid, started at, finished at (both
+# monotonic), progress).
+TaskView = tuple[TaskState, int, "int | None", "float | None", "float | None", Any]
+PENDING_VIEW: TaskView = (TaskState.PENDING, 0, None, None, None, None)
+SCHEDULED_VIEW: TaskView = (TaskState.SCHEDULED, 0, None, None, None, None)
 
 
 class Task(Future[T]):
@@ -40,7 +64,12 @@ class Task(Future[T]):
     """
 
     def __init__(
-        self, supervisor: Supervisor, run: Run, name: str | None, delay: float | None = None
+        self,
+        supervisor: TaskOwner,
+        run: Run,
+        name: str | None,
+        delay: float | None = None,
+        view: TaskView = PENDING_VIEW,
     ) -> None:
         # Future.__init__ is skipped on purpose: its Condition costs about 1.3 KiB, which
         # would be most of a scheduled task's memory. ``_condition`` is made on first use.
@@ -53,7 +82,10 @@ class Task(Future[T]):
         self._delay = delay
         self.job: Any = None  # the Job this task is a run of, if any
         self._supervisor = supervisor
+        # The core's record: a token for the commands this task sends to the loop, and
+        # its seq and policy (never changed). Anything else of it is the loop's alone.
         self._run = run
+        self._view = view  # written by the loop only, in one step
         self.name = name
         self.traceback: str | None = None
 
@@ -111,11 +143,12 @@ class Task(Future[T]):
     def result(self, timeout: float | None = None) -> T:
         if self._state == _FINISHED:  # resolved: no need to take (or make) the Condition
             if self._exception is None:
-                return self._result  # type: ignore[no-any-return]
+                result: T = self._result
+                return result
             try:
                 raise self._exception
             finally:
-                self = None  # type: ignore[assignment]  # break the cycle, as Future does
+                del self  # break the cycle (traceback -> frame -> self), as Future does
         self._supervisor._check_process()  # in a forked child nothing would resolve it
         return super().result(timeout)
 
@@ -145,31 +178,31 @@ class Task(Future[T]):
 
     @property
     def state(self) -> TaskState:
-        return self._run.state
+        return self._view[0]
 
     @property
     def worker_pid(self) -> int | None:
         """The pid of the worker process that ran (or runs) the latest attempt."""
-        return self._run.worker_pid
+        return self._view[2]
 
     @property
     def started_at(self) -> float | None:
         """When the latest attempt started, as a ``time.time()`` timestamp."""
-        return self._supervisor._wall(self._run.started_at)
+        return self._supervisor._wall(self._view[3])
 
     @property
     def finished_at(self) -> float | None:
-        return self._supervisor._wall(self._run.finished_at)
+        return self._supervisor._wall(self._view[4])
 
     @property
     def attempts(self) -> int:
         """How many times the task has been started (retries included)."""
-        return self._run.attempts
+        return self._view[1]
 
     @property
     def progress(self) -> Any:
         """The last value the task gave to ``taskwarden.heartbeat(progress)``."""
-        return self._run.progress
+        return self._view[5]
 
     @property
     def key(self) -> str | None:
@@ -185,16 +218,16 @@ class Task(Future[T]):
         or (rarely) if it had been handed to a worker ahead of time, began before the
         worker read the cancel and ran to its end: then its own outcome stands.
         """
-        if self._run.state.final:
+        if self._view[0].final:
             return False
-        return self._supervisor._cancel_run(self._run)
+        return self._supervisor._cancel_run(self)
 
     def cancelled(self) -> bool:
         # Only once resolved: a killed task's future resolves when its process is gone.
-        return self._state == _FINISHED and self._run.state in _CANCELLED_STATES
+        return self._state == _FINISHED and self._view[0] in _CANCELLED_STATES
 
     def running(self) -> bool:
-        return self._run.state is TaskState.RUNNING
+        return self._view[0] is TaskState.RUNNING
 
     def kick(self) -> bool:
         """Push a task that has not started back by its delay (the watchdog pattern).
@@ -202,17 +235,17 @@ class Task(Future[T]):
         Returns True if the start moved, False if the task had already started
         or ended, so a dead-man's switch can tell whether it fired.
         """
-        return self._supervisor._postpone_run(self._run, None)
+        return self._supervisor._postpone_run(self, None)
 
     def postpone(self, delay: float | timedelta | None = None) -> bool:
         """Like ``kick()``, with another delay (seconds or a timedelta) if given."""
-        return self._supervisor._postpone_run(self._run, delay)
+        return self._supervisor._postpone_run(self, delay)
 
     def reschedule(
         self, at: datetime | float | None = None, delay: float | timedelta | None = None
     ) -> bool:
         """Move the start of a task that has not started; False if it already has."""
-        return self._supervisor._reschedule_run(self._run, at, delay)
+        return self._supervisor._reschedule_run(self, at, delay)
 
     def __await__(self) -> Generator[Any, None, T]:
         """``await task``: its result, or what ``result()`` would raise (a cancelled or
@@ -236,10 +269,10 @@ class Task(Future[T]):
                 loop.call_soon_threadsafe(copy, task)
 
         def on_waiter_done(fut: asyncio.Future[T]) -> None:
-            if fut.cancelled() and not self._run.state.final:
+            if fut.cancelled() and not self._view[0].final:
                 # The task is CANCELLED when this returns, but its process may still be
                 # going: the event loop does not wait for that.
-                self._supervisor._cancel_run(self._run, wait=False)
+                self._supervisor._cancel_run(self, wait=False)
 
         waiter.add_done_callback(on_waiter_done)
         self._add_inline_callback(on_done)

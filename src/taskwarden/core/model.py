@@ -1,0 +1,305 @@
+"""The core's records (a run, a worker, a recurring job), the commands the driver gives
+the core and the actions the core returns. Plain data: no behaviour but its own shape."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from typing import Any, Literal
+
+from croniter import croniter
+
+from .._policy import Policy
+from .._states import JobState, TaskState
+
+_S = TaskState
+
+class Run:
+    """One task as the core sees it (the driver's Task is found by ``seq``)."""
+
+    __slots__ = (
+        "attempts",
+        "blocked",
+        "cancel_error",
+        "cancel_pending",
+        "deadline",
+        "due",
+        "finished_at",
+        "gen",
+        "hb_reason",
+        "job",
+        "last_beat",
+        "not_before",
+        "payload",
+        "policy",
+        "progress",
+        "seq",
+        "started_at",
+        "state",
+        "stealing",
+        "tb",
+        "value",
+        "value_ok",
+        "wall_due",
+        "worker",
+        "worker_pid",
+    )
+
+    def __init__(self, seq: int, payload: bytes, policy: Policy) -> None:
+        self.seq = seq
+        self.payload = payload
+        self.policy = policy
+        self.state = _S.PENDING
+        self.due = 0.0
+        self.gen = 0
+        self.worker: Worker | None = None
+        self.worker_pid: int | None = None
+        self.attempts = 0
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.deadline: float | None = None
+        self.last_beat = 0.0
+        self.progress: Any = None
+        self.value: Any = None
+        self.value_ok = False
+        self.tb: str | None = None
+        # A cancel asked while the run sits on a worker, not started: the state and error
+        # it ends with once the worker confirms the skip (or its process is killed).
+        self.cancel_pending: TaskState | None = None
+        self.cancel_error: BaseException | None = None
+        self.stealing = False
+        self.blocked = False
+        self.hb_reason: str | None = None
+        self.not_before: float | None = None  # a timed start: the worker begins no earlier
+        self.job: JobRec | None = None
+        self.wall_due: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Run {self.seq} {self.state.value}>"
+
+
+class Worker:
+    __slots__ = ("done_count", "gen", "inflight", "pid", "ready", "retiring", "wid")
+
+    def __init__(self, wid: int) -> None:
+        self.wid = wid
+        self.pid: int | None = None
+        self.ready = False
+        self.retiring = False
+        self.inflight: deque[Run] = deque()
+        self.done_count = 0
+        self.gen = 0  # its BOOT timer is stale once it is ready
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.wid} ready={self.ready} inflight={len(self.inflight)}>"
+
+
+MIN_INTERVAL = 0.001
+RUNS_KEPT = 100
+
+
+class CronTrigger:
+    """Next fire times of a cron expression, on the wall clock, in a time zone."""
+
+    def __init__(self, expression: str, tz: tzinfo | None = None) -> None:
+        if not isinstance(expression, str) or not croniter.is_valid(expression):
+            raise ValueError(f"invalid cron expression: {expression!r}")
+        self.expression = expression
+        self.tz = tz
+
+    def next_after(self, wall: float) -> float:
+        start = datetime.fromtimestamp(wall, self.tz) if self.tz else datetime.fromtimestamp(
+            wall).astimezone()
+        return float(croniter(self.expression, start).get_next(float))
+
+
+class JobRec:
+    """One recurring job as the engine sees it (the driver's Job is found by ``seq``)."""
+
+    def __init__(
+        self,
+        seq: int,
+        payload: bytes,
+        policy: Policy,
+        *,
+        every: float | None = None,
+        cron: CronTrigger | None = None,
+        anchor: str = "start",
+        overlap: str = "skip",
+        max_runs: int | None = None,
+        until: float | None = None,  # wall-clock timestamp
+    ) -> None:
+        if (every is None) == (cron is None):
+            raise ValueError("a job needs every or cron, not both")
+        if every is not None and every < MIN_INTERVAL:
+            raise ValueError(f"every must be at least {MIN_INTERVAL * 1000:g} ms, not {every!r}")
+        self.seq = seq
+        self.payload = payload
+        self.policy = policy
+        self.every = every
+        self.cron = cron
+        self.anchor = anchor
+        self.overlap = overlap
+        self.max_runs = max_runs
+        self.until = until
+        self.state = JobState.ACTIVE
+        self.gen = 0
+        self.due: float | None = None  # monotonic time of the next run
+        self.wall_due: float | None = None  # the same on the wall clock, for cron and `at`
+        self.started = 0
+        self.live: list[Run] = []
+        self.queued = False
+        self.runs: deque[Run] = deque(maxlen=RUNS_KEPT)
+        self.latest: Run | None = None
+
+
+# Actions (the driver matches on the first element).
+@dataclass(slots=True)
+class Spawn:
+    wid: int
+
+
+@dataclass(slots=True)
+class Send:
+    wid: int
+    runs: list[Run]
+
+
+@dataclass(slots=True)
+class Skip:
+    wid: int
+    seq: int
+
+
+@dataclass(slots=True)
+class Kill:
+    wid: int
+    run: Run | None = None  # the run it was executing: resolved once the process is gone
+    also: tuple[Run, ...] = ()  # cancelled runs it held that may have begun: the same
+
+
+@dataclass(slots=True)
+class Interrupt:
+    wid: int
+    seq: int
+
+
+@dataclass(slots=True)
+class Stop:
+    wid: int
+
+
+@dataclass(slots=True)
+class Resolve:
+    run: Run
+
+
+@dataclass(slots=True)
+class JobChanged:
+    """A job's state or next run changed: the driver publishes it to the Job."""
+
+    job: JobRec
+
+
+@dataclass(slots=True)
+class NewRun:
+    """A recurring job started a run (already added): the driver makes its Task."""
+
+    job: JobRec
+    run: Run
+
+
+@dataclass(slots=True)
+class Note:
+    """A supervision event for the driver to log (kill and why, crash, retry, replacement,
+    broken pool): the core decides what is worth telling, the driver does the I/O."""
+
+    level: int
+    text: str
+
+
+Action = Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | JobChanged | NewRun | Note
+
+
+# Commands: what the driver asks of the core, besides the pool's events. A command
+# with an answer carries it back in its ``answer`` field.
+@dataclass(slots=True)
+class Start:
+    """Start the pool's processes."""
+
+
+@dataclass(slots=True)
+class Add:
+    """A new run, due at ``due`` (monotonic; None: now), following the wall clock to
+    ``wall_due`` if given. ``answer``: the run that stands for the call (see Core.add)."""
+
+    run: Run
+    due: float | None = None
+    wall_due: float | None = None
+    answer: Run | None = None
+
+
+@dataclass(slots=True)
+class AddJob:
+    job: JobRec
+    first_due: float | None = None
+    first_wall: float | None = None
+
+
+@dataclass(slots=True)
+class Cancel:
+    """Cancel a run; ``answer`` as ``Core.cancel`` returns it."""
+
+    run: Run
+    answer: bool | None = None
+
+
+@dataclass(slots=True)
+class Reschedule:
+    """Move a run that has not started; ``answer``: whether it moved."""
+
+    run: Run
+    due: float
+    wall_due: float | None = None
+    answer: bool = False
+
+
+JobOp = Literal["pause", "resume", "kick", "cancel", "reschedule"]
+
+
+@dataclass(slots=True)
+class JobControl:
+    """Pause, resume, kick, cancel or reschedule a job; ``answer``: whether it applied."""
+
+    job: JobRec
+    op: JobOp
+    kill_running: bool = False  # cancel: the running runs are killed too
+    due: float | None = None  # reschedule: the next run's time
+    wall_due: float | None = None
+    answer: bool = False
+
+
+@dataclass(slots=True)
+class Close:
+    """Shutdown: scheduled runs are cancelled, pending ones too if ``cancel_pending``."""
+
+    cancel_pending: bool
+
+
+@dataclass(slots=True)
+class Tick:
+    """Time went by: fire the timers due."""
+
+
+@dataclass(slots=True)
+class ClockChanged:
+    """The wall clock stepped (or the machine slept): wall = monotonic + ``wall_offset``."""
+
+    wall_offset: float
+
+
+TICK = Tick()
+Command = Start | Add | AddJob | Cancel | Reschedule | JobControl | Close | Tick | ClockChanged
+
+
