@@ -170,7 +170,7 @@ class RayPool:
         self._agents: list[Any] = []  # every agent started, for close()
         self._events: list[Event] = []
         self._scratch = memoryview(bytearray(1 << 20))
-        self._killed: list[_Slot] = []
+        self._killed: list[_Slot] = []  # killed, not reported gone yet
         # What Ray's threads hand over (an agent's serve() call that ended), under a lock.
         self._lock = threading.Lock()
         self._ray_done: deque[tuple[int, Any, BaseException | None]] = deque()
@@ -246,7 +246,10 @@ class RayPool:
 
     def _on_serve_done(self, wid: int, agent: Any, future: Any) -> None:
         """On a Ray thread: an agent's serve() call for worker ``wid`` ended."""
-        exc = future.exception()
+        try:
+            exc = future.exception()
+        except BaseException as cancelled:  # the call was cancelled: it ended all the same
+            exc = cancelled
         with self._lock:
             self._ray_done.append((wid, agent, exc))
         if self._reactor is not None:
@@ -452,6 +455,9 @@ class RayPool:
         # An agent that did not report the exit died (or its node did), or never connected.
         self._release_agent(slot, alive=False)
         self._slots.pop(slot.wid, None)
+        if slot.killed:
+            with contextlib.suppress(ValueError):
+                self._killed.remove(slot)
         reason = slot.channel.crash or slot.reason
         self._events.append(WorkerExited(slot.wid, slot.exit_status, reason))
 
@@ -549,7 +555,7 @@ class RayPool:
                 for key in list(sel.get_map().values()):
                     if key.fileobj.fileno() < 0:  # type: ignore[union-attr]
                         sel.unregister(key.fileobj)
-        gone = [s.wid for s in self._killed if s.reported]
+        gone = [s.wid for s in waiting if s.reported]
         self._killed = [s for s in self._killed if not s.reported]
         return gone
 
