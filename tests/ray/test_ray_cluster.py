@@ -13,6 +13,7 @@ from taskwarden import Supervisor, WorkerCrashed
 import _tasks as T
 from _live import WAIT, gone, read_pid, wait_for
 
+pytest.importorskip("ray")  # the Ray engine's tests need Ray: pip install 'taskwarden[ray]'
 pytestmark = pytest.mark.timeout(180)
 
 

@@ -25,6 +25,7 @@ from taskwarden.pool import ray_pool
 import _tasks as T
 from _live import WAIT, gone, read_pid, wait_for
 
+pytest.importorskip("ray")  # the Ray engine's tests need Ray: pip install 'taskwarden[ray]'
 pytestmark = pytest.mark.timeout(120)
 
 
