@@ -186,3 +186,16 @@ def test_the_port_listens_on_loopback_and_turns_away_a_stranger(
             assert stranger.recv(16) == b""
     assert not mark.exists()
     assert rsup.submit(T.square, 2).result(timeout=WAIT) == 4
+
+
+def test_runs_handed_ahead_to_a_busy_worker_are_taken_back_for_the_idle_one(
+    rsup: Supervisor,
+) -> None:
+    """The take-back (skip, and the nudge over the agent's connection) works on Ray:
+    work queued behind a task holding the GIL does not wait for it."""
+    rsup.submit(T.square, 0).result(timeout=WAIT)
+    busy = rsup.submit(T.hold_the_gil, 5.0)
+    wait_for(lambda: busy.state == "RUNNING")
+    assert list(rsup.map(T.square, range(50))) == [x * x for x in range(50)]
+    assert not busy.done()
+    busy.cancel()
