@@ -83,7 +83,10 @@ def connect_ray(ray_address: str | None) -> Any:
     global _started_here
     ray = import_ray()
     if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False)
+        if ray_address is None:  # a local Ray of our own: no dashboard
+            ray.init(include_dashboard=False)
+        else:
+            ray.init(address=ray_address)
         _started_here = True
     return ray
 
