@@ -71,9 +71,9 @@ def main() -> None:
         run(sup)
 
 
-def run(sup: Supervisor) -> None:
+def run(sup: Supervisor, heartbeat: float = 0.5) -> None:
     """The workload, under the supervisor it is given (examples/ray_cluster.py runs it
-    on Ray)."""
+    on Ray, with more room for a heartbeat)."""
     # 1. A hard time limit.
     task = sup.schedule(hang, timeout=0.5)
     try:
@@ -81,10 +81,10 @@ def run(sup: Supervisor) -> None:
     except TaskTimeout as exc:
         print(f"timeout:   {task.state} ({exc}); worker {task.worker_pid} killed")
 
-    # 2. Heartbeats: slow but alive (0.75 s of work, a beat every 0.05 s) vs hung.
-    alive = sup.schedule(slow_but_alive, args=(15,), heartbeat=0.5)
+    # 2. Heartbeats: slow but alive (1.5 heartbeats of work, a beat every 0.05 s) vs hung.
+    alive = sup.schedule(slow_but_alive, args=(round(heartbeat * 30),), heartbeat=heartbeat)
     print(f"heartbeat: slow but alive -> {alive.result()} steps, {alive.state}")
-    hung = sup.schedule(hangs_halfway, args=(5,), heartbeat=0.5)
+    hung = sup.schedule(hangs_halfway, args=(5,), heartbeat=heartbeat)
     try:
         hung.result()
     except TaskTimeout as exc:

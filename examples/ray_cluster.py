@@ -45,7 +45,10 @@ def main() -> None:
                  runtime_env=runtime_env)
     try:
         with Supervisor(workers=2, engine="ray", ray_options={"num_cpus": 1}) as sup:
-            hang_prone.run(sup)
+            # A worker's first task imports its module (hang_prone, and taskwarden
+            # with it): on a busy or distant node that can take longer than the
+            # local example's heartbeat, so this one allows 1 s.
+            hang_prone.run(sup, heartbeat=1.0)
     finally:
         ray.shutdown()
 
