@@ -103,9 +103,16 @@ def two_nodes() -> Iterator[tuple[Any, Any]]:
             cluster.shutdown()
 
 
-@pytest.fixture
-def rsup(local_ray: None) -> Iterator[Supervisor]:
-    """A two-worker supervisor on the local Ray, shut down after the test."""
+@pytest.fixture(params=["unix-socket", "tcp"])
+def rsup(local_ray: None, request: pytest.FixtureRequest,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[Supervisor]:
+    """A two-worker supervisor on the local Ray, shut down after the test. Each test
+    runs twice: with workers connected over the Unix socket (as on the supervisor's
+    machine: signalled and killed from here), and over TCP (as on another node: the
+    agent signals and kills)."""
+    from taskwarden.pool import ray_pool
+
+    monkeypatch.setattr(ray_pool, "UNIX_SOCKETS", request.param == "unix-socket")
     s = Supervisor(workers=2, engine="ray")
     yield s
     s.shutdown(wait=True, cancel_futures=True)

@@ -199,3 +199,8 @@ def test_runs_handed_ahead_to_a_busy_worker_are_taken_back_for_the_idle_one(
     assert list(rsup.map(T.square, range(50))) == [x * x for x in range(50)]
     assert not busy.done()
     busy.cancel()
+
+
+def test_a_bad_actor_option_fails_the_construction(local_ray: None) -> None:
+    with pytest.raises(ValueError, match="num_cpu"):
+        Supervisor(workers=1, engine="ray", ray_options={"num_cpu": 1})

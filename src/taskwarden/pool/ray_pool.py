@@ -41,18 +41,23 @@ import functools
 import logging
 import os
 import pickle
+import select
 import selectors
 import shutil
+import signal
 import socket
+import struct
 import tempfile
 import threading
 import time
 from collections import deque
 from typing import Any
 
+from .._proctree import kill_tree
 from . import _ray_link as L
 from ._channel import Channel
 from ._ray_agent import Agent
+from ._worker import INTERRUPT_SIGNAL, NUDGE_SIGNAL
 from .base import Event, Reactor, WorkerExited
 
 log = logging.getLogger("taskwarden")
@@ -91,6 +96,32 @@ def connect_ray(ray_address: str | None) -> Any:
     return ray
 
 
+_SIGNALS = {L.INTERRUPT: INTERRUPT_SIGNAL, L.NUDGE: NUDGE_SIGNAL}
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _same_machine_pidfd(sock: socket.socket, pid: int) -> int:
+    """A pidfd for the worker at the other end of ``sock`` if it runs on this machine,
+    in this pid namespace (the kernel's SO_PEERCRED names the same pid as its hello),
+    else -1. Signals sent through it can never reach another process that reused the
+    pid."""
+    if sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return -1
+    try:
+        cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        peer_pid = _PEERCRED.unpack(cred)[0]
+        if peer_pid != pid:
+            return -1
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return -1
+
+
+def _exited(pidfd: int) -> bool:
+    """Has the process of ``pidfd`` exited (its pid may be reused by now)?"""
+    return bool(select.select([pidfd], [], [], 0)[0])
+
+
 class _Pending:
     """An accepted connection that has not said who it is yet."""
 
@@ -107,7 +138,7 @@ class _Slot:
 
     __slots__ = ("agent", "agent_pid", "agent_released", "channel", "ctl", "ctl_buf",
                  "ctl_closed", "data", "data_closed", "data_pid", "exit_status", "exited",
-                 "killed", "pid", "reason", "reported", "wid")
+                 "killed", "pid", "pidfd", "reason", "reported", "wid")
 
     def __init__(self, wid: int, channel: Channel) -> None:
         self.wid = wid
@@ -122,6 +153,7 @@ class _Slot:
         self.agent_pid = 0
         self.pid = 0  # the worker process's, once the agent reports it STARTED
         self.data_pid = 0  # what the data connection's hello said
+        self.pidfd = -1  # the worker's, if it runs on this machine (see _same_machine_pidfd)
         self.exited = False  # the agent reported the exit status
         self.exit_status: int | None = None
         self.killed = False
@@ -147,23 +179,29 @@ class RayPool:
         global _started_here
         connect_ray(ray_address)
         self._owns_ray, _started_here = _started_here, False  # shut down at close()
-        host = ray.util.get_node_ip_address()
-        self._secret = L.new_secret()
-        self._listener = socket.create_server((host, 0), backlog=128)
-        self._listener.setblocking(False)
-        # Workers on this machine connect over a Unix socket, in a folder of our own
-        # (mode 0700: other users cannot even reach it).
-        self._unix_dir = tempfile.mkdtemp(prefix="taskwarden-")
-        unix_path = os.path.join(self._unix_dir, "s")
-        self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._unix.bind(unix_path)
-        self._unix.listen(128)
-        self._unix.setblocking(False)
-        self._where = L.Where(host, self._listener.getsockname()[1],
-                              unix_path if UNIX_SOCKETS else "", L.boot_id())
-        options = {**DEFAULT_ACTOR_OPTIONS, **(ray_options or {})}
-        options["max_restarts"] = 0  # a dead agent is a crash, and is replaced by us
-        self._agent_cls = ray.remote(Agent).options(**options)
+        try:
+            # Ray checks the actor options here: a bad one fails the construction.
+            options = {**DEFAULT_ACTOR_OPTIONS, **(ray_options or {})}
+            options["max_restarts"] = 0  # a dead agent is a crash, and is replaced by us
+            self._agent_cls = ray.remote(Agent).options(**options)
+            host = ray.util.get_node_ip_address()
+            self._secret = L.new_secret()
+            self._listener = socket.create_server((host, 0), backlog=128)
+            self._listener.setblocking(False)
+            # Workers on this machine connect over a Unix socket, in a folder of our own
+            # (mode 0700: other users cannot even reach it).
+            self._unix_dir = tempfile.mkdtemp(prefix="taskwarden-")
+            unix_path = os.path.join(self._unix_dir, "s")
+            self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._unix.bind(unix_path)
+            self._unix.listen(128)
+            self._unix.setblocking(False)
+            self._where = L.Where(host, self._listener.getsockname()[1],
+                                  unix_path if UNIX_SOCKETS else "", L.boot_id())
+        except BaseException:
+            if self._owns_ray:
+                ray.shutdown()
+            raise
         self._boot = pickle.dumps((id_base, init_payload, max_memory), protocol=5)
         self._reactor: Reactor | None = None
         self._slots: dict[int, _Slot] = {}
@@ -364,6 +402,7 @@ class RayPool:
             return
         slot.data = sock
         slot.data_pid = pid
+        slot.pidfd = _same_machine_pidfd(sock, pid)
         slot.channel.name = f"worker process {pid} (Ray)"
         slot.channel.attach(sock.fileno())
         # The channel watches its socket; this pool must also hear of its end.
@@ -388,8 +427,15 @@ class RayPool:
 
     def _control(self, wid: int, kind: bytes) -> None:
         slot = self._slots.get(wid)
-        if slot is not None and not slot.killed:
-            self._send_control(slot, kind)
+        if slot is None or slot.killed:
+            return
+        # A worker on this machine is signalled at once (no hop through its agent).
+        sig = _SIGNALS.get(kind)
+        if sig is not None and slot.pidfd >= 0:
+            with contextlib.suppress(OSError):  # it has exited: its agent reports it
+                signal.pidfd_send_signal(slot.pidfd, sig)
+            return
+        self._send_control(slot, kind)
 
     def _on_control(self, slot: _Slot, mask: int) -> None:
         assert slot.ctl is not None
@@ -451,6 +497,9 @@ class RayPool:
             if sock is not None:
                 reactor.unwatch(sock.fileno())
                 sock.close()
+        if slot.pidfd >= 0:
+            os.close(slot.pidfd)
+            slot.pidfd = -1
         slot.channel.detach()
         timer = self._timers.pop(slot.wid, None)
         if timer is not None:
@@ -518,6 +567,10 @@ class RayPool:
             slot.ctl_closed = True
             self._maybe_report(slot)
             return True
+        if slot.pidfd >= 0 and not _exited(slot.pidfd):
+            # On this machine: killed from here at once, as the local engine does (its
+            # agent need not be scheduled first); the agent still reaps and reports it.
+            kill_tree(slot.data_pid)
         self._send_control(slot, L.KILL)
         timer = threading.Timer(KILL_BACKSTOP, self._backstop, (slot,))
         timer.daemon = True
