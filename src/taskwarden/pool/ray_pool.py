@@ -17,7 +17,10 @@ they are file descriptors in the loop's one wait: no Ray call per task, and
 no thread in between. A kill (timeout, heartbeat, cancel, supersede) asks the
 agent to kill its worker's process tree; the agent, which runs no task, does
 it at once even while the task holds the GIL, and reports the exit status
-the kernel gives it. The agent is then free for the slot's next worker.
+the kernel gives it. The agent is then free for the slot's next worker. A
+worker on this machine (proved by SO_PEERCRED on its Unix socket) is also
+signalled and killed from here, through a pidfd, without waiting for its
+agent to be scheduled.
 
 A worker is reported gone (``WorkerExited``) only when the kernel says so:
 its agent reported the exit status from ``waitpid`` and its data connection
