@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import numbers
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final, Literal, SupportsFloat, SupportsIndex, TypeAlias, get_args
 
 SUPERVISOR_POLICY = frozenset(
     {"timeout", "heartbeat", "grace", "retries", "retry_delay", "retry_on"}
@@ -15,9 +16,43 @@ SUPERVISOR_POLICY = frozenset(
 TASK_POLICY = SUPERVISOR_POLICY | {"key", "on_conflict", "debounce"}
 JOB_POLICY = TASK_POLICY | {"overlap", "anchor", "max_runs", "until"}
 
-ON_CONFLICT = ("supersede", "queue", "drop")
-OVERLAP = ("skip", "queue", "parallel", "replace")
-ANCHOR = ("start", "end")
+OnConflict: TypeAlias = Literal["supersede", "queue", "drop"]
+"""What a new task of a key does to the live one: ``"supersede"`` (last task wins: the
+older is SUPERSEDED, killed if running), ``"queue"`` (one at a time, in order), ``"drop"``
+(while one is pending or running, the call returns it)."""
+Overlap: TypeAlias = Literal["skip", "queue", "parallel", "replace"]
+"""A job's run that comes due while the previous one runs: ``"skip"`` it, ``"queue"`` it
+behind, run both (``"parallel"``), or kill the previous (``"replace"``)."""
+Anchor: TypeAlias = Literal["start", "end"]
+"""A job's rate: from each run's scheduled start (``"start"``, fixed rate, no drift) or
+from each run's end (``"end"``, fixed delay)."""
+ON_CONFLICT: tuple[OnConflict, ...] = get_args(OnConflict)
+OVERLAP: tuple[Overlap, ...] = get_args(Overlap)
+ANCHOR: tuple[Anchor, ...] = get_args(Anchor)
+
+# What the policy keywords take, as the signatures spell it out: a time is any real
+# number (numpy, Fraction and Decimal too) or a timedelta, a count any integral number.
+Seconds: TypeAlias = SupportsFloat | timedelta
+Count: TypeAlias = SupportsIndex
+RetryOn: TypeAlias = type[BaseException] | tuple[type[BaseException], ...]
+
+
+class Unset(enum.Enum):
+    """The default of a policy keyword: not given here, so the default applies
+    (``timeout=None`` is given: no limit, whatever the Supervisor's default)."""
+
+    UNSET = enum.auto()
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = Unset.UNSET
+
+
+def given(**keywords: object) -> dict[str, Any]:
+    """The keywords a call gave (those not left UNSET)."""
+    return {name: value for name, value in keywords.items() if value is not UNSET}
 
 MAX_RETRY_DELAY = 300.0
 # A time further off than this (about 100 years) means "never", and is clamped to it:
@@ -34,7 +69,7 @@ class Policy:
     retry_delay: float = 0.0
     retry_on: tuple[type[BaseException], ...] | None = None
     key: str | None = None
-    on_conflict: str = "supersede"
+    on_conflict: OnConflict = "supersede"
     debounce: float | None = None
 
     def with_overrides(self, overrides: dict[str, Any]) -> Policy:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from croniter import croniter
 
-from .._policy import Policy
+from .._policy import Anchor, Overlap, Policy
 from .._states import JobState, TaskState
 
 _S = TaskState
@@ -125,8 +125,8 @@ class JobRec:
         *,
         every: float | None = None,
         cron: CronTrigger | None = None,
-        anchor: str = "start",
-        overlap: str = "skip",
+        anchor: Anchor = "start",
+        overlap: Overlap = "skip",
         max_runs: int | None = None,
         until: float | None = None,  # wall-clock timestamp
     ) -> None:

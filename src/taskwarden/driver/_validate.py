@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 import loky
@@ -26,6 +26,8 @@ from .._policy import (
     MAX_SECONDS,
     OVERLAP,
     SUPERVISOR_POLICY,
+    Anchor,
+    Overlap,
     Policy,
     check_keywords,
     normalize,
@@ -103,8 +105,8 @@ class JobOptions:
     policy: Policy  # each run's
     every: float | None
     cron: CronTrigger | None
-    overlap: str
-    anchor: str
+    overlap: Overlap
+    anchor: Anchor
     max_runs: int | None
     until: float | None  # a time.time() timestamp
 
@@ -135,9 +137,11 @@ def job_options(
     overlap = job_opts.get("overlap", "skip")
     if overlap not in OVERLAP:
         raise ValueError(f"overlap must be one of {', '.join(OVERLAP)}, not {overlap!r}")
+    overlap = cast(Overlap, overlap)
     anchor = job_opts.get("anchor", "start")
     if anchor not in ANCHOR:
         raise ValueError(f"anchor must be one of {', '.join(ANCHOR)}, not {anchor!r}")
+    anchor = cast(Anchor, anchor)
     max_runs = job_opts.get("max_runs")
     if max_runs is not None and (not whole(max_runs) or max_runs < 1):
         raise ValueError(f"max_runs must be a whole number >= 1, not {max_runs!r}")

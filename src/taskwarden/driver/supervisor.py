@@ -46,9 +46,16 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from .._ids import make_uuid, new_base, seq_of
 from .._policy import (
-    TASK_POLICY,
+    UNSET,
+    Anchor,
+    Count,
+    OnConflict,
+    Overlap,
     Policy,
-    check_keywords,
+    RetryOn,
+    Seconds,
+    Unset,
+    given,
     normalize,
     seconds,
 )
@@ -141,12 +148,19 @@ class Supervisor(Executor, LoopSide):
         initargs: tuple[Any, ...] = (),
         keep_finished: int = 10_000,
         keep_finished_bytes: int = KEEP_FINISHED_BYTES,
+        timeout: Seconds | Unset | None = UNSET,
+        heartbeat: Seconds | Unset | None = UNSET,
+        grace: Seconds | Unset | None = UNSET,
+        retries: Count | Unset = UNSET,
+        retry_delay: Seconds | Unset = UNSET,
+        retry_on: RetryOn | Unset | None = UNSET,
         engine: Engine = "local",
         ray_address: str | None = None,
         ray_options: dict[str, Any] | None = None,
         _timings: E.Timings | None = None,
-        **policy: Any,
     ) -> None:
+        policy = given(timeout=timeout, heartbeat=heartbeat, grace=grace, retries=retries,
+                       retry_delay=retry_delay, retry_on=retry_on)
         engine = check_engine(engine, ray_address, ray_options)
         if workers is None:
             workers = default_workers(engine, ray_address)
@@ -227,11 +241,19 @@ class Supervisor(Executor, LoopSide):
         args: Iterable[Any] = (),
         kwargs: dict[str, Any] | None = None,
         at: datetime | float | None = None,
-        delay: float | timedelta | None = None,
+        delay: Seconds | None = None,
         every: None = None,
         cron: None = None,
         name: str | None = None,
-        **policy: Any,
+        timeout: Seconds | Unset | None = UNSET,
+        heartbeat: Seconds | Unset | None = UNSET,
+        grace: Seconds | Unset | None = UNSET,
+        retries: Count | Unset = UNSET,
+        retry_delay: Seconds | Unset = UNSET,
+        retry_on: RetryOn | Unset | None = UNSET,
+        key: str | Unset | None = UNSET,
+        on_conflict: OnConflict | Unset = UNSET,
+        debounce: Seconds | Unset | None = UNSET,
     ) -> Task[T]: ...
 
     @overload
@@ -242,11 +264,23 @@ class Supervisor(Executor, LoopSide):
         args: Iterable[Any] = (),
         kwargs: dict[str, Any] | None = None,
         at: datetime | float | None = None,
-        delay: float | timedelta | None = None,
-        every: float | timedelta,
+        delay: Seconds | None = None,
+        every: Seconds,
         cron: None = None,
         name: str | None = None,
-        **policy: Any,
+        timeout: Seconds | Unset | None = UNSET,
+        heartbeat: Seconds | Unset | None = UNSET,
+        grace: Seconds | Unset | None = UNSET,
+        retries: Count | Unset = UNSET,
+        retry_delay: Seconds | Unset = UNSET,
+        retry_on: RetryOn | Unset | None = UNSET,
+        key: str | Unset | None = UNSET,
+        on_conflict: OnConflict | Unset = UNSET,
+        debounce: Seconds | Unset | None = UNSET,
+        overlap: Overlap | Unset = UNSET,
+        anchor: Anchor | Unset = UNSET,
+        max_runs: Count | Unset | None = UNSET,
+        until: datetime | float | Unset | None = UNSET,
     ) -> Job: ...
 
     @overload
@@ -257,11 +291,23 @@ class Supervisor(Executor, LoopSide):
         args: Iterable[Any] = (),
         kwargs: dict[str, Any] | None = None,
         at: datetime | float | None = None,
-        delay: float | timedelta | None = None,
+        delay: Seconds | None = None,
         every: None = None,
         cron: str,
         name: str | None = None,
-        **policy: Any,
+        timeout: Seconds | Unset | None = UNSET,
+        heartbeat: Seconds | Unset | None = UNSET,
+        grace: Seconds | Unset | None = UNSET,
+        retries: Count | Unset = UNSET,
+        retry_delay: Seconds | Unset = UNSET,
+        retry_on: RetryOn | Unset | None = UNSET,
+        key: str | Unset | None = UNSET,
+        on_conflict: OnConflict | Unset = UNSET,
+        debounce: Seconds | Unset | None = UNSET,
+        overlap: Overlap | Unset = UNSET,
+        anchor: Anchor | Unset = UNSET,
+        max_runs: Count | Unset | None = UNSET,
+        until: datetime | float | Unset | None = UNSET,
     ) -> Job: ...
 
     def schedule(
@@ -271,11 +317,23 @@ class Supervisor(Executor, LoopSide):
         args: Iterable[Any] = (),
         kwargs: dict[str, Any] | None = None,
         at: datetime | float | None = None,
-        delay: float | timedelta | None = None,
-        every: float | timedelta | None = None,
+        delay: Seconds | None = None,
+        every: Seconds | None = None,
         cron: str | None = None,
         name: str | None = None,
-        **policy: Any,
+        timeout: Seconds | Unset | None = UNSET,
+        heartbeat: Seconds | Unset | None = UNSET,
+        grace: Seconds | Unset | None = UNSET,
+        retries: Count | Unset = UNSET,
+        retry_delay: Seconds | Unset = UNSET,
+        retry_on: RetryOn | Unset | None = UNSET,
+        key: str | Unset | None = UNSET,
+        on_conflict: OnConflict | Unset = UNSET,
+        debounce: Seconds | Unset | None = UNSET,
+        overlap: Overlap | Unset = UNSET,
+        anchor: Anchor | Unset = UNSET,
+        max_runs: Count | Unset | None = UNSET,
+        until: datetime | float | Unset | None = UNSET,
     ) -> Task[T] | Job:
         """Run ``fn`` once (now, ``at`` a time, or after ``delay``), or on a recurring
         schedule (``every`` seconds, or ``cron``), under the given policies.
@@ -289,10 +347,18 @@ class Supervisor(Executor, LoopSide):
             raise TypeError(f"name must be a str, not {name!r}")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {kwargs!r}")
+        policy = given(timeout=timeout, heartbeat=heartbeat, grace=grace, retries=retries,
+                       retry_delay=retry_delay, retry_on=retry_on, key=key,
+                       on_conflict=on_conflict, debounce=debounce)
+        job_rules = given(overlap=overlap, anchor=anchor, max_runs=max_runs, until=until)
         if every is not None or cron is not None:
             return self._new_job(fn, tuple(args), kwargs or {}, at, delay, every, cron, name,
-                                 policy)
-        check_keywords(policy, TASK_POLICY, "schedule()")
+                                 {**policy, **job_rules})
+        if job_rules:
+            raise TypeError(
+                f"schedule() got job keyword(s) {', '.join(sorted(job_rules))} for a one-shot "
+                f"task: they apply to recurring jobs (every= or cron=)"
+            )
         pol = self._defaults.with_overrides(normalize(policy))
         due, wall = self._start_of(at, delay)
         postpone_by = None if delay is None else seconds("delay", delay)
@@ -302,7 +368,7 @@ class Supervisor(Executor, LoopSide):
                               keep=True)
 
     def _start_of(
-        self, at: datetime | float | None, delay: float | timedelta | None, required: bool = False
+        self, at: datetime | float | None, delay: Seconds | None, required: bool = False
     ) -> tuple[float | None, float | None]:
         """When a start is due on the monotonic clock, read at the call (so that the
         time a command waits for the loop does not shift it), and its wall-clock time
@@ -326,8 +392,8 @@ class Supervisor(Executor, LoopSide):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         at: datetime | float | None,
-        delay: float | timedelta | None,
-        every: float | timedelta | None,
+        delay: Seconds | None,
+        every: Seconds | None,
         cron: str | None,
         name: str | None,
         policy: dict[str, Any],
