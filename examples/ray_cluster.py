@@ -19,6 +19,7 @@ can import the tasks (``hang_prone``) by name.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -44,11 +45,11 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20,
                  runtime_env=runtime_env)
     try:
-        with Supervisor(workers=2, engine="ray", ray_options={"num_cpus": 1}) as sup:
-            # A worker's first task imports its module (hang_prone, and taskwarden
-            # with it): on a busy or distant node that can take longer than the
-            # local example's heartbeat, so this one allows 1 s.
-            hang_prone.run(sup, heartbeat=1.0)
+        # Each worker imports the tasks' module (and taskwarden's with it) as it starts,
+        # so that no task's time limit or heartbeat pays for the import on its node.
+        with Supervisor(workers=2, engine="ray", ray_options={"num_cpus": 1},
+                        initializer=importlib.import_module, initargs=("hang_prone",)) as sup:
+            hang_prone.run(sup, heartbeat=1.0)  # a busy node: more room than locally
     finally:
         ray.shutdown()
 
