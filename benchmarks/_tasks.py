@@ -82,3 +82,34 @@ def heartbeat_cost(n: int) -> dict[str, float]:
         "heartbeat_ns": t_hb / n * 1e9,
         "heartbeat_progress_ns": t_hb_progress / n * 1e9,
     }
+
+
+def _write_pid_and_deadline(pid_path: str) -> None:
+    """The worker pid, the time the task began and, under taskwarden, its deadline
+    (wall clock; 0 if none)."""
+    import taskwarden
+
+    began = time.time()
+    info = taskwarden.current_task()
+    deadline = info.deadline if info is not None and info.deadline is not None else 0.0
+    tmp = f"{pid_path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()} {began!r} {deadline!r}")
+    os.replace(tmp, pid_path)
+
+
+def spin(pid_path: str) -> None:
+    """A hung task in Python code (a loop that never ends)."""
+    _write_pid_and_deadline(pid_path)
+    while True:
+        pass
+
+
+def hold_the_gil(pid_path: str) -> None:
+    """A hung task in C code that keeps the GIL (a PyDLL call does not release it)."""
+    import ctypes
+
+    _write_pid_and_deadline(pid_path)
+    usleep = ctypes.PyDLL(None).usleep
+    while True:
+        usleep(10_000_000)

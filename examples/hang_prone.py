@@ -68,45 +68,51 @@ def broken() -> None:
 
 def main() -> None:
     with Supervisor(workers=2) as sup:
-        # 1. A hard time limit.
-        task = sup.schedule(hang, timeout=0.5)
+        run(sup)
+
+
+def run(sup: Supervisor, heartbeat: float = 0.5) -> None:
+    """The workload, under the supervisor it is given (examples/ray_cluster.py runs it
+    on Ray, with more room for a heartbeat)."""
+    # 1. A hard time limit.
+    task = sup.schedule(hang, timeout=0.5)
+    try:
+        task.result()
+    except TaskTimeout as exc:
+        print(f"timeout:   {task.state} ({exc}); worker {task.worker_pid} killed")
+
+    # 2. Heartbeats: slow but alive (1.5 heartbeats of work, a beat every 0.05 s) vs hung.
+    alive = sup.schedule(slow_but_alive, args=(round(heartbeat * 30),), heartbeat=heartbeat)
+    print(f"heartbeat: slow but alive -> {alive.result()} steps, {alive.state}")
+    hung = sup.schedule(hangs_halfway, args=(5,), heartbeat=heartbeat)
+    try:
+        hung.result()
+    except TaskTimeout as exc:
+        print(f"heartbeat: went silent -> {hung.state} ({exc}); "
+              f"last progress {hung.progress!r}")
+
+    # 3. A grace period: TaskTimeout inside the task first, the kill only later.
+    with tempfile.TemporaryDirectory() as tmp:
+        marker = os.path.join(tmp, "released")
+        graceful = sup.schedule(cleans_up, args=(marker,), timeout=0.3, grace=3)
         try:
-            task.result()
+            graceful.result()
         except TaskTimeout as exc:
-            print(f"timeout:   {task.state} ({exc}); worker {task.worker_pid} killed")
+            with open(marker) as f:
+                print(f"grace:     {graceful.state} ({exc}); "
+                      f"the finally block ran: {f.read()!r}")
 
-        # 2. Heartbeats: slow but alive (0.75 s of work, a beat every 0.05 s) vs hung.
-        alive = sup.schedule(slow_but_alive, args=(15,), heartbeat=0.5)
-        print(f"heartbeat: slow but alive -> {alive.result()} steps, {alive.state}")
-        hung = sup.schedule(hangs_halfway, args=(5,), heartbeat=0.5)
-        try:
-            hung.result()
-        except TaskTimeout as exc:
-            print(f"heartbeat: went silent -> {hung.state} ({exc}); "
-                  f"last progress {hung.progress!r}")
-
-        # 3. A grace period: TaskTimeout inside the task first, the kill only later.
-        with tempfile.TemporaryDirectory() as tmp:
-            marker = os.path.join(tmp, "released")
-            graceful = sup.schedule(cleans_up, args=(marker,), timeout=0.3, grace=3)
-            try:
-                graceful.result()
-            except TaskTimeout as exc:
-                with open(marker) as f:
-                    print(f"grace:     {graceful.state} ({exc}); "
-                          f"the finally block ran: {f.read()!r}")
-
-        # 4. Retries, narrowed to ConnectionError, resuming from the last progress.
-        download = sup.schedule(
-            flaky_download, args=(10,),
-            retries=3, retry_delay=0.05, retry_on=(ConnectionError,),
-        )
-        print(f"retries:   {download.result()!r} after {download.attempts} attempts")
-        bug = sup.schedule(broken, retries=3, retry_delay=0.05, retry_on=(ConnectionError,))
-        try:
-            bug.result()
-        except ValueError as exc:
-            print(f"retries:   ValueError not retried ({bug.attempts} attempt): {exc}")
+    # 4. Retries, narrowed to ConnectionError, resuming from the last progress.
+    download = sup.schedule(
+        flaky_download, args=(10,),
+        retries=3, retry_delay=0.05, retry_on=(ConnectionError,),
+    )
+    print(f"retries:   {download.result()!r} after {download.attempts} attempts")
+    bug = sup.schedule(broken, retries=3, retry_delay=0.05, retry_on=(ConnectionError,))
+    try:
+        bug.result()
+    except ValueError as exc:
+        print(f"retries:   ValueError not retried ({bug.attempts} attempt): {exc}")
 
 
 if __name__ == "__main__":

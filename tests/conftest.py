@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 
@@ -11,15 +12,34 @@ import pytest
 
 from taskwarden import Supervisor
 
+# Ray's own processes (a local Ray started once for the Ray tests: its raylet, GCS,
+# agents, and the worker processes it keeps or ends on its own schedule), recognised
+# by their own command lines. Not exempt: what taskwarden starts on Ray (a worker
+# process, ``python -m taskwarden.pool._ray_child``), nor anything a task starts.
+_RAY_BINARIES = ("raylet", "gcs_server")
+_RAY_SCRIPTS = ("/ray/_private/", "/ray/dashboard/", "/ray/autoscaler/", "/ray/util/client/")
+
+
+def _ray_own(cmdline: list[str]) -> bool:
+    if not cmdline:
+        return False
+    if cmdline[0].startswith("ray::") or os.path.basename(cmdline[0]) in _RAY_BINARIES:
+        return True
+    return any(script in part for part in cmdline[:3] for script in _RAY_SCRIPTS)
+
 
 def _ours() -> list[psutil.Process]:
-    """Descendants of the test process, but loky's resource tracker (one per session)."""
+    """Descendants of the test process, but loky's resource tracker (one per session)
+    and Ray's own processes."""
     out = []
     for child in psutil.Process().children(recursive=True):
         try:
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if any("resource_tracker" in part for part in child.cmdline()):
+            cmdline = child.cmdline()
+            if any("resource_tracker" in part for part in cmdline):
+                continue
+            if _ray_own(cmdline):
                 continue
         except psutil.Error:
             continue

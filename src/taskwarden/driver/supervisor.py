@@ -15,6 +15,10 @@ Data flow::
                                            |      v  |
                                            |   worker processes (loky context)
 
+With ``engine="ray"``, RayPool stands where LokyPool does: one connection per
+worker to a worker process that a Ray actor (anywhere in the cluster) starts,
+and one to that actor, which signals, kills and reaps it (``pool/ray_pool.py``).
+
 The loop blocks in one ``epoll`` wait until the earliest deadline of the
 core's heap, a worker message, a worker's exit or a command: it never polls.
 It never waits for anything else either: a killed worker is reaped when its
@@ -58,7 +62,7 @@ from .._policy import (
 from .._states import TaskState
 from ..core import engine as E
 from ..core.model import JobRec
-from ..pool.loky_pool import LokyPool
+from ..pool.engines import Engine, check_engine, default_workers, make_pool, spare_workers
 from ._loop import HELD_SWEEP, LoopSide
 from ._reactor import Reactor
 from ._validate import (
@@ -126,6 +130,12 @@ class Supervisor(Executor, LoopSide):
     ``max_memory_per_worker`` (bytes of resident memory, checked after each
     task) recycles one that has grown past it, as Celery's
     ``worker_max_memory_per_child`` does.
+
+    ``engine="ray"`` runs the workers on a Ray cluster instead of this machine
+    (``pip install 'taskwarden[ray]'``): one Ray actor per worker, given
+    ``ray_options`` (``num_cpus``, ``memory``, custom ``resources``...), on the
+    cluster at ``ray_address`` unless Ray is connected already. ``workers=None``
+    is then the cluster's CPU count.
     """
 
     def __init__(
@@ -144,10 +154,16 @@ class Supervisor(Executor, LoopSide):
         retries: Count | Unset = UNSET,
         retry_delay: Seconds | Unset = UNSET,
         retry_on: RetryOn | Unset | None = UNSET,
+        engine: Engine = "local",
+        ray_address: str | None = None,
+        ray_options: dict[str, Any] | None = None,
         _timings: E.Timings | None = None,
     ) -> None:
         policy = given(timeout=timeout, heartbeat=heartbeat, grace=grace, retries=retries,
                        retry_delay=retry_delay, retry_on=retry_on)
+        engine = check_engine(engine, ray_address, ray_options)
+        if workers is None:
+            workers = default_workers(engine, ray_address)
         opts = supervisor_options(
             workers, max_tasks_per_worker, max_memory_per_worker, initializer, initargs,
             keep_finished, keep_finished_bytes, policy,
@@ -177,6 +193,7 @@ class Supervisor(Executor, LoopSide):
         self._close_lock = threading.Lock()
         self._core = E.Core(
             workers,
+            spare=spare_workers(engine),
             max_tasks_per_worker=max_tasks_per_worker,
             timings=E.Timings() if _timings is None else _timings,
             id_format=functools.partial(make_uuid, self._id_base),
@@ -185,7 +202,9 @@ class Supervisor(Executor, LoopSide):
         )
         self._actions: list[E.Action] = []  # the core's, not carried out yet
         self._reactor = Reactor()  # the loop's wait: the pool's fds, wake-ups, deadlines
-        self._pool = LokyPool(self._id_base, init_payload, max_memory_per_worker)
+        self._pool = make_pool(
+            engine, self._id_base, init_payload, max_memory_per_worker,
+            ray_address=ray_address, ray_options=ray_options)
         self._pool.bind(self._reactor)
         # Loop-owned registries. Live tasks, and finished ones kept for get() (schedule()
         # tasks and job runs, within keep_finished and keep_finished_bytes):
