@@ -62,7 +62,14 @@ from .._policy import (
 from .._states import TaskState
 from ..core import engine as E
 from ..core.model import JobRec
-from ..pool.engines import Engine, check_engine, default_workers, make_pool, spare_workers
+from ..pool.engines import (
+    Engine,
+    check_engine,
+    default_workers,
+    make_pool,
+    replace_delay,
+    spare_workers,
+)
 from ._loop import HELD_SWEEP, LoopSide
 from ._reactor import Reactor
 from ._validate import (
@@ -195,7 +202,7 @@ class Supervisor(Executor, LoopSide):
             workers,
             spare=spare_workers(engine),
             max_tasks_per_worker=max_tasks_per_worker,
-            timings=E.Timings() if _timings is None else _timings,
+            timings=_default_timings(engine) if _timings is None else _timings,
             id_format=functools.partial(make_uuid, self._id_base),
             seqs=self._seq,
             wall_offset=self._offset,
@@ -648,6 +655,11 @@ class Supervisor(Executor, LoopSide):
 
 _C = TypeVar("_C", E.Add, E.Cancel, E.Reschedule, E.JobControl)
 
+
+
+def _default_timings(engine: Engine) -> E.Timings:
+    delay = replace_delay(engine)
+    return E.Timings() if delay is None else E.Timings(replace_delay=delay)
 
 
 def _process_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:

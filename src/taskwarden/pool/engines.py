@@ -40,6 +40,18 @@ def spare_workers(engine: Engine) -> int:
     return 0 if engine == "ray" else 1
 
 
+def replace_delay(engine: Engine) -> float | None:
+    """How long after a kill the core asks for the replacement worker (None: the core's
+    default). The default waits a little so that a fresh interpreter's start does not
+    compete with the spare taking over; a worker forked from the template is ready in a
+    few milliseconds, so the local engine with a template asks at once."""
+    if engine == "local":
+        from ._template import supported
+
+        return 0.0 if supported() else None
+    return None
+
+
 def default_workers(engine: Engine, ray_address: str | None) -> int:
     """``workers=None``: this machine's CPUs, or the Ray cluster's (Ray started if need be)."""
     if engine == "ray":
