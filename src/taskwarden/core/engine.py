@@ -53,6 +53,7 @@ from .model import (
     Add,
     AddJob,
     Cancel,
+    Cancelled,
     ClockChanged,
     Close,
     Command,
@@ -100,7 +101,8 @@ from .timers import (
 __all__ = [
     "BEAT", "BOOT", "BOOT_ALLOWANCE", "BOOT_LIMIT", "BOOT_STRIKES", "CALLBACK", "DEADLINE",
     "GRACE", "JOB", "LEAD", "REPLACE_DELAY", "SKIP_ACK_WAIT", "SKIP_WAIT", "START",
-    "STEAL_AFTER", "STOP_WAIT", "TICK", "Action", "Add", "AddJob", "Cancel", "ClockChanged",
+    "STEAL_AFTER", "STOP_WAIT", "TICK", "Action", "Add", "AddJob", "Cancel", "Cancelled",
+    "ClockChanged",
     "Close", "Command", "Core", "CronTrigger", "Interrupt", "JobChanged", "JobControl",
     "JobOp", "JobRec", "Kill", "NewRun", "Note", "Reschedule", "Resolve", "Run", "Send",
     "Skip", "Spawn", "Start", "Stop", "Tick", "Timings", "Worker",
@@ -744,9 +746,19 @@ class Core:
         heap, self._heap = self._heap, [e for e in self._heap if e[2] != START]
         heapq.heapify(self._heap)
         self._stale = 0
+        # A plain scheduled run (no key, job or wall clock to tell) ends in bulk: a
+        # million of them must not cost a million cancel()s and Resolves.
+        bulk: list[Run] = []
         for entry in heap:
             if entry[2] == START and entry[3].gen == entry[4] and entry[3].state is _S.SCHEDULED:
-                self.cancel(entry[3], now, dispatch=False)
+                run = entry[3]
+                if run.policy.key is None and run.job is None and run.wall_due is None:
+                    bulk.append(run)
+                else:
+                    self.cancel(run, now, dispatch=False)
+        del heap
+        if bulk:
+            self._cancel_scheduled(bulk, now)
         for stream in list(self.streams.values()):
             for run in list(stream):
                 if run.blocked and (cancel_pending or run.due > now):  # due later: cancel
@@ -764,6 +776,21 @@ class Core:
             if not w.ready and all(r.state.final for r in w.inflight):
                 self._release(w, now)
                 self.actions.append(Kill(w.wid))
+
+    def _cancel_scheduled(self, runs: list[Run], now: float) -> None:
+        """What ``cancel`` does to each of ``runs`` (plain SCHEDULED runs), in one pass."""
+        check_task(_S.SCHEDULED, _S.CANCELLED)
+        cancelled = _S.CANCELLED
+        for run in runs:
+            run.gen += 1  # its START entry (already dropped) is stale
+            run.state = cancelled
+            run.finished_at = now
+            run.value_ok = False
+        n = len(runs)
+        self.by_state[_S.SCHEDULED] -= n
+        self.by_state[cancelled] += n
+        self.scheduled -= n
+        self.actions.append(Cancelled(runs, now))
 
     def idle(self) -> bool:
         """Nothing runs, nothing waits: the pool may be stopped."""

@@ -26,7 +26,7 @@ from ..core.model import JobRec
 from ..pool import base as P
 from ._reactor import Reactor
 from .job import Job
-from .task import Task, TaskOwner, TaskView
+from .task import Task, TaskOwner, TaskView, finish_unwatched
 
 CLOCK_STEP = 0.05  # a change of wall - monotonic larger than this is a clock step
 MAX_WAIT = 24 * 3600.0  # the loop wakes at least this often (no far deadline reaches a timer)
@@ -322,6 +322,7 @@ class LoopSide:
             sends: dict[int, list[tuple[int, bytes, dict[str, Any] | None]]] = {}
             killing: dict[int, int] = {}
             resolved: list[E.Run] = []
+            cancelled: list[E.Cancelled] = []
             for a in actions:
                 try:
                     match a:
@@ -338,6 +339,8 @@ class LoopSide:
                                 # Its process was just killed: resolve once it is gone, so
                                 # that result() never raises while the process still exists.
                                 self._parked.setdefault(killer, []).append(ended)
+                        case E.Cancelled():
+                            cancelled.append(a)
                         case E.NewRun() | E.JobChanged():
                             pass  # answered as soon as the core returned (_answer_jobs)
                         case E.Spawn(wid):
@@ -371,6 +374,11 @@ class LoopSide:
                     self._resolve(ended)
                 except Exception:
                     self._contained("resolving a task")
+            for bulk in cancelled:
+                try:
+                    self._resolve_cancelled(bulk.runs, bulk.at)
+                except Exception:
+                    self._contained("resolving cancelled tasks")
             if core.touched:  # a resolve's callback may have called back in
                 self._publish()
 
@@ -401,6 +409,62 @@ class LoopSide:
             job._run_finished(task)
             if job._view[0] in _JOB_ENDED and not job._open:
                 self._job_ended(job)
+
+    def _resolve_cancelled(self, runs: list[E.Run], at: float) -> None:
+        """Scheduled runs cancelled together (shutdown): what ``_resolve`` does to each,
+        in bulk. The tasks nobody waits on are resolved without a Condition; their view
+        is one shared tuple, as none of them has begun an attempt."""
+        tasks = self._tasks
+        shared: TaskView = (TaskState.CANCELLED, 0, None, None, at, None)
+        ended: list[Task[Any]] = []
+        for run in runs:
+            run.payload = b""
+            run.value = None
+            task = tasks.get(run.seq)
+            if task is None or task.done():
+                continue
+            task._view = shared if run.attempts == 0 and run.progress is None else _view(run)
+            ended.append(task)
+        watched = finish_unwatched(ended)
+        if watched:
+            watching = set(map(id, watched))
+            ended = [t for t in ended if id(t) not in watching]
+        self._retain_many(ended)
+        for task in watched:  # someone waits, or a callback: the usual way
+            self._retain(task)
+            task.set_exception(TaskCancelled("cancelled"))
+
+    def _retain_many(self, items: list[Task[Any]]) -> None:
+        """``_retain`` of many finished tasks (no job's), the bounds applied once."""
+        if not self._keep_finished:
+            self._let_go_many(items)
+            return
+        kept = [t for t in items if t._keep]
+        if len(kept) < len(items):
+            self._let_go_many([t for t in items if not t._keep])
+        # The newest keep_finished of them at most are kept: the older ones would only
+        # be appended to be trimmed at once.
+        over = len(kept) - self._keep_finished
+        if over > 0:
+            self._let_go_many(kept[:over])
+            del kept[:over]
+        finished = self._finished
+        for task in kept:
+            finished.append((task._run.seq, task._size))
+            self._kept_bytes += task._size
+        self._trim()
+
+    def _let_go_many(self, items: list[Task[Any]]) -> None:
+        """``_let_go`` of many tasks of no job: held weakly, one sweep at the end."""
+        tasks, held, ref = self._tasks, self._held, weakref.ref
+        for task in items:
+            seq = task._run.seq
+            tasks.pop(seq, None)
+            held[seq] = ref(task)
+        if len(held) >= self._sweep_at:
+            for dead in [k for k, r in held.items() if r() is None]:
+                del held[dead]
+            self._sweep_at = max(HELD_SWEEP, 2 * len(held))
 
     def _retain(self, item: Task[Any] | Job) -> None:
         """A task is final, or a job ended: keep it for get() (a schedule() task, a job
