@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -35,6 +36,11 @@ HELD_SWEEP = 1024  # weak references to finished tasks are swept from this many 
 _JOB_ENDED = (JobState.FINISHED, JobState.CANCELLED)
 
 _log = logging.getLogger("taskwarden")
+# CPython's count of references to an object: a task with no more than the local name
+# and the call's own argument is held by nobody else. Not every Python has it.
+_refcount: Callable[[object], int] | None = getattr(sys, "getrefcount", None)
+_LOCAL_REFS = 2
+_NOBODY: Any = None
 
 
 class LoopSide:
@@ -435,19 +441,24 @@ class LoopSide:
             task.set_exception(TaskCancelled("cancelled"))
 
     def _retain_many(self, items: list[Task[Any]]) -> None:
-        """``_retain`` of many finished tasks (no job's), the bounds applied once."""
+        """``_retain`` of many finished tasks (no job's), the bounds applied once.
+        ``items`` is emptied: the loop then holds each task only where it keeps it."""
         if not self._keep_finished:
             self._let_go_many(items)
             return
         kept = [t for t in items if t._keep]
         if len(kept) < len(items):
-            self._let_go_many([t for t in items if not t._keep])
+            rest = [t for t in items if not t._keep]
+            items.clear()
+            self._let_go_many(rest)
+        items.clear()
         # The newest keep_finished of them at most are kept: the older ones would only
         # be appended to be trimmed at once.
         over = len(kept) - self._keep_finished
         if over > 0:
-            self._let_go_many(kept[:over])
+            older = kept[:over]
             del kept[:over]
+            self._let_go_many(older)
         finished = self._finished
         for task in kept:
             finished.append((task._run.seq, task._size))
@@ -455,12 +466,18 @@ class LoopSide:
         self._trim()
 
     def _let_go_many(self, items: list[Task[Any]]) -> None:
-        """``_let_go`` of many tasks of no job: held weakly, one sweep at the end."""
+        """``_let_go`` of many tasks of no job, emptying ``items``: held weakly, one
+        sweep at the end. A task that nobody else holds gets no weak reference: it
+        would be dead at once (and a million of them cost the loop a full collection)."""
         tasks, held, ref = self._tasks, self._held, weakref.ref
-        for task in items:
+        for i in range(len(items)):
+            task = items[i]
+            items[i] = _NOBODY
             seq = task._run.seq
             tasks.pop(seq, None)
-            held[seq] = ref(task)
+            if _refcount is None or _refcount(task) > _LOCAL_REFS:
+                held[seq] = ref(task)
+        items.clear()
         if len(held) >= self._sweep_at:
             for dead in [k for k, r in held.items() if r() is None]:
                 del held[dead]
