@@ -30,6 +30,7 @@ import functools
 import itertools
 import logging
 import os
+import pickle
 import queue
 import threading
 import time
@@ -38,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
+from types import FunctionType
 from typing import Any, Generic, TypeVar, cast, overload
 
 from .._ids import make_uuid, new_base, seq_of
@@ -67,6 +69,7 @@ from .task import PENDING_VIEW, SCHEDULED_VIEW, Task
 
 T = TypeVar("T")
 R = TypeVar("R")
+PLAIN_CALLS = 256  # functions whose argument-less call's payload is remembered
 
 FAR_FUTURE = 24 * 3600.0  # a start this far ahead follows the wall clock
 WALL_CHECK = 60.0  # how often the wall clock is compared while starts follow it
@@ -159,6 +162,7 @@ class Supervisor(Executor, LoopSide):
         self._commands: deque[Callable[[], Any]] = deque()
         # New tasks: a queue of their own (no closure each); drained before the commands.
         self._adds: deque[Task[Any] | tuple[Task[Any], float | None, float | None]] = deque()
+        self._plain_calls: dict[Callable[..., Any], bytes] = {}  # see _remember_plain_call
         self._closed = False
         self._close_lock = threading.Lock()
         self._core = E.Core(
@@ -273,25 +277,31 @@ class Supervisor(Executor, LoopSide):
         if every is not None or cron is not None:
             return self._new_job(fn, tuple(args), kwargs or {}, at, delay, every, cron, name,
                                  policy)
-        check_keywords(policy, TASK_POLICY, "schedule()")
-        pol = self._defaults.with_overrides(normalize(policy))
-        due, wall = self._start_of(at, delay)
+        if policy:
+            check_keywords(policy, TASK_POLICY, "schedule()")
+            pol = self._defaults.with_overrides(normalize(policy))
+        else:
+            pol = self._defaults
         postpone_by = None if delay is None else seconds("delay", delay)
+        # The delay goes on as the float it was read as (not read twice).
+        due, wall = self._start_of(at, postpone_by, checked=True)
         if postpone_by is None and due is not None:
             postpone_by = max(0.0, due - time.monotonic())
         return self._new_task(fn, tuple(args), kwargs or {}, pol, name, due, postpone_by, wall,
                               keep=True)
 
     def _start_of(
-        self, at: datetime | float | None, delay: float | timedelta | None, required: bool = False
+        self, at: datetime | float | None, delay: float | timedelta | None, required: bool = False,
+        checked: bool = False,
     ) -> tuple[float | None, float | None]:
         """When a start is due on the monotonic clock, read at the call (so that the
         time a command waits for the loop does not shift it), and its wall-clock time
-        if it must follow the wall clock (an ``at``, or a delay of 24 h or more)."""
+        if it must follow the wall clock (an ``at``, or a delay of 24 h or more).
+        ``checked``: ``delay`` is already what ``seconds`` made of the caller's."""
         if at is not None and delay is not None:
             raise ValueError("give at or delay, not both")
         if delay is not None:
-            start_in = seconds("delay", delay)
+            start_in = delay if checked and isinstance(delay, float) else seconds("delay", delay)
             wall = time.time() + start_in if start_in >= FAR_FUTURE else None
             return time.monotonic() + start_in, wall
         if at is not None:
@@ -453,10 +463,15 @@ class Supervisor(Executor, LoopSide):
         wall: float | None,
         keep: bool = False,
     ) -> Task[Any]:
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
-        check_binding(fn, args, kwargs)
-        payload = pickle_call(fn, args, kwargs, "task")
+        plain = not args and not kwargs and type(fn) is FunctionType
+        payload = self._plain_calls.get(fn) if plain else None
+        if payload is None:
+            if not callable(fn):
+                raise TypeError(f"{fn!r} is not callable")
+            check_binding(fn, args, kwargs)
+            payload = pickle_call(fn, args, kwargs, "task")
+            if plain:
+                self._remember_plain_call(fn, payload)
         run = E.Run(next(self._seq), payload, policy)
         # As the caller sees it until the loop publishes the core's own view of it.
         waits = (due is not None and due > time.monotonic()) or (policy.debounce and policy.key)
@@ -479,6 +494,23 @@ class Supervisor(Executor, LoopSide):
         else:
             self._queue(lambda: self._adds.append((task, due, wall)))
         return task
+
+    def _remember_plain_call(self, fn: Callable[..., Any], payload: bytes) -> None:
+        """A call with no arguments of a plain function (not a method: its object may
+        change) that the stdlib pickles by reference always pickles to the same bytes:
+        the next such call shares them (no pickling, no binding check, one payload in
+        memory for them all). A function pickled by value (cloudpickle: its closure or
+        globals may change) is pickled afresh each time. A function pickled by reference
+        lives in its module anyway: holding it costs nothing; the table is bounded all
+        the same."""
+        try:
+            by_reference = pickle.dumps((fn, (), {}), protocol=5) == payload
+        except Exception:
+            by_reference = False
+        if by_reference:
+            if len(self._plain_calls) >= PLAIN_CALLS:
+                self._plain_calls.clear()
+            self._plain_calls[fn] = payload
 
     def _queue(self, put: Callable[[], object] | None) -> None:
         """Refuse new work after shutdown; else ``put`` it on its queue and wake the loop."""
