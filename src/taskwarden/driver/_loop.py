@@ -27,13 +27,14 @@ from ..core.model import JobRec
 from ..pool import base as P
 from ._reactor import Reactor
 from .job import Job
-from .task import Task, TaskOwner, TaskView, finish_unwatched
+from .task import PENDING_VIEW, SCHEDULED_VIEW, Task, TaskOwner, TaskView, finish_unwatched
 
 CLOCK_STEP = 0.05  # a change of wall - monotonic larger than this is a clock step
 MAX_WAIT = 24 * 3600.0  # the loop wakes at least this often (no far deadline reaches a timer)
 LOOP_ERRORS = 100  # this many failing rounds in a row: the loop gives up (tasks are resolved)
 HELD_SWEEP = 1024  # weak references to finished tasks are swept from this many on
 _JOB_ENDED = (JobState.FINISHED, JobState.CANCELLED)
+_PENDING, _SCHEDULED = TaskState.PENDING, TaskState.SCHEDULED
 
 _log = logging.getLogger("taskwarden")
 # CPython's count of references to an object: a task with no more than the local name
@@ -115,8 +116,14 @@ class LoopSide:
                     self._actions.extend(actions)
                 else:
                     self._actions = actions
-            if task._view[0] is not run.state:  # the core chose another first state
-                task._view = _view(run)
+            state = run.state
+            if task._view[0] is not state:
+                # The core chose another first state. A change it made (RUNNING, an end)
+                # is in ``touched``: _publish shows it this round, built once.
+                if state is _PENDING:
+                    task._view = PENDING_VIEW
+                elif state is _SCHEDULED:
+                    task._view = SCHEDULED_VIEW
 
     def _c_add(self, task: Task[Any], due: float | None, wall: float | None) -> Task[Any]:
         run = task._run
@@ -335,8 +342,11 @@ class LoopSide:
                         case E.Send(wid, runs):
                             # One write per worker per round: runs for a worker travel
                             # together.
-                            batch = sends.setdefault(wid, [])
-                            batch.extend((r.seq, r.payload, _opts(r)) for r in runs)
+                            batch = sends.get(wid)
+                            if batch is None:
+                                batch = sends[wid] = []
+                            for one in runs:
+                                batch.append((one.seq, one.payload, _opts(one)))
                         case E.Resolve(ended):
                             killer = killing.get(id(ended))
                             if killer is None:
