@@ -82,9 +82,8 @@ class LoopSide:
         if job is None:
             return
         # This is a part of the Supervisor, which is the task's owner.
-        task: Task[Any] = Task(cast(TaskOwner, self), run, job.name, view=_view(run))
+        task: Task[Any] = Task(cast(TaskOwner, self), run, job.name, view=_view(run), keep=True)
         task.job = job
-        task._keep = True
         self._tasks[run.seq] = task
         job._started(task)
 

@@ -287,6 +287,8 @@ class Supervisor(Executor, LoopSide):
         due, wall = self._start_of(at, postpone_by, checked=True)
         if postpone_by is None and due is not None:
             postpone_by = max(0.0, due - time.monotonic())
+        elif type(delay) is int and delay == postpone_by:
+            postpone_by = delay  # kept for kick() as given: the caller's int, not a new float
         return self._new_task(fn, tuple(args), kwargs or {}, pol, name, due, postpone_by, wall,
                               keep=True)
 
@@ -475,9 +477,9 @@ class Supervisor(Executor, LoopSide):
         run = E.Run(next(self._seq), payload, policy)
         # As the caller sees it until the loop publishes the core's own view of it.
         waits = (due is not None and due > time.monotonic()) or (policy.debounce and policy.key)
-        task: Task[Any] = Task(self, run, name, delay, SCHEDULED_VIEW if waits else PENDING_VIEW)
-        if keep:
-            task._keep = True  # get() finds it after the fact (see _retain)
+        # keep: get() finds it after the fact (see _retain)
+        task: Task[Any] = Task(self, run, name, delay, SCHEDULED_VIEW if waits else PENDING_VIEW,
+                               keep)
         if policy.key is not None and policy.on_conflict == "drop":
             # The call may return an older task of the key: ask the loop, and wait.
             self._queue(None)

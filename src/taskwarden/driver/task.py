@@ -76,25 +76,35 @@ class Task(Future[T]):
         name: str | None,
         delay: float | None = None,
         view: TaskView = PENDING_VIEW,
+        keep: bool = False,
     ) -> None:
         # Future.__init__ is skipped on purpose: its Condition costs about 1.3 KiB, which
         # would be most of a scheduled task's memory. ``_condition`` is made on first use.
         # ``_waiters`` and ``_done_callbacks`` stay the class's empty tuples until then:
         # Future only appends to them while holding ``_condition``.
+        # What most tasks never set is a class default (each attribute set here costs
+        # every task 8 bytes); what every task sets on its way (its outcome) is set here
+        # first, always in this order, so that its instance dict stays a shared-key one.
         self._state = _PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
-        self._cond: threading.Condition | None = None
-        self._delay = delay
-        self.job: Any = None  # the Job this task is a run of, if any
         self._supervisor = supervisor
         # The core's record: a token for the commands this task sends to the loop, and
         # its seq and policy (never changed). Anything else of it is the loop's alone.
         self._run = run
         self._view = view  # written by the loop only, in one step
-        self.name = name
-        self.traceback: str | None = None
+        if delay is not None:
+            self._delay = delay
+        if keep:
+            self._keep = True  # kept for get() once finished (see _retain)
+        if name is not None:
+            self.name = name
 
+    _cond: threading.Condition | None = None
+    _delay: float | None = None  # what kick() postpones by
+    job: Any = None  # the Job this task is a run of, if any
+    name: str | None = None
+    traceback: str | None = None
     _waiters: Any = ()
     _done_callbacks: Any = ()
     _inline_callbacks: Any = ()  # taskwarden's own (the asyncio bridge): never block
