@@ -347,7 +347,7 @@ class LoopSide:
                             for one in runs:
                                 batch.append((one.seq, one.payload, _opts(one)))
                         case E.Resolve(ended):
-                            killer = killing.get(id(ended))
+                            killer = killing.get(id(ended)) if killing else None
                             if killer is None:
                                 resolved.append(ended)
                             else:
