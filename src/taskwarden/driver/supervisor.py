@@ -44,6 +44,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from .._ids import make_uuid, new_base, seq_of
 from .._policy import (
+    MAX_SECONDS,
     TASK_POLICY,
     Policy,
     check_keywords,
@@ -282,7 +283,10 @@ class Supervisor(Executor, LoopSide):
             pol = self._defaults.with_overrides(normalize(policy))
         else:
             pol = self._defaults
-        postpone_by = None if delay is None else seconds("delay", delay)
+        if (type(delay) is float or type(delay) is int) and 0 <= delay <= MAX_SECONDS:
+            postpone_by: float | None = float(delay)  # what seconds() makes of it, sooner
+        else:
+            postpone_by = None if delay is None else seconds("delay", delay)
         # The delay goes on as the float it was read as (not read twice).
         due, wall = self._start_of(at, postpone_by, checked=True)
         if postpone_by is None and due is not None:
@@ -492,9 +496,9 @@ class Supervisor(Executor, LoopSide):
 
             return self._ask(add_now)
         if due is None and wall is None:
-            self._queue(lambda: self._adds.append(task))
+            self._queue_add(task)
         else:
-            self._queue(lambda: self._adds.append((task, due, wall)))
+            self._queue_add((task, due, wall))
         return task
 
     def _remember_plain_call(self, fn: Callable[..., Any], payload: bytes) -> None:
@@ -513,6 +517,15 @@ class Supervisor(Executor, LoopSide):
             if len(self._plain_calls) >= PLAIN_CALLS:
                 self._plain_calls.clear()
             self._plain_calls[fn] = payload
+
+    def _queue_add(self, item: Task[Any] | tuple[Task[Any], float | None, float | None]) -> None:
+        """``_queue`` of a new task (no closure made for it)."""
+        self._check_process()
+        with self._close_lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
+            self._adds.append(item)
+        self._reactor.wake()
 
     def _queue(self, put: Callable[[], object] | None) -> None:
         """Refuse new work after shutdown; else ``put`` it on its queue and wake the loop."""
