@@ -18,6 +18,8 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures._base import FINISHED as _FINISHED
 from typing import Any, cast
 
 from .._errors import TaskCancelled
@@ -407,14 +409,19 @@ class LoopSide:
     def _resolve(self, run: E.Run) -> None:
         task = self._tasks.get(run.seq)
         run.payload = b""  # the call is no longer needed (no attempt is left): free it now
-        if task is None or task.done():
+        if task is None or task._state == _FINISHED:
             return
         # The run may stay named by the core a while (a stale timer, a job's recent runs):
         # it lets go of the outcome, which the task alone holds from now.
         value, run.value = run.value, None
-        self._retain(task)  # before the callbacks, which may look it up
+        # Kept or let go before the callbacks, which may look it up.
+        if task._keep or task.job is not None:
+            self._retain(task)
+        else:
+            self._let_go(run.seq, task)  # what _retain does with a submit()'s task
         if run.value_ok:
-            task.set_result(value)
+            if not task._finish_quietly(value, None):
+                Future.set_result(task, value)
         else:
             task.traceback = run.tb
             task.set_exception(value)

@@ -140,7 +140,7 @@ class Task(Future[T]):
             self._result = result
             self._exception = exception
             self._state = _FINISHED
-        self._invoke_callbacks()
+        # No callback to run: adding one makes the Condition (_condition), which is None.
         return True
 
     def _invoke_callbacks(self) -> None:
