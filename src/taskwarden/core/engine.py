@@ -778,17 +778,27 @@ class Core:
         self._stale = sum(1 for e in self._heap if e[2] != CALLBACK and e[3].gen != e[4])
         # A plain scheduled run (no key, job or wall clock to tell) ends in bulk: a
         # million of them must not cost a million cancel()s and Resolves.
+        check_task(_S.SCHEDULED, _S.CANCELLED)
         bulk: list[Run] = []
-        scheduled = _S.SCHEDULED
+        scheduled, cancelled = _S.SCHEDULED, _S.CANCELLED
         for _, _, gen, run in starts:
             if run.gen == gen and run.state is scheduled:
                 if run.policy.key is None and run.job is None and run.wall_due is None:
+                    # What cancel() does to it, at once (counted below).
+                    run.gen += 1
+                    run.state = cancelled
+                    run.finished_at = now
+                    run.value_ok = False
                     bulk.append(run)
                 else:
                     self.cancel(run, now, dispatch=False)
         del starts
         if bulk:
-            self._cancel_scheduled(bulk, now)
+            n = len(bulk)
+            self.by_state[scheduled] -= n
+            self.by_state[cancelled] += n
+            self.scheduled -= n
+            self.actions.append(Cancelled(bulk, now))
         for stream in list(self.streams.values()):
             for run in list(stream):
                 if run.blocked and (cancel_pending or run.due > now):  # due later: cancel
@@ -806,21 +816,6 @@ class Core:
             if not w.ready and all(r.state.final for r in w.inflight):
                 self._release(w, now)
                 self.actions.append(Kill(w.wid))
-
-    def _cancel_scheduled(self, runs: list[Run], now: float) -> None:
-        """What ``cancel`` does to each of ``runs`` (plain SCHEDULED runs), in one pass."""
-        check_task(_S.SCHEDULED, _S.CANCELLED)
-        cancelled = _S.CANCELLED
-        for run in runs:
-            run.gen += 1  # its START entry (already dropped) is stale
-            run.state = cancelled
-            run.finished_at = now
-            run.value_ok = False
-        n = len(runs)
-        self.by_state[_S.SCHEDULED] -= n
-        self.by_state[cancelled] += n
-        self.scheduled -= n
-        self.actions.append(Cancelled(runs, now))
 
     def idle(self) -> bool:
         """Nothing runs, nothing waits: the pool may be stopped."""

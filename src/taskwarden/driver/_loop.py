@@ -436,14 +436,13 @@ class LoopSide:
         """Scheduled runs cancelled together (shutdown): what ``_resolve`` does to each,
         in bulk. The tasks nobody waits on are resolved without a Condition; their view
         is one shared tuple, as none of them has begun an attempt."""
-        tasks = self._tasks
+        get = self._tasks.get
         shared: TaskView = (TaskState.CANCELLED, 0, None, None, at, None)
         ended: list[Task[Any]] = []
-        for run in runs:
+        for run in runs:  # never ran to an end: no outcome (run.value) to let go of
             run.payload = b""
-            run.value = None
-            task = tasks.get(run.seq)
-            if task is None or task.done():
+            task = get(run.seq)
+            if task is None or task._state == _FINISHED:
                 continue
             task._view = shared if run.attempts == 0 and run.progress is None else _view(run)
             ended.append(task)
