@@ -273,6 +273,9 @@ class Holder:
     def __init__(self, payload: Any = None) -> None:
         self.payload = payload
 
+    def get(self) -> Any:
+        return self.payload
+
     def times(self, x: int, factor: int = 2) -> int:
         return x * factor
 

@@ -36,7 +36,7 @@ def check_invariants(core: E.Core, runs: list[E.Run]) -> None:
     assert len(pending) == len(set(pending)), "a run is twice in the queue"
     for r in core.pending:
         assert r.state is S.PENDING and r.worker is None, f"{r} in the queue"
-    armed = {id(e[3]) for e in core._heap if e[2] == E.START and e[3].gen == e[4]}
+    armed = {id(e[3]) for e in core._starts if e[3].gen == e[2]}  # armed START timers
     for r in runs:
         if r.state.final:
             continue

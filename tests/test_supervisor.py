@@ -270,6 +270,53 @@ def test_shutdown_waits_and_leaves_no_worker_alive() -> None:
     assert all(gone(p) for p in pids)
 
 
+def test_shutdown_cancels_scheduled_tasks_in_bulk_each_with_its_own_error() -> None:
+    s = Supervisor(workers=1, keep_finished=3)
+    plain = [s.schedule(T.square, args=(i,), delay=60) for i in range(6)]
+    watched = s.schedule(T.square, args=(7,), delay=60)
+    called = threading.Event()
+    watched.add_done_callback(lambda t: called.set())
+    keyed = s.schedule(T.square, args=(8,), delay=60, key="k")
+    ids = [t.id for t in plain]
+    s.shutdown(wait=True)
+    assert called.wait(WAIT)
+    errors = []
+    for task in [*plain, watched, keyed]:
+        assert task.state is TaskState.CANCELLED and task.cancelled() and task.done()
+        assert task.finished_at is not None and task.attempts == 0
+        err = task.exception()
+        assert isinstance(err, TaskCancelled) and str(err) == "cancelled"
+        assert task.exception() is err  # made once, then the task's own
+        with pytest.raises(TaskCancelled) as raised:
+            task.result()
+        assert raised.value is err
+        errors.append(err)
+    assert len({id(e) for e in errors}) == len(errors)  # no traceback is shared
+    # Kept within keep_finished (the newest), or found while the caller holds them.
+    assert all(s.get(i) is t for i, t in zip(ids, plain, strict=True))
+    assert s.stats()["by_state"]["CANCELLED"] == 8 and s.stats()["scheduled"] == 0
+
+
+def test_argumentless_calls_of_a_module_function_share_one_payload(sup: Supervisor) -> None:
+    a, b = (sup.schedule(T.pid, delay=60) for _ in range(2))
+    assert a._run.payload is b._run.payload  # pickled once
+    assert sup.submit(T.pid).result(timeout=WAIT) > 0
+    with_args = [sup.schedule(T.square, args=(3,), delay=60) for _ in range(2)]
+    assert with_args[0]._run.payload is not with_args[1]._run.payload
+    counter = [0]
+
+    def local() -> int:  # pickled by value: its closure may change between calls
+        return counter[0]
+
+    assert sup.submit(local).result(timeout=WAIT) == 0
+    counter[0] = 5
+    assert sup.submit(local).result(timeout=WAIT) == 5
+    holder = T.Holder(1)  # a method's object may change between calls too
+    assert sup.submit(holder.get).result(timeout=WAIT) == 1
+    holder.payload = 2
+    assert sup.submit(holder.get).result(timeout=WAIT) == 2
+
+
 def test_shutdown_with_cancel_futures_cancels_what_has_not_started() -> None:
     s = Supervisor(workers=1)
     running = s.submit(T.sleep, 0.3)

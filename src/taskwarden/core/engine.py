@@ -53,6 +53,7 @@ from .model import (
     Add,
     AddJob,
     Cancel,
+    Cancelled,
     ClockChanged,
     Close,
     Command,
@@ -100,7 +101,8 @@ from .timers import (
 __all__ = [
     "BEAT", "BOOT", "BOOT_ALLOWANCE", "BOOT_LIMIT", "BOOT_STRIKES", "CALLBACK", "DEADLINE",
     "GRACE", "JOB", "LEAD", "REPLACE_DELAY", "SKIP_ACK_WAIT", "SKIP_WAIT", "START",
-    "STEAL_AFTER", "STOP_WAIT", "TICK", "Action", "Add", "AddJob", "Cancel", "ClockChanged",
+    "STEAL_AFTER", "STOP_WAIT", "TICK", "Action", "Add", "AddJob", "Cancel", "Cancelled",
+    "ClockChanged",
     "Close", "Command", "Core", "CronTrigger", "Interrupt", "JobChanged", "JobControl",
     "JobOp", "JobRec", "Kill", "NewRun", "Note", "Reschedule", "Resolve", "Run", "Send",
     "Skip", "Spawn", "Start", "Stop", "Tick", "Timings", "Worker",
@@ -144,6 +146,8 @@ class Core:
         self.scheduled = 0
         self.closing = False
         self._heap: list[tuple[float, int, int, Any, int]] = []
+        # Scheduled starts, apart: (due, seq, gen, run), fired ``lead`` before ``due``.
+        self._starts: list[tuple[float, int, int, Run]] = []
         self._counter = itertools.count()
         self._wids = itertools.count(1)
         self._stale = 0
@@ -278,33 +282,60 @@ class Core:
     def push_timer(self, when: float, kind: int, obj: Any, gen: int) -> None:
         heapq.heappush(self._heap, (when, next(self._counter), kind, obj, gen))
 
+    def _arm(self, run: Run) -> None:
+        """A START timer for ``run``, fired ``lead`` before ``run.due``: one compact entry
+        that shares the run's own ``due`` and ``seq`` (a million scheduled runs)."""
+        heapq.heappush(self._starts, (run.due, run.seq, run.gen, run))
+
     def _invalidate(self, run: Run) -> None:
         """Make every heap entry of ``run`` stale (lazy deletion)."""
         run.gen += 1
         self._stale += 1
 
     def next_deadline(self) -> float | None:
-        heap = self._heap
-        if self._stale > 1024 and self._stale > len(heap) // 2:
+        if self._stale > 1024 and self._stale > (len(self._heap) + len(self._starts)) // 2:
             self._compact()
+        heap, starts = self._heap, self._starts
         while heap:
-            when, _, kind, obj, gen = heap[0]
+            _, _, kind, obj, gen = heap[0]
             if kind != CALLBACK and obj.gen != gen:
                 heapq.heappop(heap)
                 self._stale = max(0, self._stale - 1)
                 continue
-            return when
-        return None
+            break
+        while starts and starts[0][3].gen != starts[0][2]:
+            heapq.heappop(starts)
+            self._stale = max(0, self._stale - 1)
+        if starts:
+            start = starts[0][0] - self.timings.lead
+            return min(start, heap[0][0]) if heap else start
+        return heap[0][0] if heap else None
 
     def _compact(self) -> None:
         self._heap = [e for e in self._heap if e[2] == CALLBACK or e[3].gen == e[4]]
         heapq.heapify(self._heap)
+        self._starts = [e for e in self._starts if e[3].gen == e[2]]
+        heapq.heapify(self._starts)
         self._stale = 0
+
+    def _fire_starts(self, until: float, now: float) -> None:
+        """Fire the START timers due by ``until`` (``<= now``), in order."""
+        starts, lead = self._starts, self.timings.lead
+        while starts and starts[0][0] - lead <= until:
+            _, _, gen, run = heapq.heappop(starts)
+            if run.gen != gen:
+                self._stale = max(0, self._stale - 1)
+                continue
+            self._make_pending(run, now)
 
     def advance(self, now: float) -> None:
         """Fire every timer due at ``now``."""
-        heap = self._heap
+        heap, starts, lead = self._heap, self._starts, self.timings.lead
+        # Starts and the other timers fire in the order of their times (a start first
+        # on a tie).
         while heap and heap[0][0] <= now:
+            if starts and starts[0][0] - lead <= heap[0][0]:
+                self._fire_starts(heap[0][0], now)
             _, _, kind, obj, gen = heapq.heappop(heap)
             if kind == CALLBACK:
                 obj(now)
@@ -346,6 +377,8 @@ class Core:
                     self._kill_worker(w, now, f"task {self._id(run.seq)} was cancelled "
                                       f"and may have begun before its worker read the cancel")
                     self._end_cancelled(run, now)
+        if starts and starts[0][0] - lead <= now:
+            self._fire_starts(now, now)
         self._dispatch(now)
 
     # ----------------------------------------------------------------- input
@@ -401,7 +434,7 @@ class Core:
                 obj.due = obj.wall_due - wall_offset
                 if not obj.blocked:  # a blocked run is armed when its turn comes
                     self._invalidate(obj)
-                    self.push_timer(obj.due - self.timings.lead, START, obj, obj.gen)
+                    self._arm(obj)
             else:
                 del self.wall_anchored[key]
         self._dispatch(now)
@@ -426,7 +459,7 @@ class Core:
         if due is not None and due > now:
             if run.state is _S.SCHEDULED:  # the driver made it SCHEDULED at the call
                 run.due = due
-                self.push_timer(due - self.timings.lead, START, run, run.gen)
+                self._arm(run)
             else:
                 self._schedule(run, due)
         else:
@@ -459,7 +492,7 @@ class Core:
     def _schedule(self, run: Run, due: float) -> None:
         self._set(run, _S.SCHEDULED)
         run.due = due
-        self.push_timer(due - self.timings.lead, START, run, run.gen)
+        self._arm(run)
 
     def _make_pending(self, run: Run, now: float) -> None:
         self._set(run, _S.PENDING)
@@ -483,7 +516,7 @@ class Core:
                 self._make_pending(run, now)
                 self._dispatch(now)
             else:
-                self.push_timer(due - self.timings.lead, START, run, run.gen)
+                self._arm(run)
                 self._anchor(run, wall_due)
             return True
         if run.state is _S.PENDING and run.worker is None:
@@ -741,12 +774,31 @@ class Core:
         self.closing = True
         for job in list(self.jobs.jobs.values()):
             self.jobs.cancel(job, now, kill_running=False)
-        heap, self._heap = self._heap, [e for e in self._heap if e[2] != START]
-        heapq.heapify(self._heap)
-        self._stale = 0
-        for entry in heap:
-            if entry[2] == START and entry[3].gen == entry[4] and entry[3].state is _S.SCHEDULED:
-                self.cancel(entry[3], now, dispatch=False)
+        starts, self._starts = self._starts, []
+        self._stale = sum(1 for e in self._heap if e[2] != CALLBACK and e[3].gen != e[4])
+        # A plain scheduled run (no key, job or wall clock to tell) ends in bulk: a
+        # million of them must not cost a million cancel()s and Resolves.
+        check_task(_S.SCHEDULED, _S.CANCELLED)
+        bulk: list[Run] = []
+        scheduled, cancelled = _S.SCHEDULED, _S.CANCELLED
+        for _, _, gen, run in starts:
+            if run.gen == gen and run.state is scheduled:
+                if run.policy.key is None and run.job is None and run.wall_due is None:
+                    # What cancel() does to it, at once (counted below).
+                    run.gen += 1
+                    run.state = cancelled
+                    run.finished_at = now
+                    run.value_ok = False
+                    bulk.append(run)
+                else:
+                    self.cancel(run, now, dispatch=False)
+        del starts
+        if bulk:
+            n = len(bulk)
+            self.by_state[scheduled] -= n
+            self.by_state[cancelled] += n
+            self.scheduled -= n
+            self.actions.append(Cancelled(bulk, now))
         for stream in list(self.streams.values()):
             for run in list(stream):
                 if run.blocked and (cancel_pending or run.due > now):  # due later: cancel

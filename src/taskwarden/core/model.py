@@ -196,6 +196,16 @@ class Resolve:
 
 
 @dataclass(slots=True)
+class Cancelled:
+    """Scheduled runs cancelled together at shutdown, all at ``at``: each has ended
+    CANCELLED as a Resolve would say (value: None; the driver gives each task its own
+    TaskCancelled). The driver publishes and resolves them in bulk."""
+
+    runs: list[Run]
+    at: float
+
+
+@dataclass(slots=True)
 class JobChanged:
     """A job's state or next run changed: the driver publishes it to the Job."""
 
@@ -219,7 +229,8 @@ class Note:
     text: str
 
 
-Action = Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | JobChanged | NewRun | Note
+Action = (Spawn | Send | Skip | Kill | Interrupt | Stop | Resolve | Cancelled | JobChanged | NewRun
+          | Note)
 
 
 # Commands: what the driver asks of the core, besides the pool's events. A command

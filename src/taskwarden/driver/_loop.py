@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures._base import FINISHED as _FINISHED
 from typing import Any, cast
 
 from .._errors import TaskCancelled
@@ -26,15 +29,21 @@ from ..core.model import JobRec
 from ..pool import base as P
 from ._reactor import Reactor
 from .job import Job
-from .task import Task, TaskOwner, TaskView
+from .task import PENDING_VIEW, SCHEDULED_VIEW, Task, TaskOwner, TaskView, finish_unwatched
 
 CLOCK_STEP = 0.05  # a change of wall - monotonic larger than this is a clock step
 MAX_WAIT = 24 * 3600.0  # the loop wakes at least this often (no far deadline reaches a timer)
 LOOP_ERRORS = 100  # this many failing rounds in a row: the loop gives up (tasks are resolved)
 HELD_SWEEP = 1024  # weak references to finished tasks are swept from this many on
 _JOB_ENDED = (JobState.FINISHED, JobState.CANCELLED)
+_PENDING, _SCHEDULED = TaskState.PENDING, TaskState.SCHEDULED
 
 _log = logging.getLogger("taskwarden")
+# CPython's count of references to an object: a task with no more than the local name
+# and the call's own argument is held by nobody else. Not every Python has it.
+_refcount: Callable[[object], int] | None = getattr(sys, "getrefcount", None)
+_LOCAL_REFS = 2
+_NOBODY: Any = None
 
 
 class LoopSide:
@@ -75,9 +84,8 @@ class LoopSide:
         if job is None:
             return
         # This is a part of the Supervisor, which is the task's owner.
-        task: Task[Any] = Task(cast(TaskOwner, self), run, job.name, view=_view(run))
+        task: Task[Any] = Task(cast(TaskOwner, self), run, job.name, view=_view(run), keep=True)
         task.job = job
-        task._keep = True
         self._tasks[run.seq] = task
         job._started(task)
 
@@ -109,8 +117,14 @@ class LoopSide:
                     self._actions.extend(actions)
                 else:
                     self._actions = actions
-            if task._view[0] is not run.state:  # the core chose another first state
-                task._view = _view(run)
+            state = run.state
+            if task._view[0] is not state:
+                # The core chose another first state. A change it made (RUNNING, an end)
+                # is in ``touched``: _publish shows it this round, built once.
+                if state is _PENDING:
+                    task._view = PENDING_VIEW
+                elif state is _SCHEDULED:
+                    task._view = SCHEDULED_VIEW
 
     def _c_add(self, task: Task[Any], due: float | None, wall: float | None) -> Task[Any]:
         run = task._run
@@ -322,22 +336,28 @@ class LoopSide:
             sends: dict[int, list[tuple[int, bytes, dict[str, Any] | None]]] = {}
             killing: dict[int, int] = {}
             resolved: list[E.Run] = []
+            cancelled: list[E.Cancelled] = []
             for a in actions:
                 try:
                     match a:
                         case E.Send(wid, runs):
                             # One write per worker per round: runs for a worker travel
                             # together.
-                            batch = sends.setdefault(wid, [])
-                            batch.extend((r.seq, r.payload, _opts(r)) for r in runs)
+                            batch = sends.get(wid)
+                            if batch is None:
+                                batch = sends[wid] = []
+                            for one in runs:
+                                batch.append((one.seq, one.payload, _opts(one)))
                         case E.Resolve(ended):
-                            killer = killing.get(id(ended))
+                            killer = killing.get(id(ended)) if killing else None
                             if killer is None:
                                 resolved.append(ended)
                             else:
                                 # Its process was just killed: resolve once it is gone, so
                                 # that result() never raises while the process still exists.
                                 self._parked.setdefault(killer, []).append(ended)
+                        case E.Cancelled():
+                            cancelled.append(a)
                         case E.NewRun() | E.JobChanged():
                             pass  # answered as soon as the core returned (_answer_jobs)
                         case E.Spawn(wid):
@@ -371,6 +391,11 @@ class LoopSide:
                     self._resolve(ended)
                 except Exception:
                     self._contained("resolving a task")
+            for bulk in cancelled:
+                try:
+                    self._resolve_cancelled(bulk.runs, bulk.at)
+                except Exception:
+                    self._contained("resolving cancelled tasks")
             if core.touched:  # a resolve's callback may have called back in
                 self._publish()
 
@@ -384,14 +409,19 @@ class LoopSide:
     def _resolve(self, run: E.Run) -> None:
         task = self._tasks.get(run.seq)
         run.payload = b""  # the call is no longer needed (no attempt is left): free it now
-        if task is None or task.done():
+        if task is None or task._state == _FINISHED:
             return
         # The run may stay named by the core a while (a stale timer, a job's recent runs):
         # it lets go of the outcome, which the task alone holds from now.
         value, run.value = run.value, None
-        self._retain(task)  # before the callbacks, which may look it up
+        # Kept or let go before the callbacks, which may look it up.
+        if task._keep or task.job is not None:
+            self._retain(task)
+        else:
+            self._let_go(run.seq, task)  # what _retain does with a submit()'s task
         if run.value_ok:
-            task.set_result(value)
+            if not task._finish_quietly(value, None):
+                Future.set_result(task, value)
         else:
             task.traceback = run.tb
             task.set_exception(value)
@@ -401,6 +431,72 @@ class LoopSide:
             job._run_finished(task)
             if job._view[0] in _JOB_ENDED and not job._open:
                 self._job_ended(job)
+
+    def _resolve_cancelled(self, runs: list[E.Run], at: float) -> None:
+        """Scheduled runs cancelled together (shutdown): what ``_resolve`` does to each,
+        in bulk. The tasks nobody waits on are resolved without a Condition; their view
+        is one shared tuple, as none of them has begun an attempt."""
+        get = self._tasks.get
+        shared: TaskView = (TaskState.CANCELLED, 0, None, None, at, None)
+        ended: list[Task[Any]] = []
+        for run in runs:  # never ran to an end: no outcome (run.value) to let go of
+            run.payload = b""
+            task = get(run.seq)
+            if task is None or task._state == _FINISHED:
+                continue
+            task._view = shared if run.attempts == 0 and run.progress is None else _view(run)
+            ended.append(task)
+        watched = finish_unwatched(ended)
+        if watched:
+            watching = set(map(id, watched))
+            ended = [t for t in ended if id(t) not in watching]
+        self._retain_many(ended)
+        for task in watched:  # someone waits, or a callback: the usual way
+            self._retain(task)
+            task.set_exception(TaskCancelled("cancelled"))
+
+    def _retain_many(self, items: list[Task[Any]]) -> None:
+        """``_retain`` of many finished tasks (no job's), the bounds applied once.
+        ``items`` is emptied: the loop then holds each task only where it keeps it."""
+        if not self._keep_finished:
+            self._let_go_many(items)
+            return
+        kept = [t for t in items if t._keep]
+        if len(kept) < len(items):
+            rest = [t for t in items if not t._keep]
+            items.clear()
+            self._let_go_many(rest)
+        items.clear()
+        # The newest keep_finished of them at most are kept: the older ones would only
+        # be appended to be trimmed at once.
+        over = len(kept) - self._keep_finished
+        if over > 0:
+            older = kept[:over]
+            del kept[:over]
+            self._let_go_many(older)
+        finished = self._finished
+        for task in kept:
+            finished.append((task._run.seq, task._size))
+            self._kept_bytes += task._size
+        self._trim()
+
+    def _let_go_many(self, items: list[Task[Any]]) -> None:
+        """``_let_go`` of many tasks of no job, emptying ``items``: held weakly, one
+        sweep at the end. A task that nobody else holds gets no weak reference: it
+        would be dead at once (and a million of them cost the loop a full collection)."""
+        tasks, held, ref = self._tasks, self._held, weakref.ref
+        for i in range(len(items)):
+            task = items[i]
+            items[i] = _NOBODY
+            seq = task._run.seq
+            tasks.pop(seq, None)
+            if _refcount is None or _refcount(task) > _LOCAL_REFS:
+                held[seq] = ref(task)
+        items.clear()
+        if len(held) >= self._sweep_at:
+            for dead in [k for k, r in held.items() if r() is None]:
+                del held[dead]
+            self._sweep_at = max(HELD_SWEEP, 2 * len(held))
 
     def _retain(self, item: Task[Any] | Job) -> None:
         """A task is final, or a job ended: keep it for get() (a schedule() task, a job

@@ -34,6 +34,7 @@ import functools
 import itertools
 import logging
 import os
+import pickle
 import queue
 import threading
 import time
@@ -42,10 +43,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
+from types import FunctionType
 from typing import Any, Generic, TypeVar, cast, overload
 
 from .._ids import make_uuid, new_base, seq_of
 from .._policy import (
+    MAX_SECONDS,
     UNSET,
     Anchor,
     Count,
@@ -85,6 +88,7 @@ from .task import PENDING_VIEW, SCHEDULED_VIEW, Task
 
 T = TypeVar("T")
 R = TypeVar("R")
+PLAIN_CALLS = 256  # functions whose argument-less call's payload is remembered
 
 FAR_FUTURE = 24 * 3600.0  # a start this far ahead follows the wall clock
 WALL_CHECK = 60.0  # how often the wall clock is compared while starts follow it
@@ -196,6 +200,7 @@ class Supervisor(Executor, LoopSide):
         self._commands: deque[Callable[[], Any]] = deque()
         # New tasks: a queue of their own (no closure each); drained before the commands.
         self._adds: deque[Task[Any] | tuple[Task[Any], float | None, float | None]] = deque()
+        self._plain_calls: dict[Callable[..., Any], bytes] = {}  # see _remember_plain_call
         self._closed = False
         self._close_lock = threading.Lock()
         self._core = E.Core(
@@ -366,24 +371,32 @@ class Supervisor(Executor, LoopSide):
                 f"schedule() got job keyword(s) {', '.join(sorted(job_rules))} for a one-shot "
                 f"task: they apply to recurring jobs (every= or cron=)"
             )
-        pol = self._defaults.with_overrides(normalize(policy))
-        due, wall = self._start_of(at, delay)
-        postpone_by = None if delay is None else seconds("delay", delay)
+        pol = self._defaults.with_overrides(normalize(policy)) if policy else self._defaults
+        if (type(delay) is float or type(delay) is int) and 0 <= delay <= MAX_SECONDS:
+            postpone_by: float | None = float(delay)  # what seconds() makes of it, sooner
+        else:
+            postpone_by = None if delay is None else seconds("delay", delay)
+        # The delay goes on as the float it was read as (not read twice).
+        due, wall = self._start_of(at, postpone_by, checked=True)
         if postpone_by is None and due is not None:
             postpone_by = max(0.0, due - time.monotonic())
+        elif type(delay) is int and delay == postpone_by:
+            postpone_by = delay  # kept for kick() as given: the caller's int, not a new float
         return self._new_task(fn, tuple(args), kwargs or {}, pol, name, due, postpone_by, wall,
                               keep=True)
 
     def _start_of(
-        self, at: datetime | float | None, delay: Seconds | None, required: bool = False
+        self, at: datetime | float | None, delay: Seconds | None, required: bool = False,
+        checked: bool = False,
     ) -> tuple[float | None, float | None]:
         """When a start is due on the monotonic clock, read at the call (so that the
         time a command waits for the loop does not shift it), and its wall-clock time
-        if it must follow the wall clock (an ``at``, or a delay of 24 h or more)."""
+        if it must follow the wall clock (an ``at``, or a delay of 24 h or more).
+        ``checked``: ``delay`` is already what ``seconds`` made of the caller's."""
         if at is not None and delay is not None:
             raise ValueError("give at or delay, not both")
         if delay is not None:
-            start_in = seconds("delay", delay)
+            start_in = delay if checked and isinstance(delay, float) else seconds("delay", delay)
             wall = time.time() + start_in if start_in >= FAR_FUTURE else None
             return time.monotonic() + start_in, wall
         if at is not None:
@@ -545,16 +558,21 @@ class Supervisor(Executor, LoopSide):
         wall: float | None,
         keep: bool = False,
     ) -> Task[Any]:
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
-        check_binding(fn, args, kwargs)
-        payload = pickle_call(fn, args, kwargs, "task")
+        plain = not args and not kwargs and type(fn) is FunctionType
+        payload = self._plain_calls.get(fn) if plain else None
+        if payload is None:
+            if not callable(fn):
+                raise TypeError(f"{fn!r} is not callable")
+            check_binding(fn, args, kwargs)
+            payload = pickle_call(fn, args, kwargs, "task")
+            if plain:
+                self._remember_plain_call(fn, payload)
         run = E.Run(next(self._seq), payload, policy)
         # As the caller sees it until the loop publishes the core's own view of it.
         waits = (due is not None and due > time.monotonic()) or (policy.debounce and policy.key)
-        task: Task[Any] = Task(self, run, name, delay, SCHEDULED_VIEW if waits else PENDING_VIEW)
-        if keep:
-            task._keep = True  # get() finds it after the fact (see _retain)
+        # keep: get() finds it after the fact (see _retain)
+        task: Task[Any] = Task(self, run, name, delay, SCHEDULED_VIEW if waits else PENDING_VIEW,
+                               keep)
         if policy.key is not None and policy.on_conflict == "drop":
             # The call may return an older task of the key: ask the loop, and wait.
             self._queue(None)
@@ -567,10 +585,36 @@ class Supervisor(Executor, LoopSide):
 
             return self._ask(add_now)
         if due is None and wall is None:
-            self._queue(lambda: self._adds.append(task))
+            self._queue_add(task)
         else:
-            self._queue(lambda: self._adds.append((task, due, wall)))
+            self._queue_add((task, due, wall))
         return task
+
+    def _remember_plain_call(self, fn: Callable[..., Any], payload: bytes) -> None:
+        """A call with no arguments of a plain function (not a method: its object may
+        change) that the stdlib pickles by reference always pickles to the same bytes:
+        the next such call shares them (no pickling, no binding check, one payload in
+        memory for them all). A function pickled by value (cloudpickle: its closure or
+        globals may change) is pickled afresh each time. A function pickled by reference
+        lives in its module anyway: holding it costs nothing; the table is bounded all
+        the same."""
+        try:
+            by_reference = pickle.dumps((fn, (), {}), protocol=5) == payload
+        except Exception:
+            by_reference = False
+        if by_reference:
+            if len(self._plain_calls) >= PLAIN_CALLS:
+                self._plain_calls.clear()
+            self._plain_calls[fn] = payload
+
+    def _queue_add(self, item: Task[Any] | tuple[Task[Any], float | None, float | None]) -> None:
+        """``_queue`` of a new task (no closure made for it)."""
+        self._check_process()
+        with self._close_lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
+            self._adds.append(item)
+        self._reactor.wake()
 
     def _queue(self, put: Callable[[], object] | None) -> None:
         """Refuse new work after shutdown; else ``put`` it on its queue and wake the loop."""

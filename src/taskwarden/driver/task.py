@@ -13,6 +13,7 @@ from concurrent.futures._base import PENDING as _PENDING
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
+from .._errors import TaskCancelled
 from .._ids import make_uuid
 from .._states import TaskState
 from ..core.model import Run
@@ -41,6 +42,11 @@ class TaskOwner(Protocol):
 
 _CANCELLED_STATES = (TaskState.CANCELLED, TaskState.SUPERSEDED)
 _CONDITION_LOCK = threading.Lock()
+_QUIET_BATCH = 4096  # tasks finished per hold of _CONDITION_LOCK by finish_unwatched
+# The error of the tasks cancelled in bulk at shutdown until one is asked for (a million
+# exceptions made at once would cost the loop a full garbage collection or more): each
+# task then gets its own, as raising one attaches a traceback to it.
+CANCELLED_IN_BULK = TaskCancelled("cancelled")
 
 # What the loop publishes of a run, in one assignment, so that a caller always reads a
 # state the loop was in: (state, attempts, worker pid, started at, finished at (both
@@ -70,25 +76,35 @@ class Task(Future[T]):
         name: str | None,
         delay: float | None = None,
         view: TaskView = PENDING_VIEW,
+        keep: bool = False,
     ) -> None:
         # Future.__init__ is skipped on purpose: its Condition costs about 1.3 KiB, which
         # would be most of a scheduled task's memory. ``_condition`` is made on first use.
         # ``_waiters`` and ``_done_callbacks`` stay the class's empty tuples until then:
         # Future only appends to them while holding ``_condition``.
+        # What most tasks never set is a class default (each attribute set here costs
+        # every task 8 bytes); what every task sets on its way (its outcome) is set here
+        # first, always in this order, so that its instance dict stays a shared-key one.
         self._state = _PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
-        self._cond: threading.Condition | None = None
-        self._delay = delay
-        self.job: Any = None  # the Job this task is a run of, if any
         self._supervisor = supervisor
         # The core's record: a token for the commands this task sends to the loop, and
         # its seq and policy (never changed). Anything else of it is the loop's alone.
         self._run = run
         self._view = view  # written by the loop only, in one step
-        self.name = name
-        self.traceback: str | None = None
+        if delay is not None:
+            self._delay = delay
+        if keep:
+            self._keep = True  # kept for get() once finished (see _retain)
+        if name is not None:
+            self.name = name
 
+    _cond: threading.Condition | None = None
+    _delay: float | None = None  # what kick() postpones by
+    job: Any = None  # the Job this task is a run of, if any
+    name: str | None = None
+    traceback: str | None = None
     _waiters: Any = ()
     _done_callbacks: Any = ()
     _inline_callbacks: Any = ()  # taskwarden's own (the asyncio bridge): never block
@@ -102,10 +118,19 @@ class Task(Future[T]):
             with _CONDITION_LOCK:
                 cond = self._cond
                 if cond is None:
+                    # Future's own methods read _exception once they hold the Condition.
+                    self._own_error()
                     self._waiters = []
                     self._done_callbacks = []
                     cond = self._cond = threading.Condition()
         return cond
+
+    def _own_error(self) -> BaseException | None:
+        """``_exception``, made the task's own if it is the shared CANCELLED_IN_BULK."""
+        exc = self._exception
+        if exc is CANCELLED_IN_BULK:
+            exc = self._exception = TaskCancelled(*CANCELLED_IN_BULK.args)
+        return exc
 
     def _finish_quietly(self, result: Any, exception: BaseException | None) -> bool:
         """Resolve without making a Condition when nobody ever waited (the loop calls it)."""
@@ -115,7 +140,7 @@ class Task(Future[T]):
             self._result = result
             self._exception = exception
             self._state = _FINISHED
-        self._invoke_callbacks()
+        # No callback to run: adding one makes the Condition (_condition), which is None.
         return True
 
     def _invoke_callbacks(self) -> None:
@@ -145,16 +170,24 @@ class Task(Future[T]):
             if self._exception is None:
                 result: T = self._result
                 return result
+            exc: BaseException | None = self._exception
+            if exc is CANCELLED_IN_BULK:
+                with _CONDITION_LOCK:
+                    exc = self._own_error()
+            assert exc is not None
             try:
-                raise self._exception
+                raise exc
             finally:
-                del self  # break the cycle (traceback -> frame -> self), as Future does
+                del self, exc  # break the cycles (traceback -> frame), as Future does
         self._supervisor._check_process()  # in a forked child nothing would resolve it
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if self._state == _FINISHED:
-            return self._exception
+            if self._exception is not CANCELLED_IN_BULK:
+                return self._exception
+            with _CONDITION_LOCK:
+                return self._own_error()
         self._supervisor._check_process()
         return super().exception(timeout)
 
@@ -259,8 +292,9 @@ class Task(Future[T]):
         def copy(task: Future[T]) -> None:  # in the event loop's thread
             if waiter.done():
                 return
-            if self._exception is not None:
-                waiter.set_exception(self._exception)
+            exc = self.exception()  # resolved: does not block
+            if exc is not None:
+                waiter.set_exception(exc)
             else:
                 waiter.set_result(self._result)
 
@@ -281,3 +315,19 @@ class Task(Future[T]):
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""
         return f"<Task{name} {self.id} {self.state.value}>"
+
+
+def finish_unwatched(tasks: list[Task[Any]]) -> list[Task[Any]]:
+    """Resolve each task nobody ever waited on or asked a callback of as cancelled
+    (CANCELLED_IN_BULK), without a Condition (as ``_finish_quietly``, in batches under
+    one lock); returns the others, for ``set_exception``."""
+    watched: list[Task[Any]] = []
+    for i in range(0, len(tasks), _QUIET_BATCH):
+        with _CONDITION_LOCK:
+            for task in tasks[i:i + _QUIET_BATCH]:
+                if task._cond is not None:
+                    watched.append(task)
+                    continue
+                task._exception = CANCELLED_IN_BULK
+                task._state = _FINISHED
+    return watched
