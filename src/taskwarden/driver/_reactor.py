@@ -102,6 +102,7 @@ class Reactor:
 
     def close(self) -> None:
         """Release the selector, the pipe and the timer (after the pool is closed)."""
+        self._armed = True  # a late wake() (a clock's, a pool thread's) writes nothing now
         self._sel.close()
         if self._timer is not None:
             self._timer.close()
