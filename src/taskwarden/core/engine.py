@@ -179,7 +179,7 @@ class Core(Dispatcher):
                 item.answer = self.add_run(item.run, now, item.due, item.wall_due)
             case RunDone():
                 self._done(item.wid, item.seq, item.ok, item.value, item.tb, now,
-                          item.progress, item.has_progress)
+                           item.progress, item.has_progress)
             case Tick():
                 self._advance(now)
             case Beat():
@@ -425,7 +425,7 @@ class Core(Dispatcher):
 
     # ----------------------------------------------------------------- input
     def add_run(self, run: Run, now: float, due: float | None = None,
-            wall_due: float | None = None) -> Run:
+                wall_due: float | None = None) -> Run:
         """A new run: SCHEDULED until ``due`` if that is in the future, else PENDING.
 
         Returns the run that stands for the call: ``run`` itself, or, for a key
@@ -481,7 +481,7 @@ class Core(Dispatcher):
                 del self.wall_anchored[key]
 
     def _add_job(self, job: JobRec, now: float, first_due: float | None = None,
-                first_wall: float | None = None) -> None:
+                 first_wall: float | None = None) -> None:
         if self.closing:
             return
         self.jobs.add(job, now, first_due, first_wall)
@@ -573,7 +573,7 @@ class Core(Dispatcher):
             self.wall_anchored[("run", run.seq)] = run
 
     def cancel_run(self, run: Run, now: float, state: TaskState = _S.CANCELLED,
-               error: BaseException | None = None) -> bool | None:
+                   error: BaseException | None = None) -> bool | None:
         """Cancel in any state but a final one; a running run's worker is killed.
 
         True: the run is cancelled (a killed worker's run resolves once the process is
@@ -651,7 +651,7 @@ class Core(Dispatcher):
             self._after_head_change(w, now)
 
     def _done(self, wid: int, seq: int, ok: bool, value: Any, tb: str | None, now: float,
-             progress: Any = None, has_progress: bool = False) -> None:
+              progress: Any = None, has_progress: bool = False) -> None:
         """A worker finished its head run: ``value`` is the result or the exception."""
         w = self.workers.get(wid)
         if w is None or not w.inflight or w.inflight[0].seq != seq:
@@ -687,7 +687,7 @@ class Core(Dispatcher):
                 self._end(run, _S.FAILED, now, ok=False, value=value, tb=tb)
 
     def _worker_exited(self, wid: int, exitcode: int | None, now: float,
-                      reason: str | None = None) -> None:
+                       reason: str | None = None) -> None:
         """A worker process is gone. If it was not killed on purpose, its head run crashed.
         ``reason`` says why, when the pool killed it on its own (a garbled channel)."""
         self._leaving.discard(wid)
