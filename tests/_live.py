@@ -1,12 +1,17 @@
-"""Helpers for tests against live supervisors: wait on a condition, tell a process gone."""
+"""Helpers for tests against live supervisors: wait on a condition, tell a process gone,
+run a supervisor's loop on a fake clock."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
+
+from taskwarden import Supervisor
 
 WAIT = 20.0  # generous bound for anything that should take milliseconds
 
@@ -29,3 +34,47 @@ def gone(pid: int) -> bool:
 def read_pid(path: Path) -> int:
     wait_for(lambda: path.exists() and path.read_text().strip())
     return int(path.read_text())
+
+
+class FakeClock:
+    """A clock for the supervisor's loop that moves only when told (``advance``); it
+    starts at the real clocks' readings. Give it to a live Supervisor with
+    ``supervisor_on``: schedules of minutes or hours then fire in no time.
+
+    The pool's workers still live in real time: a run handed out ahead of its start
+    (``LEAD`` early) tells its worker to wait for that instant on the real clock, so
+    advance past a start, not to it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._now = time.monotonic()
+        self._offset = time.time() - self._now
+        self._wakes: list[Callable[[], None]] = []
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def time(self) -> float:
+        return self._now + self._offset
+
+    def wait_timeout(self, deadline: float) -> float | None:
+        return 0.0 if deadline <= self._now else None  # None: until advance() wakes it
+
+    def on_change(self, wake: Callable[[], None]) -> None:
+        with self._lock:
+            self._wakes.append(wake)
+
+    def advance(self, seconds: float) -> None:
+        """Move on by ``seconds``, and wake every loop waiting on this clock."""
+        with self._lock:
+            self._now += seconds
+            wakes = list(self._wakes)
+        for wake in wakes:
+            wake()
+
+
+def supervisor_on(clock: FakeClock, **kw: Any) -> Supervisor:
+    """A Supervisor whose loop (its deadlines, its wait, the times its calls read) runs
+    on ``clock``."""
+    cls = type("FakeClockSupervisor", (Supervisor,), {"_clock": clock})
+    return cls(**kw)

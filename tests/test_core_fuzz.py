@@ -3,15 +3,20 @@
 A Hypothesis state machine drives one core through ``Core.handle`` (adds with every
 policy, cancels, reschedules, results, crashes, skips, jobs, clock steps, a broken
 pool, shutdown, time passing) and checks after every step that no run is lost or in
-two places, that the busy count is right and that no impossible transition happens.
+two places (a run handed to a worker is in that live worker's queue), that the busy
+and per-state counts are right and that no impossible transition happens. Bursts onto
+a ready worker, kills of a running head and jumps to the next deadline have rules of
+their own: they make the prefetch queues that a kill or a timeout must give back.
 A failing sequence is shrunk to a short one.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -23,7 +28,8 @@ from taskwarden.core.jobs import JobRec
 from taskwarden.pool import base as P
 
 
-def check_invariants(core: E.Core, runs: list[E.Run]) -> None:
+def check_invariants(core: E.Core, runs: list[E.Run], ended: Counter[S] | None = None) -> None:
+    """``ended``: the final runs no longer in ``runs``, by state."""
     busy = sum(1 for w in core.workers.values() if w.inflight)
     assert core.busy == busy, f"busy {core.busy} != {busy}"
     inflight = {}
@@ -37,9 +43,19 @@ def check_invariants(core: E.Core, runs: list[E.Run]) -> None:
     for r in core.pending:
         assert r.state is S.PENDING and r.worker is None, f"{r} in the queue"
     armed = {id(e[3]) for e in core._starts if e[3].gen == e[2]}  # armed START timers
+    counts = Counter(r.state for r in runs)
+    if ended:
+        counts.update(ended)
+    for state, n in core.by_state.items():
+        assert n == counts[state], f"{n} runs counted {state.value}, {counts[state]} are"
+    assert core.scheduled == counts[S.SCHEDULED]
     for r in runs:
         if r.state.final:
             continue
+        w = r.worker
+        if w is not None:  # handed to a worker: it is there, and the worker is alive
+            assert core.workers.get(w.wid) is w, f"{r} is on a worker that is gone"
+            assert inflight.get(id(r)) is w, f"{r} is lost: not in its worker's queue"
         if r.state is S.RUNNING:
             w = inflight.get(id(r))
             assert w is not None and w.inflight[0] is r, f"{r} is lost"
@@ -66,6 +82,7 @@ _policies = st.fixed_dictionaries(
     },
 )
 _pick = st.integers(min_value=0, max_value=1 << 16)
+FINAL_KEPT = 8
 _due_in = st.sampled_from([None, None, None, 0.005, 0.5, 2.0])
 
 
@@ -75,7 +92,8 @@ class CoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.now = 1000.0
-        self.runs: list[E.Run] = []
+        self.runs: list[E.Run] = []  # every live run, and the latest few final ones
+        self.ended: Counter[S] = Counter()  # the final runs taken off ``runs``, by state
         self.booting: list[int] = []
         self.skips: list[tuple[int, int]] = []  # skips asked that the worker may confirm
         self.stopped: list[int] = []
@@ -100,7 +118,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     @initialize(
         workers=st.integers(1, 3),
-        prefetch=st.sampled_from([1, 4, 16]),
+        prefetch=st.sampled_from([1, 2, 4, 16]),
         max_tasks=st.sampled_from([None, None, 3]),
         breakable=st.booleans(),
     )
@@ -128,7 +146,8 @@ class CoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.runs)
     @rule(i=_pick, superseded=st.booleans())
     def cancel(self, i: int, superseded: bool) -> None:
-        run = self.runs[i % len(self.runs)]
+        live = [r for r in self.runs if not r.state.final]  # a final one: now and then
+        run = live[i % len(live)] if live and i % 8 else self.runs[i % len(self.runs)]
         if superseded:  # as a newer run of its key does it
             self.core.cancel(run, self.now, S.SUPERSEDED)
             self.feed(E.TICK)
@@ -211,16 +230,59 @@ class CoreMachine(RuleBasedStateMachine):
         self.now += dt
         self.feed(E.TICK)
 
+    # The interleavings that matter most get rules of their own (Hypothesis picks among
+    # the enabled rules evenly): a burst onto a ready worker fills its prefetch queue,
+    # a kill of a running head (cancel, supersede) or its time limit must give back what
+    # was queued behind it, and time that jumps to the next deadline fires it exactly.
+    @precondition(lambda self: not self.core.closing
+                  and any(w.ready for w in self.core.workers.values()))
+    @rule(n=st.integers(2, 8), timeout=st.sampled_from([None, None, 0.3]))
+    def burst(self, n: int, timeout: float | None) -> None:
+        for _ in range(n):
+            run = E.Run(next(self.seqs), b"", Policy(timeout=timeout))
+            self.runs.append(run)
+            self.feed(E.Add(run))
+
+    @precondition(lambda self: self.core.busy)
+    @rule(i=_pick, superseded=st.booleans())
+    def kill_head(self, i: int, superseded: bool) -> None:
+        heads = [w.inflight[0] for w in self.core.workers.values()
+                 if w.inflight and w.inflight[0].state is S.RUNNING]
+        if heads:
+            run = heads[i % len(heads)]
+            if superseded:
+                self.core.cancel(run, self.now, S.SUPERSEDED)
+                self.feed(E.TICK)
+            else:
+                self.feed(E.Cancel(run))
+
+    @precondition(lambda self: self.core.next_deadline() is not None)
+    @rule()
+    def next_deadline(self) -> None:
+        due = self.core.next_deadline()
+        assert due is not None
+        self.now = max(self.now, due)
+        self.feed(E.TICK)
+
     @invariant()
     def consistent(self) -> None:
-        check_invariants(self.core, self.runs)
+        check_invariants(self.core, self.runs, self.ended)
+        # Final runs leave the list, so that a step's check costs what is live (a long
+        # sequence stays fast to run and to shrink); a few stay for cancel and reschedule.
+        final = [r for r in self.runs if r.state.final]
+        if len(final) > 2 * FINAL_KEPT:
+            gone = final[:-FINAL_KEPT]
+            self.ended.update(r.state for r in gone)
+            ids = {id(r) for r in gone}
+            self.runs = [r for r in self.runs if id(r) not in ids]
 
 
 CoreMachine.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=80,
+    max_examples=100,
+    stateful_step_count=150,
     deadline=None,
     database=None,  # nothing written into the checkout; a failure prints its steps
     suppress_health_check=[HealthCheck.too_slow],
 )
-test_event_sequences_keep_the_core_consistent = CoreMachine.TestCase
+# A failing sequence takes a while to shrink: more than the suite's 60 s per test.
+test_event_sequences_keep_the_core_consistent = pytest.mark.timeout(600)(CoreMachine.TestCase)

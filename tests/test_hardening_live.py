@@ -122,7 +122,7 @@ def test_an_error_in_the_loop_is_logged_and_the_loop_carries_on(
     sup: Supervisor, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="taskwarden")
-    real_beat = sup._core.beat
+    real_beat = sup._core._beat  # what handle() calls for a Beat
     calls = []
 
     def beat_that_breaks_once(*args: Any) -> None:
@@ -131,7 +131,7 @@ def test_an_error_in_the_loop_is_logged_and_the_loop_carries_on(
             raise RuntimeError("a bug in the core")
         real_beat(*args)
 
-    sup._core.beat = beat_that_breaks_once  # type: ignore[method-assign]
+    sup._core._beat = beat_that_breaks_once  # type: ignore[method-assign]
     task = sup.schedule(T.beat_steadily, args=(0.3, 0.02), heartbeat=5)
     assert task.result(timeout=WAIT) == "done"
     assert task.state is TaskState.COMPLETED
@@ -150,13 +150,13 @@ def test_if_the_loop_dies_every_unfinished_task_says_cancelled() -> None:
     try:
         running = s.submit(T.sleep, 30)
         wait_for(lambda: running.state is TaskState.RUNNING)
-        real = s._core.advance
+        real = s._core._advance  # what handle() calls for a Tick
 
         def advance(now: float) -> None:
-            s._core.advance = real  # type: ignore[method-assign]
+            s._core._advance = real  # type: ignore[method-assign]
             raise _Fatal("the loop cannot go on")
 
-        s._core.advance = advance  # type: ignore[method-assign]
+        s._core._advance = advance  # type: ignore[method-assign]
         s._reactor.wake()
         with pytest.raises(TaskCancelled):
             running.result(timeout=WAIT)

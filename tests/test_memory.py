@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import functools
 import gc
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from taskwarden import JobState, Supervisor
 
 import _tasks as T
+from _live import wait_for
 
 WAIT = 20.0
 MiB = 1 << 20
@@ -203,10 +203,7 @@ def test_ended_jobs_are_kept_within_the_byte_bound() -> None:
 def test_a_job_keeps_only_the_runs_kept_for_get() -> None:
     with Supervisor(workers=1, keep_finished=3) as s:
         job = s.schedule(T.square, args=(3,), every=0.005, delay=0)
-        deadline = time.monotonic() + WAIT
-        while job._rec.started < 10:
-            assert time.monotonic() < deadline, "the job did not run 10 times in time"
-            time.sleep(0.005)
+        wait_for(lambda: job._rec.started >= 10)  # the job ran 10 times
         job.cancel()
         job.latest.exception(timeout=WAIT)  # type: ignore[union-attr]
         settled(s)

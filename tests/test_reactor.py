@@ -13,6 +13,8 @@ import pytest
 from taskwarden.driver._reactor import Reactor
 from taskwarden.pool import _wire
 
+from _live import FakeClock
+
 
 @pytest.fixture
 def reactor() -> Iterator[Reactor]:
@@ -27,6 +29,30 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     yield a, b
     a.close()
     b.close()
+
+
+def test_on_a_fake_clock_a_wait_ends_when_the_clock_passes_its_deadline() -> None:
+    clock = FakeClock()
+    r = Reactor(clock)
+    try:
+        deadline = clock.monotonic() + 3600.0
+        returned = threading.Event()
+
+        def waiter() -> None:
+            r.wait(deadline)  # an hour on the fake clock: it must not end on real time
+            returned.set()
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        assert not returned.wait(0.2)  # blocks: no real-time timeout stands for the hour
+        clock.advance(3600.0)  # the clock wakes the wait
+        assert returned.wait(5)
+        t.join(5)
+        started = time.monotonic()
+        r.wait(deadline)  # past: returns at once
+        assert time.monotonic() - started < 1.0
+    finally:
+        r.close()
 
 
 def test_a_ready_fd_runs_its_callback_with_the_ready_mask(

@@ -10,7 +10,7 @@ import pytest
 from taskwarden import Job, JobState, Supervisor, Task, TaskState
 
 import _tasks as T
-from _live import WAIT, wait_for
+from _live import WAIT, FakeClock, supervisor_on, wait_for
 
 
 def test_a_delayed_task_is_scheduled_then_runs(sup: Supervisor) -> None:
@@ -30,16 +30,43 @@ def test_at_takes_aware_and_naive_datetimes(sup: Supervisor) -> None:
     assert naive.result(timeout=WAIT) > 0 and past.result(timeout=WAIT) > 0
 
 
-def test_kick_postpones_a_waiting_task_and_tells_once_it_fired(sup: Supervisor) -> None:
-    watchdog = sup.schedule(T.stamp, delay=0.3)
-    for _ in range(3):
-        time.sleep(0.1)
-        assert watchdog.kick() is True  # fed in time: the dog does not bark
-    assert watchdog.state is TaskState.SCHEDULED
-    fired = watchdog.result(timeout=WAIT)
-    assert watchdog.kick() is False  # it fired: the caller can tell
-    assert watchdog.postpone(5) is False
-    assert fired > 0
+def test_kick_postpones_a_waiting_task_and_tells_once_it_fired() -> None:
+    clock = FakeClock()  # the loop's time moves when the test says, not when it is late
+    with supervisor_on(clock, workers=1) as s:
+        watchdog = s.schedule(T.stamp, delay=0.3)
+        for _ in range(3):
+            clock.advance(0.1)
+            assert watchdog.kick() is True  # fed in time: the dog does not bark
+        clock.advance(0.25)
+        s.stats()  # a round of the loop at the new time: nothing came due
+        assert watchdog.state is TaskState.SCHEDULED
+        clock.advance(0.1)  # 0.35 s since the last kick
+        fired = watchdog.result(timeout=WAIT)
+        assert watchdog.kick() is False  # it fired: the caller can tell
+        assert watchdog.postpone(5) is False
+        assert fired > 0
+
+
+def test_a_live_supervisor_on_a_fake_clock_waits_hours_in_no_time() -> None:
+    clock = FakeClock()
+    with supervisor_on(clock, workers=1) as s:
+        later = s.schedule(T.square, args=(4,), delay=timedelta(minutes=30))
+        job = s.schedule(T.square, args=(3,), every=timedelta(hours=1))
+        clock.advance(1799)
+        s.stats()
+        assert later.state is TaskState.SCHEDULED and job.runs == []
+        clock.advance(2)
+        assert later.result(timeout=WAIT) == 16
+        assert job.runs == []  # the job's first run is an hour after the call
+        clock.advance(1800)
+        wait_for(lambda: len(job.runs) == 1 and job.runs[0].done())
+        clock.advance(3600)
+        wait_for(lambda: len(job.runs) == 2 and job.runs[1].done())
+        assert [r.result() for r in job.runs] == [9, 9]
+        nxt = job.next_run_at
+        assert nxt is not None
+        assert abs(nxt.timestamp() - (clock.time() + 3599)) < 1.5  # on the fake wall clock
+        job.cancel()
 
 
 def test_reschedule_and_cancel_of_a_scheduled_task(sup: Supervisor) -> None:

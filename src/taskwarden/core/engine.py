@@ -8,12 +8,12 @@ returns the actions to carry out (spawn a worker, send runs to a worker,
 kill a worker, resolve a task, make a job run's Task...). Tests drive it
 with a fake clock, in microseconds.
 
-Dispatch: at most ``workers`` processes run tasks at once; one more process
-is kept started as a spare, so that a killed worker is replaced by a process
-that is already up. A busy worker may be given a few more runs ahead of
-time (prefetch) so that it never waits for a round trip between trivial
-tasks; the head of a worker's queue is the run it is executing, the rest
-are still PENDING and are sent back to the queue if the worker dies.
+Every input's own effect comes first; ``handle`` then runs the dispatcher once
+(``dispatch.Dispatcher``, the base of ``Core``: assignment, prefetch and take-back),
+when the outcome is known: a run that ended freed its worker, a queued one came due.
+This module owns the inputs and the workers' lifecycle: a spare process is kept
+started, so that a killed worker is replaced by one that is already up; a worker
+that dies or is killed gives back what it was sent ahead of time.
 
 Starting: a worker process that does not report READY within BOOT_LIMIT is
 killed; BOOT_STRIKES workers in a row that die or time out before READY
@@ -46,6 +46,7 @@ from ..pool.base import (
     WorkerReady,
     WorkerRetiring,
 )
+from .dispatch import Dispatcher
 from .jobs import JobBook
 from .model import (
     TICK,
@@ -113,7 +114,7 @@ _NONE: list[Action] = []  # handle's answer when nothing is to be done: never fi
 _S = TaskState
 
 
-class Core:
+class Core(Dispatcher):
     """Scheduling heap, dispatch, watchdogs and retries. See the module docstring."""
 
     def __init__(
@@ -179,38 +180,41 @@ class Core:
         JobChanged is among the actions, which the driver answers at once."""
         match item:
             case Add():
-                item.answer = self.add(item.run, now, item.due, item.wall_due)
+                item.answer = self.add_run(item.run, now, item.due, item.wall_due)
             case RunDone():
-                self.done(item.wid, item.seq, item.ok, item.value, item.tb, now,
-                          item.progress, item.has_progress)
+                self._done(item.wid, item.seq, item.ok, item.value, item.tb, now,
+                           item.progress, item.has_progress)
             case Tick():
-                self.advance(now)
+                self._advance(now)
             case Beat():
-                self.beat(item.wid, item.seq, item.progress, item.has_progress, now)
+                self._beat(item.wid, item.seq, item.progress, item.has_progress, now)
             case WorkerReady():
-                self.worker_ready(item.wid, item.pid, now)
+                self._worker_ready(item.wid, item.pid, now)
             case RunSkipped():
-                self.skipped(item.wid, item.seq, now)
+                self._skipped(item.wid, item.seq, now)
             case WorkerExited():
-                self.worker_exited(item.wid, item.exitcode, now, item.reason)
+                self._worker_exited(item.wid, item.exitcode, now, item.reason)
             case WorkerRetiring():
-                self.worker_retiring(item.wid, now)
+                self._worker_retiring(item.wid, now)
             case InitFailed():
-                self.initializer_failed(item.tb, now)
+                self._initializer_failed(item.tb, now)
             case Cancel():
-                item.answer = self.cancel(item.run, now)
+                item.answer = self.cancel_run(item.run, now)
             case Reschedule():
-                item.answer = self.reschedule(item.run, item.due, now, item.wall_due)
+                item.answer = self._reschedule(item.run, item.due, now, item.wall_due)
             case JobControl():
                 item.answer = self._job_control(item, now)
             case AddJob():
-                self.add_job(item.job, now, item.first_due, item.first_wall)
+                self._add_job(item.job, now, item.first_due, item.first_wall)
             case ClockChanged():
-                self.clock_changed(item.wall_offset, now)
+                self._clock_changed(item.wall_offset, now)
             case Close():
-                self.close(now, item.cancel_pending)
+                self._close(now, item.cancel_pending)
             case Start():
-                self.start(now)
+                self._start(now)
+        # Once the input's outcome is known (a run freed a worker, a queued one came due):
+        # hand out what waits, take back what waits too long, let idle workers go.
+        self._dispatch(now)
         actions = self.actions
         if actions:
             self.actions = []
@@ -231,9 +235,81 @@ class Core:
             case "reschedule":
                 assert cmd.due is not None
                 done = jobs.reschedule(job, now, cmd.due, cmd.wall_due)
+        return done
+
+    # ------------------------------------------------------- direct inputs
+    # One input each and the dispatch that ends it, as ``handle`` does, with the actions
+    # left in ``actions``: the fake-clock tests call the core so.
+    def start(self, now: float) -> None:
+        self._start(now)
+        self._dispatch(now)
+
+    def advance(self, now: float) -> None:
+        """Fire every timer due at ``now``."""
+        self._advance(now)
+        self._dispatch(now)
+
+    def add(self, run: Run, now: float, due: float | None = None,
+            wall_due: float | None = None) -> Run:
+        stands = self.add_run(run, now, due, wall_due)
+        self._dispatch(now)
+        return stands
+
+    def cancel(self, run: Run, now: float, state: TaskState = _S.CANCELLED,
+               error: BaseException | None = None) -> bool | None:
+        done = self.cancel_run(run, now, state, error)
         self._dispatch(now)
         return done
 
+    def reschedule(self, run: Run, due: float, now: float, wall_due: float | None = None) -> bool:
+        moved = self._reschedule(run, due, now, wall_due)
+        self._dispatch(now)
+        return moved
+
+    def add_job(self, job: JobRec, now: float, first_due: float | None = None,
+                first_wall: float | None = None) -> None:
+        self._add_job(job, now, first_due, first_wall)
+        self._dispatch(now)
+
+    def clock_changed(self, wall_offset: float, now: float) -> None:
+        self._clock_changed(wall_offset, now)
+        self._dispatch(now)
+
+    def worker_ready(self, wid: int, pid: int, now: float) -> None:
+        self._worker_ready(wid, pid, now)
+        self._dispatch(now)
+
+    def beat(self, wid: int, seq: int, progress: Any, has_progress: bool, now: float) -> None:
+        self._beat(wid, seq, progress, has_progress, now)
+        self._dispatch(now)
+
+    def skipped(self, wid: int, seq: int, now: float) -> None:
+        self._skipped(wid, seq, now)
+        self._dispatch(now)
+
+    def done(self, wid: int, seq: int, ok: bool, value: Any, tb: str | None, now: float,
+             progress: Any = None, has_progress: bool = False) -> None:
+        self._done(wid, seq, ok, value, tb, now, progress, has_progress)
+        self._dispatch(now)
+
+    def worker_exited(self, wid: int, exitcode: int | None, now: float,
+                      reason: str | None = None) -> None:
+        self._worker_exited(wid, exitcode, now, reason)
+        self._dispatch(now)
+
+    def worker_retiring(self, wid: int, now: float) -> None:
+        self._worker_retiring(wid, now)
+        self._dispatch(now)
+
+    def initializer_failed(self, tb: str, now: float) -> None:
+        self._initializer_failed(tb, now)
+        self._dispatch(now)
+
+    def close(self, now: float, cancel_pending: bool) -> None:
+        self._close(now, cancel_pending)
+        self._dispatch(now)
+
+    # ----------------------------------------------------------- job runs
     def new_job_run(self, job: JobRec) -> Run:
         """A run of a recurring job, numbered from the shared count; the driver is told
         (NewRun) to make its Task."""
@@ -244,7 +320,7 @@ class Core:
         return run
 
     # ------------------------------------------------------------------ setup
-    def start(self, now: float) -> None:
+    def _start(self, now: float) -> None:
         """Start the pool's processes: ``workers`` now, the spare once one is ready
         (so that it does not slow down the first result on a small machine)."""
         for _ in range(self.n_workers):
@@ -328,8 +404,8 @@ class Core:
                 continue
             self._make_pending(run, now)
 
-    def advance(self, now: float) -> None:
-        """Fire every timer due at ``now``."""
+    def _advance(self, now: float) -> None:
+        """Fire every timer due at ``now`` (the dispatch follows: ``handle``)."""
         heap, starts, lead = self._heap, self._starts, self.timings.lead
         # Starts and the other timers fire in the order of their times (a start first
         # on a tie).
@@ -379,11 +455,10 @@ class Core:
                     self._end_cancelled(run, now)
         if starts and starts[0][0] - lead <= now:
             self._fire_starts(now, now)
-        self._dispatch(now)
 
     # ----------------------------------------------------------------- input
-    def add(self, run: Run, now: float, due: float | None = None,
-            wall_due: float | None = None) -> Run:
+    def add_run(self, run: Run, now: float, due: float | None = None,
+                wall_due: float | None = None) -> Run:
         """A new run: SCHEDULED until ``due`` if that is in the future, else PENDING.
 
         Returns the run that stands for the call: ``run`` itself, or, for a key
@@ -405,7 +480,7 @@ class Core:
                 winner = self._id(run.seq)
                 for old in list(self.streams.get(key, ())):
                     err = TaskSuperseded(f"superseded by task {winner}", winner_id=winner)
-                    self.cancel(old, now, _S.SUPERSEDED, err)
+                    self.cancel_run(old, now, _S.SUPERSEDED, err)
             if run.policy.debounce:
                 due = max(due if due is not None else now, now + run.policy.debounce)
             # Superseding may have emptied (and dropped) the stream: fetch it again.
@@ -424,7 +499,7 @@ class Core:
         self._enter(run, now, due)
         return run
 
-    def clock_changed(self, wall_offset: float, now: float) -> None:
+    def _clock_changed(self, wall_offset: float, now: float) -> None:
         """The wall clock stepped (or the machine slept): re-place wall-anchored starts."""
         self.wall_offset = wall_offset
         for key, obj in list(self.wall_anchored.items()):
@@ -437,14 +512,12 @@ class Core:
                     self._arm(obj)
             else:
                 del self.wall_anchored[key]
-        self._dispatch(now)
 
-    def add_job(self, job: JobRec, now: float, first_due: float | None = None,
-                first_wall: float | None = None) -> None:
+    def _add_job(self, job: JobRec, now: float, first_due: float | None = None,
+                 first_wall: float | None = None) -> None:
         if self.closing:
             return
         self.jobs.add(job, now, first_due, first_wall)
-        self._dispatch(now)
 
     def job_changed(self, job: JobRec) -> None:
         actions = self.actions
@@ -453,7 +526,7 @@ class Core:
             actions.append(JobChanged(job))
             self.jobs_touched = True
 
-    def _enter(self, run: Run, now: float, due: float | None, dispatch: bool = True) -> None:
+    def _enter(self, run: Run, now: float, due: float | None) -> None:
         if run.state not in (_S.PENDING, _S.SCHEDULED) or run.worker is not None:
             raise InvalidTransition(f"{run!r} cannot enter the queue again")
         if due is not None and due > now:
@@ -467,8 +540,6 @@ class Core:
                 self._set(run, _S.PENDING)
             run.due = now
             self.pending.append(run)
-            if dispatch:
-                self._dispatch(now)
 
     def _stream_ended(self, run: Run, now: float) -> None:
         """A keyed run is final: take it off its stream; in a queue, the next one may go."""
@@ -487,7 +558,7 @@ class Core:
         nxt = stream[0]
         if nxt.blocked:
             nxt.blocked = False
-            self._enter(nxt, now, nxt.due, dispatch=False)  # the event's own dispatch follows
+            self._enter(nxt, now, nxt.due)
 
     def _schedule(self, run: Run, due: float) -> None:
         self._set(run, _S.SCHEDULED)
@@ -502,7 +573,7 @@ class Core:
             run.wall_due = None
             self.wall_anchored.pop(("run", run.seq), None)
 
-    def reschedule(self, run: Run, due: float, now: float, wall_due: float | None = None) -> bool:
+    def _reschedule(self, run: Run, due: float, now: float, wall_due: float | None = None) -> bool:
         """Move a run that has not started; False if it already started or ended."""
         if run.blocked:
             # Waiting for its turn in a key's queue: the new time applies once it comes.
@@ -514,7 +585,6 @@ class Core:
             run.due = due
             if due <= now:
                 self._make_pending(run, now)
-                self._dispatch(now)
             else:
                 self._arm(run)
                 self._anchor(run, wall_due)
@@ -535,8 +605,8 @@ class Core:
         else:
             self.wall_anchored[("run", run.seq)] = run
 
-    def cancel(self, run: Run, now: float, state: TaskState = _S.CANCELLED,
-               error: BaseException | None = None, dispatch: bool = True) -> bool | None:
+    def cancel_run(self, run: Run, now: float, state: TaskState = _S.CANCELLED,
+                   error: BaseException | None = None) -> bool | None:
         """Cancel in any state but a final one; a running run's worker is killed.
 
         True: the run is cancelled (a killed worker's run resolves once the process is
@@ -568,11 +638,9 @@ class Core:
         run.blocked = False
         self._invalidate(run)
         self._end(run, state, now, ok=False, value=error)
-        if dispatch:
-            self._dispatch(now)
         return True
 
-    def worker_ready(self, wid: int, pid: int, now: float) -> None:
+    def _worker_ready(self, wid: int, pid: int, now: float) -> None:
         w = self.workers.get(wid)
         if w is None:
             return
@@ -584,9 +652,8 @@ class Core:
         if w.inflight:
             self._start_head(w, now)
         self._refill(now)  # the first ready worker starts the spare
-        self._dispatch(now)
 
-    def beat(self, wid: int, seq: int, progress: Any, has_progress: bool, now: float) -> None:
+    def _beat(self, wid: int, seq: int, progress: Any, has_progress: bool, now: float) -> None:
         w = self.workers.get(wid)
         if w is None or not w.inflight or w.inflight[0].seq != seq:
             return
@@ -595,7 +662,7 @@ class Core:
         if has_progress:
             run.progress = progress
 
-    def skipped(self, wid: int, seq: int, now: float) -> None:
+    def _skipped(self, wid: int, seq: int, now: float) -> None:
         """A worker gave back a run it had not started (cancelled, or taken back)."""
         w = self.workers.get(wid)
         if w is None:
@@ -615,10 +682,9 @@ class Core:
             self.pending.appendleft(run)
         if i == 0:
             self._after_head_change(w, now)
-        self._dispatch(now)
 
-    def done(self, wid: int, seq: int, ok: bool, value: Any, tb: str | None, now: float,
-             progress: Any = None, has_progress: bool = False) -> None:
+    def _done(self, wid: int, seq: int, ok: bool, value: Any, tb: str | None, now: float,
+              progress: Any = None, has_progress: bool = False) -> None:
         """A worker finished its head run: ``value`` is the result or the exception."""
         w = self.workers.get(wid)
         if w is None or not w.inflight or w.inflight[0].seq != seq:
@@ -652,10 +718,9 @@ class Core:
                 self._end(run, _S.COMPLETED, now, ok=True, value=value)
             elif not self._maybe_retry(run, now, value):
                 self._end(run, _S.FAILED, now, ok=False, value=value, tb=tb)
-        self._dispatch(now)
 
-    def worker_exited(self, wid: int, exitcode: int | None, now: float,
-                      reason: str | None = None) -> None:
+    def _worker_exited(self, wid: int, exitcode: int | None, now: float,
+                       reason: str | None = None) -> None:
         """A worker process is gone. If it was not killed on purpose, its head run crashed.
         ``reason`` says why, when the pool killed it on its own (a garbled channel)."""
         self._leaving.discard(wid)
@@ -684,9 +749,8 @@ class Core:
         if not w.retiring:
             self.replaced += 1
         self._refill_soon(now)
-        self._dispatch(now)
 
-    def worker_retiring(self, wid: int, now: float) -> None:
+    def _worker_retiring(self, wid: int, now: float) -> None:
         """A worker leaves on its own (over its memory limit) after finishing its head
         run: what it was sent ahead of time, never started, goes back to the queue."""
         w = self.workers.get(wid)
@@ -701,7 +765,6 @@ class Core:
             self.pending.appendleft(head)
         self.recycled += 1
         self._refill_soon(now)
-        self._dispatch(now)
 
     def _boot_overdue(self, w: Worker, now: float) -> None:
         if self.workers.get(w.wid) is w and not w.ready and not w.retiring:
@@ -729,22 +792,8 @@ class Core:
         self._note(logging.WARNING, f"{why} ({self.boot_failures} of {strikes} in a row "
                    "before the pool counts as broken); starting another")
         self._refill_soon(now)
-        self._dispatch(now)
 
-    def _boot_wait_over(self, run: Run, w: Worker, since: float, now: float) -> None:
-        """A run's time limit ran out while its worker was still starting: it ends
-        TIMED_OUT, never started; the worker is told to skip it and starts on."""
-        if run.worker is not w or w.ready or run.state is not _S.PENDING:
-            return
-        run.cancel_pending = _S.TIMED_OUT
-        self.actions.append(Skip(w.wid, run.seq))
-        waited = now - since
-        self._end(run, _S.TIMED_OUT, now, ok=False, value=TaskTimeout(
-            f"task timed out after {waited:.3g} s waiting for its worker process to start "
-            f"(its initializer has not returned)"))
-        self._dispatch(now)
-
-    def initializer_failed(self, tb: str, now: float) -> None:
+    def _initializer_failed(self, tb: str, now: float) -> None:
         """The pool's initializer raised: like ProcessPoolExecutor, the pool is broken."""
         self._break("the worker initializer failed:\n" + tb, now)
 
@@ -767,9 +816,8 @@ class Core:
             w.inflight.clear()
             if not w.retiring:
                 self._stop(w, now)
-        self._dispatch(now)  # fails whatever the endings above sent back to the queue
 
-    def close(self, now: float, cancel_pending: bool) -> None:
+    def _close(self, now: float, cancel_pending: bool) -> None:
         """Shutdown: cancel scheduled runs (and pending ones if asked); no more spawns."""
         self.closing = True
         for job in list(self.jobs.jobs.values()):
@@ -791,7 +839,7 @@ class Core:
                     run.value_ok = False
                     bulk.append(run)
                 else:
-                    self.cancel(run, now, dispatch=False)
+                    self.cancel_run(run, now)
         del starts
         if bulk:
             n = len(bulk)
@@ -802,32 +850,35 @@ class Core:
         for stream in list(self.streams.values()):
             for run in list(stream):
                 if run.blocked and (cancel_pending or run.due > now):  # due later: cancel
-                    self.cancel(run, now, dispatch=False)
+                    self.cancel_run(run, now)
         if cancel_pending:
             for run in list(self.pending):
-                self.cancel(run, now, dispatch=False)
+                self.cancel_run(run, now)
             for w in self.workers.values():
                 for run in list(w.inflight)[1:]:
-                    self.cancel(run, now, dispatch=False)
-        self._dispatch(now)
-        self._stop_idle(now)
-        # A process still booting with nothing to do is killed rather than waited for.
-        for w in list(self.workers.values()):
-            if not w.ready and all(r.state.final for r in w.inflight):
-                self._release(w, now)
-                self.actions.append(Kill(w.wid))
+                    self.cancel_run(run, now)
+        # The dispatch that ends this input lets the idle workers go (_closing_dispatch).
 
     def idle(self) -> bool:
         """Nothing runs, nothing waits: the pool may be stopped."""
         return self.busy == 0 and not self.pending
 
     # ------------------------------------------------------------- internals
-    def _stop_idle(self, now: float) -> None:
-        if not self.closing or self.pending:
-            return
+    def _closing_dispatch(self, now: float) -> None:
+        """At shutdown, after the runs are handed out: the workers left with nothing to
+        do go; while runs wait, workers are replaced (but no spare)."""
+        # A process still booting with nothing to do is killed rather than waited for
+        # (with runs waiting, every slot is taken, or it would have been given one).
         for w in list(self.workers.values()):
-            if not w.inflight and not w.retiring:
-                self._stop(w, now)
+            if not w.ready and all(r.state.final for r in w.inflight):
+                self._release(w, now)
+                self.actions.append(Kill(w.wid))
+        if self.pending:
+            self._refill(now)
+        else:
+            for w in list(self.workers.values()):
+                if not w.inflight and not w.retiring:
+                    self._stop(w, now)
 
     def _stop(self, w: Worker, now: float) -> None:
         """Tell a worker to exit (it finishes nothing more)."""
@@ -878,7 +929,6 @@ class Core:
         if started:
             self._note(logging.INFO, f"starting {started} replacement worker process"
                        f"{'es' if started > 1 else ''}")
-        self._dispatch(now)
 
     def _requeue(self, w: Worker, now: float) -> None:
         """Runs prefetched on a dead worker go back to the front of the queue, in order
@@ -997,27 +1047,6 @@ class Core:
         if run.job is not None:
             self.jobs.run_ended(run, now)
 
-    def _start_head(self, w: Worker, now: float) -> None:
-        run = w.inflight[0]
-        if run.cancel_pending is not None or run.state.final:
-            # The worker is told to skip it; if it runs it anyway, kill it.
-            self.push_timer(now + self.timings.skip_ack_wait, SKIP_WAIT, run, run.gen)
-            return
-        self._set(run, _S.RUNNING)
-        run.attempts += 1
-        if run.not_before is not None and run.not_before > now:
-            now = run.not_before  # the worker waits until then: limits count from there
-        run.started_at = now
-        run.last_beat = now
-        run.worker_pid = w.pid
-        run.hb_reason = None
-        p = run.policy
-        if p.timeout is not None:
-            run.deadline = now + p.timeout
-            self.push_timer(run.deadline, DEADLINE, run, run.gen)
-        if p.heartbeat is not None:
-            self.push_timer(now + p.heartbeat, BEAT, run, run.gen)
-
     def _after_head_change(self, w: Worker, now: float) -> None:
         if w.inflight:
             if w.ready:
@@ -1031,112 +1060,6 @@ class Core:
             self._refill_soon(now)
         # At shutdown an idle worker is stopped by the dispatch that follows every
         # event, once the event's outcome (which may make a queued run due) is known.
-
-    def _can_take(self, w: Worker) -> bool:
-        if w.retiring:
-            return False
-        limit = self.max_tasks_per_worker
-        return limit is None or w.done_count + len(w.inflight) < limit
-
-    def _dispatch(self, now: float) -> None:
-        pending = self.pending
-        if self.broken is not None:
-            # The pool cannot start workers: whatever comes due fails, nothing hangs.
-            while pending:
-                run = pending.popleft()
-                self._end(run, _S.FAILED, now, ok=False, value=WorkerCrashed(self.broken))
-        if pending:
-            self._assign(now)
-        if self.closing:
-            if pending:
-                self._refill(now)
-            self._stop_idle(now)
-        elif not pending and self.busy < self.n_workers and self.prefetch > 1:
-            self._steal(now)
-
-    def _assign(self, now: float) -> None:
-        """Hand pending runs to workers: idle ones first, then ahead of time."""
-        pending = self.pending
-        sends: dict[int, list[Run]] = {}
-        # 1. Idle workers, ready ones first, while a slot is free.
-        if self.busy < self.n_workers:
-            idle = [w for w in self.workers.values() if not w.inflight and self._can_take(w)]
-            idle.sort(key=lambda w: not w.ready)
-            for w in idle:
-                if not pending or self.busy >= self.n_workers:
-                    break
-                run = pending.popleft()
-                run.worker = w
-                w.inflight.append(run)
-                self.busy += 1
-                sends[w.wid] = [run]
-                if w.ready:
-                    self._start_head(w, now)
-                elif run.policy.timeout is not None:
-                    # Its time limit covers the wait for a worker still starting.
-                    wait = max(run.policy.timeout, self.timings.boot_allowance)
-                    heapq.heappush(self._heap, (
-                        now + wait, next(self._counter), CALLBACK,
-                        functools.partial(self._boot_wait_over, run, w, now), 0))
-        # 2. Prefetch onto busy, ready workers so they never wait for a round trip.
-        #    Refill only below half the depth, so that sends go out in batches.
-        if pending and self.prefetch > 1:
-            low = self.prefetch // 2
-            for w in self.workers.values():
-                if not pending:
-                    break
-                if (
-                    len(w.inflight) > low
-                    or not w.inflight
-                    or not w.ready
-                    or w.inflight[0].policy.grace
-                    or now >= (w.inflight[0].started_at or now) + self.timings.steal_after
-                ):
-                    continue
-                while pending and len(w.inflight) < self.prefetch and self._can_take(w):
-                    run = pending[0]
-                    if run.policy.grace:
-                        break
-                    pending.popleft()
-                    run.worker = w
-                    w.inflight.append(run)
-                    sends.setdefault(w.wid, []).append(run)
-                    self._prefetched = True
-        for wid, runs in sends.items():
-            self.actions.append(Send(wid, runs))
-
-    def _steal(self, now: float) -> None:
-        """An idle worker may take back runs queued behind a long-running head."""
-        if not self._prefetched or (self._steal_at is not None and now < self._steal_at):
-            return  # nothing was handed out ahead of time, or a check is already due then
-        if not any(not w.inflight and self._can_take(w) for w in self.workers.values()):
-            return
-        retry_at: float | None = None
-        any_queued = False
-        for victim in self.workers.values():
-            queued = [r for r in list(victim.inflight)[1:]
-                      if not r.stealing and r.cancel_pending is None and not r.state.final]
-            if not queued:
-                continue
-            any_queued = True
-            head = victim.inflight[0]
-            started = head.started_at if head.started_at is not None else now
-            when = started + self.timings.steal_after
-            if now < when:
-                retry_at = when if retry_at is None else min(retry_at, when)
-                continue
-            for run in queued[len(queued) // 2:]:
-                run.stealing = True
-                self.actions.append(Skip(victim.wid, run.seq))
-        self._prefetched = any_queued
-        if retry_at is not None and (self._steal_at is None or retry_at < self._steal_at):
-            self._steal_at = retry_at
-            heapq.heappush(self._heap, (retry_at, next(self._counter), CALLBACK,
-                                        self._steal_timer, 0))
-
-    def _steal_timer(self, now: float) -> None:
-        self._steal_at = None
-        self._dispatch(now)
 
     # ---------------------------------------------------------------- queries
     def stats(self) -> dict[str, Any]:

@@ -22,7 +22,8 @@ __all__ = ["RUNS_KEPT", "CronTrigger", "JobBook", "JobHost", "JobRec"]
 
 class JobHost(Protocol):
     """What the job rules need of the core (``engine.Core``): its clock offset and
-    timers, and a way to add, cancel and announce runs."""
+    timers, and a way to add, cancel and announce runs (``add_run`` and ``cancel_run``
+    do not dispatch: the input that called in ends with the core's one dispatch)."""
 
     wall_offset: float
     wall_anchored: dict[tuple[str, int], Any]
@@ -30,11 +31,11 @@ class JobHost(Protocol):
 
     def push_timer(self, when: float, kind: int, obj: Any, gen: int) -> None: ...
 
-    def add(self, run: Run, now: float, due: float | None = None,
-            wall_due: float | None = None) -> Run: ...
+    def add_run(self, run: Run, now: float, due: float | None = None,
+                wall_due: float | None = None) -> Run: ...
 
-    def cancel(self, run: Run, now: float, state: TaskState = TaskState.CANCELLED,
-               error: BaseException | None = None, dispatch: bool = True) -> bool | None: ...
+    def cancel_run(self, run: Run, now: float, state: TaskState = TaskState.CANCELLED,
+                   error: BaseException | None = None) -> bool | None: ...
 
     def job_changed(self, job: JobRec) -> None: ...
 
@@ -128,7 +129,7 @@ class JobBook:
                 start = False
             elif job.overlap == "replace":
                 for old in live:
-                    self.core.cancel(old, now, TaskState.SUPERSEDED,
+                    self.core.cancel_run(old, now, TaskState.SUPERSEDED,
                                      TaskSuperseded("replaced by the job's next run"))
         if start:
             self._start_run(job, now, slot)
@@ -158,7 +159,7 @@ class JobBook:
         job.live.append(run)
         job.runs.append(run)
         job.latest = run
-        self.core.add(run, now)
+        self.core.add_run(run, now)
         if job.max_runs is not None and job.started >= job.max_runs:
             self._finish(job, now)
 
@@ -216,7 +217,7 @@ class JobBook:
         job.queued = False
         if kill_running:
             for run in list(job.live):
-                self.core.cancel(run, now)
+                self.core.cancel_run(run, now)
         self.core.job_changed(job)
         return True
 

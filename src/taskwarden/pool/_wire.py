@@ -196,7 +196,8 @@ def dumps(obj: Any) -> bytes:
     try:
         return pickle.dumps(obj, protocol=5)
     except Exception:
-        return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+        data: bytes = cloudpickle.dumps(obj, protocol=5)  # cloudpickle is untyped
+        return data
 
 
 def split_frames(buf: bytearray) -> list[Any]:

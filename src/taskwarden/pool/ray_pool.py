@@ -54,7 +54,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._proctree import kill_tree
 from . import _ray_link as L
@@ -62,6 +62,9 @@ from ._channel import Channel
 from ._ray_agent import Agent
 from ._worker import INTERRUPT_SIGNAL, NUDGE_SIGNAL
 from .base import Event, Reactor, WorkerExited
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 log = logging.getLogger("taskwarden")
 
@@ -607,12 +610,12 @@ class RayPool:
                 if remaining <= 0:
                     break
                 for key, mask in sel.select(remaining):
-                    if key.fileobj.fileno() < 0:  # type: ignore[union-attr]
+                    if _closed(key.fileobj):
                         sel.unregister(key.fileobj)
                         continue
                     key.data(mask)
                 for key in list(sel.get_map().values()):
-                    if key.fileobj.fileno() < 0:  # type: ignore[union-attr]
+                    if _closed(key.fileobj):
                         sel.unregister(key.fileobj)
         gone = [s.wid for s in waiting if s.reported]
         self._killed = [s for s in self._killed if not s.reported]
@@ -670,3 +673,8 @@ class RayPool:
 
 
 __all__ = ["INSTALL_HINT", "RayPool", "connect_ray", "import_ray"]
+
+
+def _closed(fileobj: FileDescriptorLike) -> bool:
+    """A socket registered with a selector that has been closed since (fileno() is -1)."""
+    return (fileobj if isinstance(fileobj, int) else fileobj.fileno()) < 0
