@@ -30,9 +30,25 @@ through their channels): their exit statuses are then unknown, and the pool
 reports them as such. The template itself leaves when its control socket
 closes: the pool closed, or the supervisor died.
 
+The tasks' modules. A worker forked before its task's module was imported
+imports it on its first task (10-40 ms under load, inside the task's time
+limit). So the pool reads the first runs it sends each new worker (the first
+``PREFIX`` bytes of ``LEARN_RUNS`` payloads: never every payload) for the
+modules they name (``modules_of``) and asks the template to import each new
+one. The template imports one only once it is known harmless: first in a
+probe child it forks (in a process group of its own), which must exit 0 within
+``PROBE_TIMEOUT``, single-threaded, leaving no process in its group; then in
+the template itself, when no request waits. Forks are served while a probe
+runs. A module that fails is refused for good (the pool never asks again). If
+the template has threads after importing one anyway, it says so (TAINTED) and
+leaves: the pool starts a new template (no death counted), which is asked for
+the modules imported so far but that one.
+
 The wire between the two is fixed-size records (``_REC``), each request to
 fork carrying one descriptor, each SPAWNED answer one pidfd. Descriptors
 arrive in order with the stream, so they are matched to records in order.
+A record about a module (IMPORT, IMPORTED, REFUSED, TAINTED) is followed by
+the module's name, its length in the record's value.
 """
 
 from __future__ import annotations
