@@ -435,3 +435,41 @@ def test_importable_names() -> None:
     assert _template.importable("pkg.mod") and _template.importable("_tasks")
     for bad in ("", "__main__", "__mp_main__.x", "a..b", "<stdin>", "a-b", "x" * 300):
         assert not _template.importable(bad)
+
+
+@pytest.mark.parametrize("end", ["shutdown", "template-killed"])
+def test_a_hanging_probe_goes_with_its_template(
+    end: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TW_PRELOAD_BAD", "hang")
+    import _preload_bad as B
+
+    s = Supervisor(workers=1)
+    try:
+        s.submit(T.pid).result(timeout=WAIT)
+        t = _template_of(s)
+        wait_for(lambda: _all_from(s, t.pid))
+        _kill_a_worker(s)
+        assert s.submit(B.value).result(timeout=WAIT) == 42
+
+        def probes() -> list[int]:
+            workers = set(s._pool.pids().values())  # type: ignore[attr-defined]
+            try:
+                kids = psutil.Process(t.pid).children()
+            except psutil.NoSuchProcess:
+                return []
+            return [k.pid for k in kids if k.pid not in workers]
+
+        wait_for(lambda: probes())
+        (probe,) = probes()
+        assert "_preload_bad" not in _forker(s).refused  # it hangs: not decided yet
+        if end == "template-killed":
+            os.kill(t.pid, signal.SIGKILL)
+            wait_for(lambda: gone(probe), timeout=PROBE_LIMIT)
+            assert s.submit(T.square, 2).result(timeout=WAIT) == 4
+    finally:
+        s.shutdown(wait=True)
+    wait_for(lambda: gone(probe), timeout=PROBE_LIMIT)
+
+
+PROBE_LIMIT = _template.PROBE_TIMEOUT / 2  # it goes before its own timeout would end it

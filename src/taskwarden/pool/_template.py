@@ -102,6 +102,7 @@ BASE_PRELOAD = ("taskwarden.pool._worker", "cloudpickle", "pickle", "traceback")
 
 START_TIMEOUT = 60.0  # seconds for the template to start and import its modules
 PROBE_TIMEOUT = 2.0  # seconds a probe child may take to import a task's module
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_NAME = 256  # bytes of a module name the template is asked to import
 PREFIX = 4096  # bytes of a payload read for the modules it names
 LEARN_RUNS = 4  # runs of a fresh worker's first batch read for their modules
@@ -286,6 +287,13 @@ class _Template:
         self.decided: set[str] = set()
 
     def serve(self) -> None:
+        try:
+            self._serve()
+        finally:
+            if self.probe is not None:
+                _killpg(self.probe[1])  # a probe never outlives its template
+
+    def _serve(self) -> None:
         while True:
             timeout: float | None = None
             if self.to_import:
@@ -467,8 +475,15 @@ def _probe_child(name: str, close: list[int]) -> NoReturn:
     """In a probe child: import ``name``; exit 0 if that worked and left one thread."""
     code = 1
     try:
+        template = os.getppid()
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
+        with contextlib.suppress(Exception):  # it dies with its template (Linux)
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != template:
+            raise SystemExit  # the template died already: exit 1
         for fd in close:
             with contextlib.suppress(OSError):
                 os.close(fd)
