@@ -318,3 +318,158 @@ def test_a_pool_shut_down_while_its_template_starts_leaves_nothing_behind(
         s.shutdown(wait=True)
         assert s.stats()["workers_alive"] == 0
     assert not [r for r in caplog.records if "template" in r.getMessage()]
+
+
+# ------------------------------------------------- the tasks' modules, preloaded
+
+
+def _template_of(s: Supervisor) -> _template.Template:
+    wait_for(lambda: _forker(s).template is not None)
+    t = _forker(s).template
+    assert t is not None
+    return t
+
+
+def _kill_a_worker(s: Supervisor) -> None:
+    hung = s.schedule(T.sleep, args=(60,), timeout=0.05)
+    with pytest.raises(TaskTimeout):
+        hung.result(timeout=WAIT)
+
+
+def _settled(s: Supervisor) -> set[int]:
+    """The pids of the pool's workers, once no fork is asked and not answered."""
+    wait_for(lambda: not _forker(s)._asked and all(
+        p.process is not None for p in s._pool._procs.values()))  # type: ignore[attr-defined]
+    return set(s._pool.pids().values())  # type: ignore[attr-defined]
+
+
+def test_a_replacement_worker_has_the_tasks_module_before_its_first_task() -> None:
+    import _preload_mod as P
+
+    with Supervisor(workers=1) as s:
+        _, imported_here = s.submit(P.where).result(timeout=WAIT)
+        assert imported_here  # forked before the template knew the module
+        t = _template_of(s)
+        wait_for(lambda: "_preload_mod" in t.imported)
+        before = _settled(s)  # forked before the import (the spare among them)
+        for _ in range(len(before) + 2):
+            _kill_a_worker(s)
+            pid, imported_here = s.submit(P.where).result(timeout=WAIT)
+            if pid not in before:
+                break
+        else:
+            raise AssertionError("no worker forked after the import ran a task")
+        assert _parent(pid) == t.pid
+        assert not imported_here  # it came with the fork: no import on its first task
+        assert _forker(s).deaths == 0 and _forker(s).template is t
+
+
+@pytest.mark.parametrize("how", ["hang", "thread", "process"])
+def test_a_module_harmful_to_import_is_not_preloaded_and_nothing_stalls(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TW_PRELOAD_BAD", how)
+    import _preload_bad as B
+
+    with Supervisor(workers=1) as s:
+        s.submit(T.pid).result(timeout=WAIT)
+        t = _template_of(s)
+        wait_for(lambda: _all_from(s, t.pid))
+        before = _settled(s)
+        _kill_a_worker(s)  # a fresh worker's first task names the module
+        assert s.submit(B.value).result(timeout=WAIT) == 42
+        wait_for(lambda: "_preload_bad" in {*_forker(s).wanted, *_forker(s).refused})
+        if how == "hang":
+            # The probe hangs for PROBE_TIMEOUT; forks are served meanwhile.
+            _kill_a_worker(s)
+            pid = s.submit(T.pid).result(timeout=WAIT)
+            assert _parent(pid) == t.pid and pid not in before
+            assert "_preload_bad" not in _forker(s).refused  # the probe still runs
+        wait_for(lambda: "_preload_bad" in _forker(s).refused)
+        assert "_preload_bad" not in t.imported and "_preload_bad" not in _forker(s).wanted
+        assert _forker(s).template is t and _forker(s).deaths == 0
+        _kill_a_worker(s)
+        assert _parent(s.submit(T.pid).result(timeout=WAIT)) == t.pid
+        assert s.submit(B.value).result(timeout=WAIT) == 42
+    # (the leak fixture checks that no probe, nor what it started, is left)
+
+
+def test_a_template_that_gets_a_thread_from_a_module_restarts_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TW_PRELOAD_BAD", "thread-in-template")
+    monkeypatch.setenv("TW_PRELOAD_SUPERVISOR", str(os.getpid()))
+    import _preload_bad as B
+    import _preload_mod as P
+
+    with Supervisor(workers=1) as s:
+        s.submit(P.where).result(timeout=WAIT)
+        old = _template_of(s)
+        wait_for(lambda: "_preload_mod" in old.imported)
+        _kill_a_worker(s)
+        assert s.submit(B.value).result(timeout=WAIT) == 42
+        # Its probe passes (no thread there); the template itself gets one and leaves.
+        wait_for(lambda: "_preload_bad" in _forker(s).refused)
+        wait_for(lambda: _forker(s).template is not None and _forker(s).template is not old)
+        new = _template_of(s)
+        assert gone(old.pid) and _forker(s).deaths == 0
+        wait_for(lambda: "_preload_mod" in new.imported)  # the good one, imported anew
+        assert "_preload_bad" not in new.imported
+        for pid in list(s._pool.pids().values()):  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: _all_from(s, new.pid))
+        assert s.submit(B.value).result(timeout=WAIT) == 42
+
+
+def test_only_a_fresh_workers_first_runs_are_read_for_modules() -> None:
+    with Supervisor(workers=1) as s:
+        s.submit(T.pid).result(timeout=WAIT)
+        wanted = dict(_forker(s).wanted)
+        import _preload_mod as P
+
+        s.submit(P.where).result(timeout=WAIT)  # the same worker's later run: not read
+        assert _forker(s).wanted == wanted
+
+
+def test_importable_names() -> None:
+    assert _template.importable("pkg.mod") and _template.importable("_tasks")
+    for bad in ("", "__main__", "__mp_main__.x", "a..b", "<stdin>", "a-b", "x" * 300):
+        assert not _template.importable(bad)
+
+
+@pytest.mark.parametrize("end", ["shutdown", "template-killed"])
+def test_a_hanging_probe_goes_with_its_template(
+    end: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TW_PRELOAD_BAD", "hang")
+    import _preload_bad as B
+
+    s = Supervisor(workers=1)
+    try:
+        s.submit(T.pid).result(timeout=WAIT)
+        t = _template_of(s)
+        wait_for(lambda: _all_from(s, t.pid))
+        _kill_a_worker(s)
+        assert s.submit(B.value).result(timeout=WAIT) == 42
+
+        def probes() -> list[int]:
+            workers = set(s._pool.pids().values())  # type: ignore[attr-defined]
+            try:
+                kids = psutil.Process(t.pid).children()
+            except psutil.NoSuchProcess:
+                return []
+            return [k.pid for k in kids if k.pid not in workers]
+
+        wait_for(lambda: probes())
+        (probe,) = probes()
+        assert "_preload_bad" not in _forker(s).refused  # it hangs: not decided yet
+        if end == "template-killed":
+            os.kill(t.pid, signal.SIGKILL)
+            wait_for(lambda: gone(probe), timeout=PROBE_LIMIT)
+            assert s.submit(T.square, 2).result(timeout=WAIT) == 4
+    finally:
+        s.shutdown(wait=True)
+    wait_for(lambda: gone(probe), timeout=PROBE_LIMIT)
+
+
+PROBE_LIMIT = _template.PROBE_TIMEOUT / 2  # it goes before its own timeout would end it

@@ -30,9 +30,25 @@ through their channels): their exit statuses are then unknown, and the pool
 reports them as such. The template itself leaves when its control socket
 closes: the pool closed, or the supervisor died.
 
+The tasks' modules. A worker forked before its task's module was imported
+imports it on its first task (10-40 ms under load, inside the task's time
+limit). So the pool reads the first runs it sends each new worker (the first
+``PREFIX`` bytes of ``LEARN_RUNS`` payloads: never every payload) for the
+modules they name (``modules_of``) and asks the template to import each new
+one. The template imports one only once it is known harmless: first in a
+probe child it forks (in a process group of its own), which must exit 0 within
+``PROBE_TIMEOUT``, single-threaded, leaving no process in its group; then in
+the template itself, when no request waits. Forks are served while a probe
+runs. A module that fails is refused for good (the pool never asks again). If
+the template has threads after importing one anyway, it says so (TAINTED) and
+leaves: the pool starts a new template (no death counted), which is asked for
+the modules imported so far but that one.
+
 The wire between the two is fixed-size records (``_REC``), each request to
 fork carrying one descriptor, each SPAWNED answer one pidfd. Descriptors
 arrive in order with the stream, so they are matched to records in order.
+A record about a module (IMPORT, IMPORTED, REFUSED, TAINTED) is followed by
+the module's name, its length in the record's value.
 """
 
 from __future__ import annotations
@@ -73,12 +89,23 @@ _HELLO = 10  # (HELLO, threads, pid): imports done; threads > 1: cannot fork saf
 _SPAWNED = 11  # (SPAWNED, wid, pid) + a pidfd of the worker
 _FORK_FAILED = 12  # (FORK_FAILED, wid, errno)
 _EXITED = 13  # (EXITED, wid, status): exit code, or -signal
+# Preloading the tasks' modules: a name record is (op, 0, length) + the name in UTF-8.
+_IMPORT = 3  # supervisor -> template: import this module if it is harmless
+_IMPORTED = 14  # it is imported: workers forked from now on have it
+_REFUSED = 15  # its probe failed (error, hang, thread, process left): never again
+_TAINTED = 16  # imported, but the template then had threads: it leaves, restart it
+_NAMED = frozenset((_IMPORT, _IMPORTED, _REFUSED, _TAINTED))
 
 _MAX_FDS = 64  # descriptors taken per read (each record carries one at most)
 
 BASE_PRELOAD = ("taskwarden.pool._worker", "cloudpickle", "pickle", "traceback")
 
 START_TIMEOUT = 60.0  # seconds for the template to start and import its modules
+PROBE_TIMEOUT = 2.0  # seconds a probe child may take to import a task's module
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+MAX_NAME = 256  # bytes of a module name the template is asked to import
+PREFIX = 4096  # bytes of a payload read for the modules it names
+LEARN_RUNS = 4  # runs of a fresh worker's first batch read for their modules
 
 
 @functools.cache
@@ -203,8 +230,43 @@ def _send(sock: socket.socket, op: int, token: int, value: int, fds: Iterable[in
         sock.sendall(data)
 
 
+def _send_name(sock: socket.socket, op: int, name: str, token: int = 0) -> None:
+    data = name.encode()
+    sock.sendall(_REC.pack(op, token, len(data)) + data)
+
+
+def _records(buf: bytearray) -> list[tuple[int, int, int, str]]:
+    """Take the whole records at the front of ``buf`` (a name record only once all of
+    its name is there): (op, token, value, name or "")."""
+    out: list[tuple[int, int, int, str]] = []
+    pos = 0
+    while len(buf) - pos >= _REC.size:
+        op, token, value = _REC.unpack_from(buf, pos)
+        end = pos + _REC.size
+        name = ""
+        if op in _NAMED:
+            if len(buf) - end < value:
+                break
+            name = bytes(buf[end:end + value]).decode("utf-8", "replace")
+            end += value
+        out.append((op, token, value, name))
+        pos = end
+    del buf[:pos]
+    return out
+
+
+def importable(name: str) -> bool:
+    """Could ``name`` be a module imported by name (dotted identifiers, not ``__main__``)?"""
+    if not name or len(name.encode()) > MAX_NAME or name.split(".", 1)[0] in (
+        "__main__", "__mp_main__"
+    ):
+        return False
+    return all(part.isidentifier() for part in name.split("."))
+
+
 class _Template:
-    """The template's loop: fork on request, report exits, reap on release."""
+    """The template's loop: fork on request, report exits, reap on release, and import
+    the tasks' modules the supervisor names, each once a probe child showed it harmless."""
 
     def __init__(self, ctl: socket.socket, worker_args: tuple[int, bytes | None, int | None]
                  ) -> None:
@@ -217,15 +279,42 @@ class _Template:
         self.released: set[int] = set()  # released before their exit was seen
         self.poller = select.poll()
         self.poller.register(ctl.fileno(), select.POLLIN)
+        # Preloading: names to probe, names that passed (imported here when idle), the
+        # probe child running (name, pid, pidfd, deadline), and names decided already.
+        self.to_probe: deque[str] = deque()
+        self.to_import: deque[str] = deque()
+        self.probe: tuple[str, int, int, float] | None = None
+        self.decided: set[str] = set()
 
     def serve(self) -> None:
+        try:
+            self._serve()
+        finally:
+            if self.probe is not None:
+                _killpg(self.probe[1])  # a probe never outlives its template
+
+    def _serve(self) -> None:
         while True:
-            for fd, _ in self.poller.poll():
+            timeout: float | None = None
+            if self.to_import:
+                timeout = 0  # import only when no request waits
+            elif self.probe is not None:
+                timeout = max(0.0, self.probe[3] - time.monotonic()) * 1000 + 1
+            events = self.poller.poll(timeout)
+            for fd, _ in events:
                 if fd == self.ctl.fileno():
                     if not self._read():
                         return  # the supervisor is gone: so are we (workers see EOF too)
                 elif fd in self.by_pidfd:
                     self._exited(fd)
+                elif self.probe is not None and fd == self.probe[2]:
+                    self._probed()
+            if self.probe is not None and time.monotonic() >= self.probe[3]:
+                self._probed(timed_out=True)
+            if not events and self.to_import and not self._import(self.to_import.popleft()):
+                return  # tainted: the supervisor starts a template without that module
+            if self.probe is None and self.to_probe:
+                self._start_probe(self.to_probe.popleft())
 
     def _read(self) -> bool:
         try:
@@ -238,13 +327,77 @@ class _Template:
         if not data:
             return False
         self.buf += data
-        n = len(self.buf) // _REC.size * _REC.size
-        for op, token, _ in _REC.iter_unpack(bytes(self.buf[:n])):
+        for op, token, _, name in _records(self.buf):
             if op == _FORK:
                 self._fork(token, self.fds.popleft())
             elif op == _RELEASE:
                 self._release(token)
-        del self.buf[:n]
+            elif op == _IMPORT:
+                self._offered(name)
+        return True
+
+    # ---------------------------------------------------------- preloading
+    def _offered(self, name: str) -> None:
+        if name in self.decided or not importable(name):
+            return
+        self.decided.add(name)
+        if name in sys.modules:
+            _send_name(self.ctl, _IMPORTED, name)
+        else:
+            self.to_probe.append(name)
+
+    def _start_probe(self, name: str) -> None:
+        """Import ``name`` first in a short-lived child: harmless if it exits 0 in time,
+        single-threaded, and leaves no process behind (it runs in a process group of its
+        own, killed whole afterwards)."""
+        try:
+            pid = os.fork()
+        except OSError:
+            _send_name(self.ctl, _REFUSED, name)
+            return
+        if pid == 0:
+            _probe_child(name, [self.ctl.fileno(), *self.by_pidfd, *self.fds])
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # (the child does it too: whichever runs first)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # pragma: no cover - pidfds were checked by the supervisor
+            _killpg(pid)
+            os.waitpid(pid, 0)
+            _send_name(self.ctl, _REFUSED, name)
+            return
+        self.poller.register(pidfd, select.POLLIN)
+        self.probe = (name, pid, pidfd, time.monotonic() + PROBE_TIMEOUT)
+
+    def _probed(self, *, timed_out: bool = False) -> None:
+        assert self.probe is not None
+        name, pid, pidfd, _ = self.probe
+        self.probe = None
+        self.poller.unregister(pidfd)
+        if timed_out:
+            _killpg(pid)
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        os.close(pidfd)
+        left = _killpg(pid)  # whatever the import started and left running
+        if not timed_out and not left and info is not None and _status(info) == 0:
+            self.to_import.append(name)
+        else:
+            _send_name(self.ctl, _REFUSED, name)
+
+    def _import(self, name: str) -> bool:
+        """Import a module that passed its probe; False if the template then has threads
+        (it said so: it leaves, and the supervisor starts one without the module)."""
+        try:
+            importlib.import_module(name)
+        except BaseException:
+            _send_name(self.ctl, _REFUSED, name)
+            return True
+        threads = _threads()
+        if threads > 1:
+            _send_name(self.ctl, _TAINTED, name, threads)
+            return False
+        gc.freeze()  # as after the first imports: never collected here
+        _send_name(self.ctl, _IMPORTED, name)
         return True
 
     def _fork(self, wid: int, channel: int) -> None:
@@ -258,6 +411,8 @@ class _Template:
             # Nothing of the template's may stay open in the worker: its control socket,
             # the pidfds of the other workers, channels of forks still to come.
             close = [self.ctl.fileno(), *self.by_pidfd, *self.fds]
+            if self.probe is not None:
+                close.append(self.probe[2])
             _worker_child(wid, channel, close, self.worker_args)
         os.close(channel)
         try:
@@ -305,6 +460,37 @@ class _Template:
         with contextlib.suppress(ChildProcessError):
             os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
         os.close(pidfd)
+
+
+def _killpg(pgid: int) -> bool:
+    """SIGKILL a probe's process group; True if any process was left in it."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        return False
+    return True
+
+
+def _probe_child(name: str, close: list[int]) -> NoReturn:
+    """In a probe child: import ``name``; exit 0 if that worked and left one thread."""
+    code = 1
+    try:
+        template = os.getppid()
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        with contextlib.suppress(Exception):  # it dies with its template (Linux)
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != template:
+            raise SystemExit  # the template died already: exit 1
+        for fd in close:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        importlib.import_module(name)
+        code = 0 if _threads() == 1 else 2
+    finally:
+        os._exit(code)
 
 
 def _status(info: Any) -> int:
@@ -385,7 +571,13 @@ class Exited:
     status: int  # exit code, or -signal
 
 
-TemplateEvent = Spawned | ForkFailed | Exited
+@dataclass(slots=True)
+class Preloaded:
+    name: str
+    ok: bool  # imported in the template; else refused (never offered again)
+
+
+TemplateEvent = Spawned | ForkFailed | Exited | Preloaded
 
 
 class Template:
@@ -413,6 +605,8 @@ class Template:
         self._fds: deque[int] = deque()
         self.threads = 0
         self.dead = False
+        self.imported: set[str] = set()  # the tasks' modules it imported since it started
+        self.tainted = False  # it had threads after importing one: it left on its own
         self._lock = threading.Lock()  # start() on one thread, abort() on another
         self._aborted = False
 
@@ -515,16 +709,28 @@ class Template:
                 self.dead = True
                 break
             self._buf += data
-        n = len(self._buf) // _REC.size * _REC.size
-        for op, token, value in _REC.iter_unpack(bytes(self._buf[:n])):
+        for op, token, value, name in _records(self._buf):
             if op == _SPAWNED:
                 out.append(Spawned(token, value, self._fds.popleft()))
             elif op == _FORK_FAILED:
                 out.append(ForkFailed(token, value))
             elif op == _EXITED:
                 out.append(Exited(token, value))
-        del self._buf[:n]
+            elif op == _IMPORTED:
+                self.imported.add(name)
+                out.append(Preloaded(name, True))
+            elif op in (_REFUSED, _TAINTED):
+                self.tainted = self.tainted or op == _TAINTED
+                out.append(Preloaded(name, False))
         return out
+
+    def offer(self, name: str) -> None:
+        """Ask the template to import ``name`` (once a probe child showed it harmless);
+        a ``Preloaded`` event answers."""
+        if self.dead or self._sock is None:
+            return
+        with contextlib.suppress(OSError):
+            _send_name(self._sock, _IMPORT, name)
 
     def wait_for(self, done: Any, timeout: float) -> list[TemplateEvent]:
         """Read (blocking) until ``done(events so far)`` is true, the template dies or
@@ -624,6 +830,9 @@ class Forker:
         self._asked: dict[int, socket.socket] = {}  # fork requested, no answer yet
         self._kids: dict[int, _Kid] = {}  # forked, exit not taken yet
         self._statuses: dict[int, int] = {}  # exits reported, not taken yet
+        # The tasks' modules: asked of every template (in order), and those refused.
+        self.wanted: dict[str, None] = {}
+        self.refused: set[str] = set()
 
     def bind(self, reactor: Reactor) -> None:
         self._reactor = reactor
@@ -658,6 +867,20 @@ class Forker:
             self._waiting.remove(wid)
             return True
         return False
+
+    def learn(self, runs: list[Any]) -> None:
+        """A fresh worker's first runs: ask the template to import the modules their
+        payloads name (read from the first ``PREFIX`` bytes of the first ``LEARN_RUNS``
+        runs only), so that the workers it forks next have them already."""
+        if self.state == "off":
+            return
+        for run in runs[:LEARN_RUNS]:
+            for name in modules_of(run[1][:PREFIX]):
+                if name in self.wanted or name in self.refused or not importable(name):
+                    continue
+                self.wanted[name] = None
+                if self.state == "up" and self.template is not None:
+                    self.template.offer(name)
 
     def forked(self, wid: int) -> bool:
         """Is ``wid`` a worker this forker handed over (and whose exit is not taken)?"""
@@ -719,6 +942,8 @@ class Forker:
             self.state = "up"
             reactor.watch(t.fileno(), functools.partial(self._on_control, t))
             reactor.watch(t.pidfd, functools.partial(self._on_template_exit, t))
+            for name in self.wanted:
+                t.offer(name)  # each probed again: this template imports them anew
             waiting, self._waiting = self._waiting, []
             for wid in waiting:
                 if self.state != "up":
@@ -753,7 +978,8 @@ class Forker:
         if t is None:
             return
         self.template = None
-        self.deaths += 1
+        if not t.tainted:  # (one that left for a module it imported is no failure)
+            self.deaths += 1
         reactor = self._reactor
         if reactor is not None:
             reactor.unwatch(t.fileno())
@@ -764,9 +990,11 @@ class Forker:
             code = t.process.exitcode
         t.close()
         orphans = [wid for wid, kid in self._kids.items() if kid.template is t]
-        log.warning("the template process %d died (exit code %s); %d worker(s) "
-                    "it forked run on, their exit statuses will be unknown",
-                    t.pid, code, len(orphans))
+        log.log(logging.INFO if t.tainted else logging.WARNING,
+                "the template process %d %s (exit code %s); %d worker(s) it forked "
+                "run on, their exit statuses will be unknown", t.pid,
+                "left: a module it imported started a thread" if t.tainted else "died",
+                code, len(orphans))
         asked, self._asked = self._asked, {}
         for sock in asked.values():
             with contextlib.suppress(OSError):
@@ -799,6 +1027,12 @@ class Forker:
                 log.warning("the template could not fork a worker (%s); "
                             "starting it the plain way", os.strerror(ev.error))
                 self._on_failed(ev.wid)
+            elif isinstance(ev, Preloaded):
+                if not ev.ok:
+                    self.wanted.pop(ev.name, None)
+                    self.refused.add(ev.name)
+                    log.info("module %r is not preloaded in the template (its import "
+                             "failed, hung, left a process or started a thread)", ev.name)
             else:
                 if ev.wid in self._kids:
                     self._statuses[ev.wid] = ev.status
@@ -876,10 +1110,12 @@ __all__ = [
     "Exited",
     "ForkFailed",
     "Forker",
+    "Preloaded",
     "Spawned",
     "Template",
     "TemplateEvent",
     "TemplateUnavailable",
+    "importable",
     "modules_of",
     "supported",
     "template_main",

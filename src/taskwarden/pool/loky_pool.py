@@ -57,7 +57,7 @@ class _Forked:
 class _Proc:
     """One worker: its channel, and, once the spawner handed it over, its process."""
 
-    __slots__ = ("chan", "conn", "exit_fd", "exit_pending", "pid", "process", "wid")
+    __slots__ = ("chan", "conn", "exit_fd", "exit_pending", "fresh", "pid", "process", "wid")
 
     def __init__(self, wid: int, chan: Channel) -> None:
         self.wid = wid
@@ -67,6 +67,7 @@ class _Proc:
         self.pid = 0
         self.exit_fd: int = -1
         self.exit_pending = False  # dead; its exit status is still to come from the template
+        self.fresh = True  # no runs sent yet: the first ones name modules to preload
 
 
 class LokyPool:
@@ -206,6 +207,11 @@ class LokyPool:
     def send(self, wid: int, runs: list[RunItem]) -> None:
         p = self._procs.get(wid)
         if p is not None:
+            if p.fresh:
+                # Only a new worker's first batch is read (never every payload): the
+                # template imports their modules, so its next workers have them.
+                p.fresh = False
+                self._forker.learn(runs)
             p.chan.send(runs)
 
     def skip(self, wid: int, seq: int) -> None:
