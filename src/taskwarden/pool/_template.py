@@ -181,6 +181,9 @@ def template_main(
             if _threads() > 1:
                 break  # reported below: the supervisor starts a template without them
     threads = _threads()
+    # An import may have ignored SIGCHLD (or set a handler that reaps): the template
+    # needs its workers' zombies (their exit statuses). The workers get it back.
+    sigchld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # What the imports made is never freed here: keep the collector away from it, so
     # that a worker does not copy those pages for the collector's bookkeeping. (No
     # collection first: it would cost the first worker ~10 ms, to free next to nothing.)
@@ -191,7 +194,7 @@ def template_main(
         return  # the pool closed while we started
     if threads > 1:
         return
-    _Template(ctl, worker_args).serve()
+    _Template(ctl, worker_args, sigchld).serve()
 
 
 def _send(sock: socket.socket, op: int, token: int, value: int, fds: Iterable[int] = ()) -> None:
@@ -206,10 +209,11 @@ def _send(sock: socket.socket, op: int, token: int, value: int, fds: Iterable[in
 class _Template:
     """The template's loop: fork on request, report exits, reap on release."""
 
-    def __init__(self, ctl: socket.socket, worker_args: tuple[int, bytes | None, int | None]
-                 ) -> None:
+    def __init__(self, ctl: socket.socket, worker_args: tuple[int, bytes | None, int | None],
+                 sigchld: Any = signal.SIG_DFL) -> None:
         self.ctl = ctl
         self.worker_args = worker_args
+        self.sigchld = sigchld  # what the imports made of SIGCHLD: the workers' own
         self.buf = bytearray()
         self.fds: deque[int] = deque()
         self.by_pidfd: dict[int, int] = {}  # pidfd -> wid, every child not reaped
@@ -258,7 +262,7 @@ class _Template:
             # Nothing of the template's may stay open in the worker: its control socket,
             # the pidfds of the other workers, channels of forks still to come.
             close = [self.ctl.fileno(), *self.by_pidfd, *self.fds]
-            _worker_child(wid, channel, close, self.worker_args)
+            _worker_child(wid, channel, close, self.worker_args, self.sigchld)
         os.close(channel)
         try:
             pidfd = os.pidfd_open(pid)
@@ -314,7 +318,11 @@ def _status(info: Any) -> int:
 
 
 def _worker_child(
-    wid: int, channel: int, close: list[int], worker_args: tuple[int, bytes | None, int | None]
+    wid: int,
+    channel: int,
+    close: list[int],
+    worker_args: tuple[int, bytes | None, int | None],
+    sigchld: Any = signal.SIG_DFL,
 ) -> NoReturn:
     """In a freshly forked worker: shed the template's descriptors, run the worker."""
     code = 1
@@ -323,6 +331,8 @@ def _worker_child(
             with contextlib.suppress(OSError):
                 os.close(fd)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if sigchld is not None:  # (None: a handler not set from Python, left as it is)
+            signal.signal(signal.SIGCHLD, sigchld)
         # As multiprocessing does in a forked child: its hooks, not the template's exits.
         import multiprocessing.util as mp_util
 
