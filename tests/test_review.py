@@ -3,6 +3,12 @@ code it fixes."""
 
 from __future__ import annotations
 
+import math
+import os
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
 import pytest
 
 from taskwarden import Supervisor, WorkerCrashed
@@ -26,3 +32,37 @@ def test_an_initializer_module_that_ignores_sigchld_keeps_exit_statuses() -> Non
         forker = s._pool._forker  # type: ignore[attr-defined]
         assert forker.template is not None and "_sigchld_init" in forker.template.preload
         assert forker.deaths == 0
+
+
+@pytest.fixture
+def tz_east_of_utc() -> Iterator[None]:
+    """A local time zone where ``datetime.max`` (naive, local) lies past year 9999 in UTC."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Tokyo"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+@pytest.mark.usefixtures("tz_east_of_utc")
+def test_the_ends_of_datetime_are_far_times_not_errors() -> None:
+    with Supervisor(workers=1) as s:
+        never = s.schedule(T.pid, at=datetime.max)  # "never": honoured (clamped)
+        assert never.state == "SCHEDULED"
+        assert never.cancel()
+        long_ago = s.schedule(T.pid, at=datetime.min)  # in the past: runs now
+        assert long_ago.result(timeout=WAIT) > 0
+        job = s.schedule(T.pid, every=60, until=datetime.max)
+        assert job.state == "ACTIVE"
+        job.cancel()
+
+
+def test_a_bad_until_is_named_until() -> None:
+    with Supervisor(workers=1) as s, pytest.raises(TypeError, match=r"^until must be"):
+        s.schedule(T.pid, every=1, until=math.inf)
