@@ -428,3 +428,9 @@ def note_pid_then_remember(path: str, value: int) -> None:
 
 def pid_and_recall() -> tuple[int, int | None]:
     return os.getpid(), _remembered
+
+
+def stop_parent() -> str:
+    """Stop this process's parent (a template, for a forked worker) with SIGSTOP."""
+    os.kill(os.getppid(), signal.SIGSTOP)
+    return "stopped"

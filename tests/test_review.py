@@ -66,3 +66,17 @@ def test_the_ends_of_datetime_are_far_times_not_errors() -> None:
 def test_a_bad_until_is_named_until() -> None:
     with Supervisor(workers=1) as s, pytest.raises(TypeError, match=r"^until must be"):
         s.schedule(T.pid, every=1, until=math.inf)
+
+
+@needs_template
+def test_a_task_that_stops_its_template_costs_no_outcome_and_no_shutdown() -> None:
+    s = Supervisor(workers=1)
+    try:
+        assert s.submit(T.stop_parent).result(timeout=WAIT) == "stopped"
+        with pytest.raises(WorkerCrashed, match="exited with code 3"):
+            s.submit(T.exit_with, 3).result(timeout=WAIT)
+        assert s.submit(T.square, 4).result(timeout=WAIT) == 16
+        t0 = time.monotonic()
+    finally:
+        s.shutdown(wait=True)
+    assert time.monotonic() - t0 < WAIT / 4  # not minutes: the template was waited on

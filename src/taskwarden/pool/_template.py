@@ -474,6 +474,13 @@ class Template:
             if self.process is not None:
                 _sigkill(self.process.pid)
 
+    def resume(self) -> None:
+        """SIGCONT the template (a no-op unless stopped): a task may have stopped it
+        (its worker's parent), and the supervisor needs its word now (a fork, an exit)."""
+        if self.pidfd >= 0 and not self.dead:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGCONT)
+
     def fileno(self) -> int:
         """The control socket: readable when the template has something to say."""
         assert self._sock is not None
@@ -485,6 +492,7 @@ class Template:
         ``dead`` tells whether the template is gone)."""
         if self.dead or self._sock is None:
             return None
+        self.resume()
         ours, theirs = socket.socketpair()
         try:
             _send(self._sock, _FORK, wid, 0, [theirs.fileno()])
@@ -503,6 +511,7 @@ class Template:
         """The worker's exit is taken: the template may reap it."""
         if self.dead or self._sock is None:
             return
+        self.resume()
         with contextlib.suppress(OSError):
             _send(self._sock, _RELEASE, wid, 0)
 
@@ -823,9 +832,10 @@ class Forker:
         kid = self._kids.get(wid)
         if kid is None or kid.template is not self.template or kid.template.dead:
             return True, None
+        t = kid.template
+        t.resume()  # its word comes once it runs
         if not block:
             return False, None
-        t = kid.template
 
         def arrived(events: list[TemplateEvent]) -> bool:
             return any(isinstance(e, Exited) and e.wid == wid for e in events)
