@@ -8,6 +8,9 @@ import os
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
 
 import pytest
 
@@ -80,3 +83,16 @@ def test_a_task_that_stops_its_template_costs_no_outcome_and_no_shutdown() -> No
     finally:
         s.shutdown(wait=True)
     assert time.monotonic() - t0 < WAIT / 4  # not minutes: the template was waited on
+
+
+@pytest.mark.parametrize(
+    "timeout", [Decimal(10), Fraction(10), 10.0], ids=["Decimal", "Fraction", "float"]
+)
+def test_a_wait_takes_any_real_number_of_seconds(sup: Supervisor, timeout: Any) -> None:
+    assert sup.submit(T.square, 3).result(timeout=timeout) == 9
+    assert sup.submit(T.square, 3).exception(timeout=timeout) is None
+    assert list(sup.map(T.square, range(3), timeout=timeout)) == [0, 1, 4]
+    assert list(sup.map(T.square, range(3), timeout=timeout, chunksize=2)) == [0, 1, 4]
+    job = sup.schedule(T.square, args=(2,), every=60, delay=0)
+    assert job.result(timeout=timeout) == 4
+    job.cancel()

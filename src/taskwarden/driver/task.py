@@ -11,9 +11,10 @@ from concurrent.futures import Future
 from concurrent.futures._base import FINISHED as _FINISHED
 from concurrent.futures._base import PENDING as _PENDING
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, SupportsFloat, TypeVar
 
 from .._ids import make_uuid
+from .._policy import wait_seconds
 from .._states import TaskState
 from ..core.model import Run
 
@@ -140,7 +141,7 @@ class Task(Future[T]):
                 return
         fn(self)
 
-    def result(self, timeout: float | None = None) -> T:
+    def result(self, timeout: SupportsFloat | None = None) -> T:
         if self._state == _FINISHED:  # resolved: no need to take (or make) the Condition
             if self._exception is None:
                 result: T = self._result
@@ -150,13 +151,13 @@ class Task(Future[T]):
             finally:
                 del self  # break the cycle (traceback -> frame -> self), as Future does
         self._supervisor._check_process()  # in a forked child nothing would resolve it
-        return super().result(timeout)
+        return super().result(wait_seconds(timeout))
 
-    def exception(self, timeout: float | None = None) -> BaseException | None:
+    def exception(self, timeout: SupportsFloat | None = None) -> BaseException | None:
         if self._state == _FINISHED:
             return self._exception
         self._supervisor._check_process()
-        return super().exception(timeout)
+        return super().exception(wait_seconds(timeout))
 
     def done(self) -> bool:
         # No lock needed to read one attribute, and none made (see __init__).
