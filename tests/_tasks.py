@@ -431,3 +431,16 @@ def note_pid_then_remember(path: str, value: int) -> None:
 
 def pid_and_recall() -> tuple[int, int | None]:
     return os.getpid(), _remembered
+
+
+def stop_parent() -> str:
+    """Stop this process's parent (a template, for a forked worker) with SIGSTOP."""
+    os.kill(os.getppid(), signal.SIGSTOP)
+    return "stopped"
+
+
+def signal_parent_then_sleep(sig: int, seconds: float) -> str:
+    """Signal this process's parent (a template, a Ray agent...), then sleep."""
+    os.kill(os.getppid(), sig)
+    time.sleep(seconds)
+    return "slept"

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cloudpickle
@@ -473,3 +473,29 @@ def test_a_hanging_probe_goes_with_its_template(
 
 
 PROBE_LIMIT = _template.PROBE_TIMEOUT / 2  # it goes before its own timeout would end it
+
+
+@pytest.fixture
+def sigchld_restored() -> Iterator[None]:
+    """The modules below ignore SIGCHLD when imported, here too: put it back after."""
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    signal.signal(signal.SIGCHLD, before)
+
+
+@pytest.mark.usefixtures("sigchld_restored")
+def test_a_preloaded_task_module_that_ignores_sigchld_keeps_exit_statuses() -> None:
+    import _sigchld_task as M
+
+    with Supervisor(workers=1) as s:
+        s.submit(T.pid).result(timeout=WAIT)
+        t = _template_of(s)
+        _kill_a_worker(s)  # a fresh worker's first task names the module
+        assert s.submit(M.sigchld_ignored).result(timeout=WAIT) is True
+        wait_for(lambda: "_sigchld_task" in t.imported)
+        for _ in range(3):
+            with pytest.raises(WorkerCrashed, match="exited with code 3"):
+                s.submit(T.exit_with, 3).result(timeout=WAIT)
+        # Forked after the import, a worker sees SIGCHLD as the module left it.
+        assert s.submit(M.sigchld_ignored).result(timeout=WAIT) is True
+        assert _forker(s).template is t and _forker(s).deaths == 0

@@ -97,6 +97,12 @@ def seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
     return min(result, MAX_SECONDS)
 
 
+def wait_seconds(timeout: SupportsFloat | None) -> float | None:
+    """A caller's wait (``result(timeout=)``, ``map(timeout=)``) as threading takes it:
+    any real number (Decimal and Fraction too) becomes a float; None waits for ever."""
+    return None if timeout is None else float(timeout)
+
+
 def check_keywords(given: dict[str, Any], allowed: frozenset[str], where: str) -> None:
     unknown = sorted(set(given) - allowed)
     if unknown:

@@ -148,20 +148,27 @@ def job_options(
     if max_runs is not None:
         max_runs = int(max_runs)
     until = job_opts.get("until")
-    until_wall = None if until is None else timestamp(until)
+    until_wall = None if until is None else timestamp(until, "until")
     return JobOptions(pol, interval, trigger, overlap, anchor, max_runs, until_wall)
 
 
-def timestamp(at: datetime | float) -> float:
+def timestamp(at: datetime | float, name: str = "at") -> float:
     """A ``time.time()`` timestamp; one beyond MAX_SECONDS from now is clamped there."""
     if isinstance(at, datetime):
-        return at.timestamp()  # naive datetimes are local time, as datetime does
+        try:
+            return at.timestamp()  # naive datetimes are local time, as datetime does
+        except (ValueError, OverflowError, OSError):
+            # The ends of datetime's range (datetime.max/min, naive, in a local zone that
+            # moves them past year 9999 or before year 1): "never", or long ago.
+            return time.time() + MAX_SECONDS if at.year > 1970 else 0.0
     wall = None
     if not isinstance(at, bool) and isinstance(at, (numbers.Real, Decimal)):
         with contextlib.suppress(ValueError, OverflowError):
             wall = float(at)
     if wall is None or not math.isfinite(wall):
-        raise TypeError(f"at must be a datetime or a finite time.time() timestamp, not {at!r}")
+        raise TypeError(
+            f"{name} must be a datetime or a finite time.time() timestamp, not {at!r}"
+        )
     return min(wall, time.time() + MAX_SECONDS)
 
 

@@ -7,10 +7,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, SupportsFloat, TypeVar
 
 from .._errors import TaskCancelled
 from .._ids import make_uuid
+from .._policy import wait_seconds
 from .._states import JobState
 from ..core.engine import JobControl, JobOp
 from ..core.jobs import RUNS_KEPT, JobRec
@@ -103,7 +104,7 @@ class Job:
         """The last run started, or None."""
         return self._view[3]
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: SupportsFloat | None = None) -> Any:
         """The latest finished run's result (or its exception, raised), waiting for the
         first run to finish if none has yet.
 
@@ -112,7 +113,8 @@ class Job:
         """
         if self._view[4] is None:
             self._supervisor._check_process()  # in a forked child no run would finish
-        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = wait_seconds(timeout)
+        deadline = None if wait is None else time.monotonic() + wait
         with self._cond:
             while True:
                 state, _, _, _, last, unresolved = self._view  # one state the loop was in

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from types import FunctionType
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, SupportsFloat, TypeVar, cast, overload
 
 from .._ids import make_uuid, new_base, seq_of
 from .._policy import (
@@ -60,6 +60,7 @@ from .._policy import (
     given,
     normalize,
     seconds,
+    wait_seconds,
 )
 from .._states import TaskState
 from ..core import engine as E
@@ -452,13 +453,14 @@ class Supervisor(Executor, LoopSide):
         self,
         fn: Callable[..., T],
         *iterables: Iterable[Any],
-        timeout: float | None = None,
+        timeout: SupportsFloat | None = None,
         chunksize: int = 1,
     ) -> Iterator[T]:
         """Like ``Executor.map``; ``chunksize`` > 1 sends items in batches, as
         ProcessPoolExecutor does."""
         if not whole(chunksize) or chunksize < 1:
             raise ValueError(f"chunksize must be a whole number >= 1, not {chunksize!r}")
+        timeout = wait_seconds(timeout)
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         chunks = super().map(

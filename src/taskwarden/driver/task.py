@@ -11,10 +11,11 @@ from concurrent.futures import Future
 from concurrent.futures._base import FINISHED as _FINISHED
 from concurrent.futures._base import PENDING as _PENDING
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, SupportsFloat, TypeVar
 
 from .._errors import TaskCancelled
 from .._ids import make_uuid
+from .._policy import wait_seconds
 from .._states import TaskState
 from ..core.model import Run
 
@@ -165,7 +166,7 @@ class Task(Future[T]):
                 return
         fn(self)
 
-    def result(self, timeout: float | None = None) -> T:
+    def result(self, timeout: SupportsFloat | None = None) -> T:
         if self._state == _FINISHED:  # resolved: no need to take (or make) the Condition
             if self._exception is None:
                 result: T = self._result
@@ -180,16 +181,16 @@ class Task(Future[T]):
             finally:
                 del self, exc  # break the cycles (traceback -> frame), as Future does
         self._supervisor._check_process()  # in a forked child nothing would resolve it
-        return super().result(timeout)
+        return super().result(wait_seconds(timeout))
 
-    def exception(self, timeout: float | None = None) -> BaseException | None:
+    def exception(self, timeout: SupportsFloat | None = None) -> BaseException | None:
         if self._state == _FINISHED:
             if self._exception is not CANCELLED_IN_BULK:
                 return self._exception
             with _CONDITION_LOCK:
                 return self._own_error()
         self._supervisor._check_process()
-        return super().exception(timeout)
+        return super().exception(wait_seconds(timeout))
 
     def done(self) -> bool:
         # No lock needed to read one attribute, and none made (see __init__).

@@ -208,6 +208,9 @@ def template_main(
             if _threads() > 1:
                 break  # reported below: the supervisor starts a template without them
     threads = _threads()
+    # An import may have ignored SIGCHLD (or set a handler that reaps): the template
+    # needs its workers' zombies (their exit statuses). The workers get it back.
+    sigchld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # What the imports made is never freed here: keep the collector away from it, so
     # that a worker does not copy those pages for the collector's bookkeeping. (No
     # collection first: it would cost the first worker ~10 ms, to free next to nothing.)
@@ -218,7 +221,7 @@ def template_main(
         return  # the pool closed while we started
     if threads > 1:
         return
-    _Template(ctl, worker_args).serve()
+    _Template(ctl, worker_args, sigchld).serve()
 
 
 def _send(sock: socket.socket, op: int, token: int, value: int, fds: Iterable[int] = ()) -> None:
@@ -268,10 +271,11 @@ class _Template:
     """The template's loop: fork on request, report exits, reap on release, and import
     the tasks' modules the supervisor names, each once a probe child showed it harmless."""
 
-    def __init__(self, ctl: socket.socket, worker_args: tuple[int, bytes | None, int | None]
-                 ) -> None:
+    def __init__(self, ctl: socket.socket, worker_args: tuple[int, bytes | None, int | None],
+                 sigchld: Any = signal.SIG_DFL) -> None:
         self.ctl = ctl
         self.worker_args = worker_args
+        self.sigchld = sigchld  # what the imports made of SIGCHLD: the workers' own
         self.buf = bytearray()
         self.fds: deque[int] = deque()
         self.by_pidfd: dict[int, int] = {}  # pidfd -> wid, every child not reaped
@@ -384,14 +388,24 @@ class _Template:
         else:
             _send_name(self.ctl, _REFUSED, name)
 
+    def _keep_sigchld(self) -> None:
+        """A module just imported may have ignored SIGCHLD (some libraries do): the
+        kernel would then reap the workers and their exit statuses be lost. The template
+        keeps the default; the workers get what the module made of it."""
+        prev = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if prev not in (signal.SIG_DFL, None):
+            self.sigchld = prev
+
     def _import(self, name: str) -> bool:
         """Import a module that passed its probe; False if the template then has threads
         (it said so: it leaves, and the supervisor starts one without the module)."""
         try:
             importlib.import_module(name)
         except BaseException:
+            self._keep_sigchld()
             _send_name(self.ctl, _REFUSED, name)
             return True
+        self._keep_sigchld()
         threads = _threads()
         if threads > 1:
             _send_name(self.ctl, _TAINTED, name, threads)
@@ -413,7 +427,7 @@ class _Template:
             close = [self.ctl.fileno(), *self.by_pidfd, *self.fds]
             if self.probe is not None:
                 close.append(self.probe[2])
-            _worker_child(wid, channel, close, self.worker_args)
+            _worker_child(wid, channel, close, self.worker_args, self.sigchld)
         os.close(channel)
         try:
             pidfd = os.pidfd_open(pid)
@@ -500,7 +514,11 @@ def _status(info: Any) -> int:
 
 
 def _worker_child(
-    wid: int, channel: int, close: list[int], worker_args: tuple[int, bytes | None, int | None]
+    wid: int,
+    channel: int,
+    close: list[int],
+    worker_args: tuple[int, bytes | None, int | None],
+    sigchld: Any = signal.SIG_DFL,
 ) -> NoReturn:
     """In a freshly forked worker: shed the template's descriptors, run the worker."""
     code = 1
@@ -509,6 +527,8 @@ def _worker_child(
             with contextlib.suppress(OSError):
                 os.close(fd)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if sigchld is not None:  # (None: a handler not set from Python, left as it is)
+            signal.signal(signal.SIGCHLD, sigchld)
         # As multiprocessing does in a forked child: its hooks, not the template's exits.
         import multiprocessing.util as mp_util
 
@@ -659,6 +679,13 @@ class Template:
             if self.process is not None:
                 _sigkill(self.process.pid)
 
+    def resume(self) -> None:
+        """SIGCONT the template (a no-op unless stopped): a task may have stopped it
+        (its worker's parent), and the supervisor needs its word now (a fork, an exit)."""
+        if self.pidfd >= 0 and not self.dead:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGCONT)
+
     def fileno(self) -> int:
         """The control socket: readable when the template has something to say."""
         assert self._sock is not None
@@ -670,6 +697,7 @@ class Template:
         ``dead`` tells whether the template is gone)."""
         if self.dead or self._sock is None:
             return None
+        self.resume()
         ours, theirs = socket.socketpair()
         try:
             _send(self._sock, _FORK, wid, 0, [theirs.fileno()])
@@ -688,6 +716,7 @@ class Template:
         """The worker's exit is taken: the template may reap it."""
         if self.dead or self._sock is None:
             return
+        self.resume()
         with contextlib.suppress(OSError):
             _send(self._sock, _RELEASE, wid, 0)
 
@@ -1048,9 +1077,10 @@ class Forker:
         kid = self._kids.get(wid)
         if kid is None or kid.template is not self.template or kid.template.dead:
             return True, None
+        t = kid.template
+        t.resume()  # its word comes once it runs
         if not block:
             return False, None
-        t = kid.template
 
         def arrived(events: list[TemplateEvent]) -> bool:
             return any(isinstance(e, Exited) and e.wid == wid for e in events)
