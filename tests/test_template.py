@@ -453,15 +453,30 @@ def test_a_hanging_probe_goes_with_its_template(
         assert s.submit(B.value).result(timeout=WAIT) == 42
 
         def probes() -> list[int]:
-            workers = set(s._pool.pids().values())  # type: ignore[attr-defined]
+            """The template's children that lead a process group of their own: the probe
+            (a worker, even one forked a moment ago and not listed yet, is in the
+            template's group)."""
             try:
                 kids = psutil.Process(t.pid).children()
             except psutil.NoSuchProcess:
                 return []
-            return [k.pid for k in kids if k.pid not in workers]
+            found = []
+            for k in kids:
+                try:
+                    if os.getpgid(k.pid) == k.pid:
+                        found.append(k.pid)
+                except ProcessLookupError:
+                    continue
+            return found
 
-        wait_for(lambda: probes())
-        (probe,) = probes()
+        seen: list[int] = []
+
+        def one_probe() -> bool:
+            seen[:] = probes()
+            return len(seen) == 1
+
+        wait_for(one_probe)
+        (probe,) = seen
         assert "_preload_bad" not in _forker(s).refused  # it hangs: not decided yet
         if end == "template-killed":
             os.kill(t.pid, signal.SIGKILL)
