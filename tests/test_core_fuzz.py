@@ -86,6 +86,54 @@ FINAL_KEPT = 8
 _due_in = st.sampled_from([None, None, None, 0.005, 0.5, 2.0])
 
 
+
+# Preconditions are named functions, not lambdas: Hypothesis describes a precondition each
+# time it checks one, and a lambda's description is read from its source (slow in older
+# versions: the suite at the declared floor spent minutes there).
+def _open(m: CoreMachine) -> bool:
+    return not m.core.closing
+
+
+def _open_with_a_ready_worker(m: CoreMachine) -> bool:
+    return not m.core.closing and any(w.ready for w in m.core.workers.values())
+
+
+def _has_runs(m: CoreMachine) -> bool:
+    return bool(m.runs)
+
+
+def _busy(m: CoreMachine) -> bool:
+    return bool(m.core.busy)
+
+
+def _has_workers(m: CoreMachine) -> bool:
+    return bool(m.core.workers)
+
+
+def _booting(m: CoreMachine) -> bool:
+    return bool(m.booting)
+
+
+def _skips_asked(m: CoreMachine) -> bool:
+    return bool(m.skips)
+
+
+def _stopped(m: CoreMachine) -> bool:
+    return bool(m.stopped)
+
+
+def _has_jobs(m: CoreMachine) -> bool:
+    return bool(m.jobs)
+
+
+def _breakable(m: CoreMachine) -> bool:
+    return m.breakable and m.core.broken is None
+
+
+def _has_deadline(m: CoreMachine) -> bool:
+    return m.core.next_deadline() is not None
+
+
 class CoreMachine(RuleBasedStateMachine):
     """One core, a fake clock, and a fake pool that answers as a real one may."""
 
@@ -129,7 +177,7 @@ class CoreMachine(RuleBasedStateMachine):
                            seqs=self.seqs)
         self.feed(E.Start())
 
-    @precondition(lambda self: not self.core.closing)
+    @precondition(_open)
     @rule(adds=st.lists(st.tuples(_policies, _due_in), min_size=1, max_size=4))
     def add(self, adds: list[tuple[dict[str, Any], float | None]]) -> None:
         """A few runs at the same instant (a burst is what fills the prefetch queues)."""
@@ -143,7 +191,7 @@ class CoreMachine(RuleBasedStateMachine):
             if self.feed(E.Add(run, due)).answer is not run:
                 self.runs.remove(run)  # "drop": the older run of its key stands for it
 
-    @precondition(lambda self: self.runs)
+    @precondition(_has_runs)
     @rule(i=_pick, superseded=st.booleans())
     def cancel(self, i: int, superseded: bool) -> None:
         live = [r for r in self.runs if not r.state.final]  # a final one: now and then
@@ -154,12 +202,12 @@ class CoreMachine(RuleBasedStateMachine):
         else:
             self.feed(E.Cancel(run))
 
-    @precondition(lambda self: self.runs)
+    @precondition(_has_runs)
     @rule(i=_pick, delay=st.sampled_from([0.0, 0.2, 1.0]))
     def reschedule(self, i: int, delay: float) -> None:
         self.feed(E.Reschedule(self.runs[i % len(self.runs)], self.now + delay))
 
-    @precondition(lambda self: self.core.busy)
+    @precondition(_busy)
     @rule(i=_pick, ok=st.booleans())
     def done(self, i: int, ok: bool) -> None:
         busy = [w for w in self.core.workers.values() if w.inflight and w.ready]
@@ -168,25 +216,25 @@ class CoreMachine(RuleBasedStateMachine):
             self.feed(P.RunDone(w.wid, w.inflight[0].seq, ok, 1 if ok else ValueError("x"),
                                 None, None, False))
 
-    @precondition(lambda self: self.core.workers)
+    @precondition(_has_workers)
     @rule(i=_pick)
     def crash(self, i: int) -> None:
         wids = list(self.core.workers)
         self.feed(P.WorkerExited(wids[i % len(wids)], -11))
 
-    @precondition(lambda self: self.booting)
+    @precondition(_booting)
     @rule()
     def ready(self) -> None:
         wid = self.booting.pop(0)
         self.feed(P.WorkerReady(wid, 100 + wid))
 
-    @precondition(lambda self: self.skips)
+    @precondition(_skips_asked)
     @rule(i=_pick)
     def confirm_skip(self, i: int) -> None:
         wid, seq = self.skips.pop(i % len(self.skips))
         self.feed(P.RunSkipped(wid, seq))
 
-    @precondition(lambda self: self.stopped)
+    @precondition(_stopped)
     @rule()
     def stopped_exits(self) -> None:
         self.feed(P.WorkerExited(self.stopped.pop(0), 0))
@@ -202,7 +250,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.jobs.append(job)
         self.feed(E.AddJob(job, self.now if now else None))
 
-    @precondition(lambda self: self.jobs)
+    @precondition(_has_jobs)
     @rule(i=_pick, op=st.sampled_from(["pause", "resume", "cancel", "kick"]),
           kill_running=st.booleans())
     def control_job(self, i: int, op: E.JobOp, kill_running: bool) -> None:
@@ -213,13 +261,13 @@ class CoreMachine(RuleBasedStateMachine):
         self.feed(E.ClockChanged(self.core.wall_offset + step))
 
     # Rare, as in life: an ending (a broken pool, shutdown) closes most of the paths.
-    @precondition(lambda self: self.breakable and self.core.broken is None)
+    @precondition(_breakable)
     @rule(coin=st.integers(0, 7))
     def initializer_fails(self, coin: int) -> None:
         if coin == 0:
             self.feed(P.InitFailed(0, "Traceback: the initializer failed"))
 
-    @precondition(lambda self: not self.core.closing)
+    @precondition(_open)
     @rule(cancel_pending=st.booleans(), coin=st.integers(0, 7))
     def close(self, cancel_pending: bool, coin: int) -> None:
         if coin == 0:
@@ -234,8 +282,7 @@ class CoreMachine(RuleBasedStateMachine):
     # the enabled rules evenly): a burst onto a ready worker fills its prefetch queue,
     # a kill of a running head (cancel, supersede) or its time limit must give back what
     # was queued behind it, and time that jumps to the next deadline fires it exactly.
-    @precondition(lambda self: not self.core.closing
-                  and any(w.ready for w in self.core.workers.values()))
+    @precondition(_open_with_a_ready_worker)
     @rule(n=st.integers(2, 8), timeout=st.sampled_from([None, None, 0.3]))
     def burst(self, n: int, timeout: float | None) -> None:
         for _ in range(n):
@@ -243,7 +290,7 @@ class CoreMachine(RuleBasedStateMachine):
             self.runs.append(run)
             self.feed(E.Add(run))
 
-    @precondition(lambda self: self.core.busy)
+    @precondition(_busy)
     @rule(i=_pick, superseded=st.booleans())
     def kill_head(self, i: int, superseded: bool) -> None:
         heads = [w.inflight[0] for w in self.core.workers.values()
@@ -256,7 +303,7 @@ class CoreMachine(RuleBasedStateMachine):
             else:
                 self.feed(E.Cancel(run))
 
-    @precondition(lambda self: self.core.next_deadline() is not None)
+    @precondition(_has_deadline)
     @rule()
     def next_deadline(self) -> None:
         due = self.core.next_deadline()
