@@ -5,16 +5,10 @@ from __future__ import annotations
 import enum
 import math
 import numbers
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Final, Literal, SupportsFloat, SupportsIndex, TypeAlias, get_args
-
-SUPERVISOR_POLICY = frozenset(
-    {"timeout", "heartbeat", "grace", "retries", "retry_delay", "retry_on"}
-)
-TASK_POLICY = SUPERVISOR_POLICY | {"key", "on_conflict", "debounce"}
-JOB_POLICY = TASK_POLICY | {"overlap", "anchor", "max_runs", "until"}
 
 OnConflict: TypeAlias = Literal["supersede", "queue", "drop"]
 """What a new task of a key does to the live one: ``"supersede"`` (last task wins: the
@@ -103,15 +97,6 @@ def wait_seconds(timeout: SupportsFloat | None) -> float | None:
     return None if timeout is None else float(timeout)
 
 
-def check_keywords(given: dict[str, Any], allowed: frozenset[str], where: str) -> None:
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise TypeError(
-            f"{where} got unknown keyword(s): {', '.join(unknown)} "
-            f"(policy keywords are: {', '.join(sorted(allowed))})"
-        )
-
-
 def normalize(given: dict[str, Any]) -> dict[str, Any]:
     """Validate the task policy keywords present in ``given``; returns clean values."""
     out: dict[str, Any] = {}
@@ -153,5 +138,3 @@ def normalize(given: dict[str, Any]) -> dict[str, Any]:
         out["on_conflict"] = given["on_conflict"]
     return out
 
-
-POLICY_FIELDS = frozenset(f.name for f in fields(Policy))

@@ -22,14 +22,11 @@ import loky
 
 from .._policy import (
     ANCHOR,
-    JOB_POLICY,
     MAX_SECONDS,
     OVERLAP,
-    SUPERVISOR_POLICY,
     Anchor,
     Overlap,
     Policy,
-    check_keywords,
     normalize,
     seconds,
 )
@@ -59,7 +56,6 @@ def supervisor_options(
     policy: dict[str, Any],
 ) -> SupervisorOptions:
     """``Supervisor(...)``'s arguments, checked; numpy integers and the like become ints."""
-    check_keywords(policy, SUPERVISOR_POLICY, "Supervisor()")
     defaults = Policy().with_overrides(normalize(policy))
     if workers is None:
         workers = loky.cpu_count()
@@ -118,7 +114,6 @@ def job_options(
     the call's keywords: the job's own rules are taken out of it)."""
     if every is not None and cron is not None:
         raise ValueError("give every or cron, not both")
-    check_keywords(policy, JOB_POLICY, "schedule()")
     job_opts = {k: policy.pop(k) for k in ("overlap", "anchor", "max_runs", "until")
                 if k in policy}
     pol = defaults.with_overrides(normalize(policy))
