@@ -3,6 +3,7 @@ run a supervisor's loop on a fake clock."""
 
 from __future__ import annotations
 
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -78,3 +79,20 @@ def supervisor_on(clock: FakeClock, **kw: Any) -> Supervisor:
     on ``clock``."""
     cls = type("FakeClockSupervisor", (Supervisor,), {"_clock": clock})
     return cls(**kw)
+
+
+def busy_parent_script(path: Path, then: str) -> Path:
+    """A program that starts a two-worker Supervisor with a task running and every worker
+    (the spare too) up, then runs ``then`` (source, with ``s`` the Supervisor): what a
+    test kills, to see what its workers do."""
+    path.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from taskwarden import Supervisor
+        import _tasks
+        s = Supervisor(workers=2)
+        t = s.submit(_tasks.sleep, 60)
+        while t.state != "RUNNING" or len(s._pool.pids()) < 3:
+            time.sleep(0.01)
+    """) + textwrap.dedent(then))
+    return path

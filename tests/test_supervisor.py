@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ from taskwarden import (
 )
 
 import _tasks as T
-from _live import WAIT, gone, read_pid, wait_for
+from _live import WAIT, busy_parent_script, gone, read_pid, wait_for
 
 
 # ------------------------------------------------------------------ basics
@@ -347,19 +346,10 @@ def test_max_tasks_per_worker_recycles_workers() -> None:
 
 
 def test_workers_exit_by_themselves_when_the_parent_is_killed(tmp_path: Path) -> None:
-    script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from taskwarden import Supervisor
-        import _tasks
-        s = Supervisor(workers=2)
-        t = s.submit(_tasks.sleep, 60)
-        while t.state != "RUNNING" or len(s._pool.pids()) < 3:
-            time.sleep(0.01)
+    script = busy_parent_script(tmp_path / "parent.py", """
         print(" ".join(map(str, s._pool.pids().values())), flush=True)
         time.sleep(60)
-    """))
+    """)
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None

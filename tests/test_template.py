@@ -10,7 +10,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from taskwarden import Supervisor, TaskTimeout, WorkerCrashed
 from taskwarden.pool import _template
 
 import _tasks as T
-from _live import WAIT, gone, wait_for
+from _live import WAIT, busy_parent_script, gone, wait_for
 
 pytestmark = pytest.mark.skipif(not _template.supported(), reason="no fork/pidfd here")
 
@@ -201,16 +200,7 @@ def test_the_template_goes_at_shutdown() -> None:
 def test_a_supervisor_killed_takes_its_template_and_forked_workers(
     tmp_path: Path, template_died_first: bool
 ) -> None:
-    script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from taskwarden import Supervisor
-        import _tasks
-        s = Supervisor(workers=2)
-        t = s.submit(_tasks.sleep, 60)
-        while t.state != "RUNNING" or len(s._pool.pids()) < 3:
-            time.sleep(0.01)
+    script = busy_parent_script(tmp_path / "parent.py", """
         first = s._pool._forker.template.pid
         print(first, *s._pool.pids().values(), flush=True)
         died = sys.stdin.readline().strip() == "died"  # the test may kill the template
@@ -219,7 +209,7 @@ def test_a_supervisor_killed_takes_its_template_and_forked_workers(
             time.sleep(0.01)
         print(s._pool._forker.template.pid, flush=True)
         time.sleep(60)
-    """))
+    """)
     parent = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
