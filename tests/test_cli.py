@@ -122,6 +122,14 @@ def load_json(path: Path) -> dict[str, Any]:
 # --- parsing -----------------------------------------------------------------
 
 
+
+def interrupt_twice(cli: subprocess.Popen[str]) -> tuple[str, str]:
+    """Two SIGINTs 5 ms apart (Ctrl-C under a runner that forwards it): the output."""
+    cli.send_signal(signal.SIGINT)
+    time.sleep(0.005)
+    cli.send_signal(signal.SIGINT)
+    return cli.communicate(timeout=WAIT)
+
 def test_targets_keep_their_command_line_order() -> None:
     ok, fail = script("ok.py"), script("fail.py")
     config = parse_args(["run", ok, "-c", "echo one", fail, "-c", "echo two"])
@@ -1016,10 +1024,7 @@ def test_two_signals_a_few_ms_apart_lose_no_result(tmp_path: Path) -> None:
     )
     try:
         wait_for(lambda: any(tmp_path.glob("*.running")), "hang.py to start (ok.py has ended)")
-        cli.send_signal(signal.SIGINT)
-        time.sleep(0.005)
-        cli.send_signal(signal.SIGINT)
-        stdout, stderr = cli.communicate(timeout=WAIT)
+        stdout, stderr = interrupt_twice(cli)
     finally:
         if cli.poll() is None:
             cli.kill()
@@ -1042,10 +1047,7 @@ def test_the_journal_has_each_run_as_it_ends_and_survives_an_interrupt(tmp_path:
         wait_for(lambda: any(tmp_path.glob("*.running")), "hang.py to start")
         first = json.loads(journal.read_text().splitlines()[0])  # written as the run ended
         assert (first["target"], first["state"]) == (script("ok.py"), COMPLETED)
-        cli.send_signal(signal.SIGINT)
-        time.sleep(0.005)
-        cli.send_signal(signal.SIGINT)
-        stdout, stderr = cli.communicate(timeout=WAIT)
+        stdout, stderr = interrupt_twice(cli)
     finally:
         if cli.poll() is None:
             cli.kill()
