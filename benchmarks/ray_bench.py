@@ -184,34 +184,37 @@ def ray_round_trip(ray: Any, call: Callable[[int], Any], n: int) -> float:
     return median(times)
 
 
-def ray_task_kill(ray: Any, remote_fn: Any, tmp: Path, reps: int, name: str) -> float:
-    """The user's own time limit: ray.wait(timeout) on a running task, then force-cancel."""
+def ray_kill(ray: Any, start: Any, stop: Any, tmp: Path, reps: int, name: str) -> float:
+    """The user's own time limit: ray.wait(timeout) on a running call, then ``stop`` it
+    (a task: ray.cancel(force=True); an actor: ray.kill). ``start(path)`` returns the
+    call's ref and what ``stop`` takes."""
     late = []
     for i in range(reps):
         path = tmp / f"ray-kill-{name}-{i}"
-        ref = remote_fn.remote(str(path))
+        ref, handle = start(str(path))
         pid, _ = read_pid(path)
         deadline = time.time() + TIMEOUT
         ready, _ = ray.wait([ref], timeout=TIMEOUT)
         assert not ready
-        ray.cancel(ref, force=True)
+        stop(handle)
         late.append(gone_at(pid) - deadline)
     return median(late)
+
+
+def ray_task_kill(ray: Any, remote_fn: Any, tmp: Path, reps: int, name: str) -> float:
+    def start(path: str) -> tuple[Any, Any]:
+        ref = remote_fn.remote(path)
+        return ref, ref
+
+    return ray_kill(ray, start, lambda ref: ray.cancel(ref, force=True), tmp, reps, name)
 
 
 def ray_actor_kill(ray: Any, cls: Any, tmp: Path, reps: int, name: str) -> float:
-    late = []
-    for i in range(reps):
-        path = tmp / f"ray-akill-{name}-{i}"
+    def start(path: str) -> tuple[Any, Any]:
         actor = cls.remote()
-        ref = actor.run.remote(name, str(path))
-        pid, _ = read_pid(path)
-        deadline = time.time() + TIMEOUT
-        ready, _ = ray.wait([ref], timeout=TIMEOUT)
-        assert not ready
-        ray.kill(actor)
-        late.append(gone_at(pid) - deadline)
-    return median(late)
+        return actor.run.remote(name, path), actor
+
+    return ray_kill(ray, start, ray.kill, tmp, reps, f"actor-{name}")
 
 
 def ray_task_supersede(ray: Any, spin: Any, ident: Any, tmp: Path, reps: int) -> float:
