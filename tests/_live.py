@@ -96,3 +96,29 @@ def busy_parent_script(path: Path, then: str) -> Path:
             time.sleep(0.01)
     """) + textwrap.dedent(then))
     return path
+
+
+def forked_workers_only(s: Supervisor, workers: int) -> int:
+    """The pid of ``s``'s template process, once the pool (``workers`` and the spare)
+    is all workers it forked. The pool's first worker starts the plain way (beside the
+    template's own start): it is killed here, idle, and replaced from the template."""
+    import os
+    import signal
+
+    pool: Any = s._pool  # type: ignore[attr-defined]
+    wait_for(lambda: pool._forker.template is not None)
+    template: int = pool._forker.template.pid
+
+    def every_worker_forked() -> bool:
+        try:
+            pids = list(pool.pids().values())  # (read from this thread: it may change)
+            parents = [psutil.Process(p).ppid() for p in pids]
+        except (RuntimeError, psutil.NoSuchProcess):
+            return False
+        for pid, parent in zip(pids, parents, strict=True):
+            if parent != template:
+                os.kill(pid, signal.SIGKILL)
+        return len(pids) == workers + 1 and all(parent == template for parent in parents)
+
+    wait_for(every_worker_forked)
+    return template

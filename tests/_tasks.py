@@ -194,6 +194,17 @@ def leave_a_thread_running() -> int:
     return os.getpid()
 
 
+def note_pid_at_exit(path: str) -> None:
+    """An initializer: when this process exits, its exit hook appends its pid to ``path``."""
+    import atexit
+
+    def note() -> None:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    atexit.register(note)
+
+
 def hang_at_exit() -> int:
     """Register an exit hook that never returns: the process cannot end by itself."""
     import atexit
@@ -434,8 +445,13 @@ def pid_and_recall() -> tuple[int, int | None]:
 
 
 def stop_parent() -> str:
-    """Stop this process's parent (a template, for a forked worker) with SIGSTOP."""
-    os.kill(os.getppid(), signal.SIGSTOP)
+    """Stop this process's parent (a template, for a forked worker) with SIGSTOP; a
+    worker whose parent is not a template (the supervisor itself) refuses."""
+    parent = os.getppid()
+    with open(f"/proc/{parent}/cmdline", "rb") as f:
+        if b"taskwarden-worker-template" not in f.read():
+            raise RuntimeError(f"the parent {parent} is not a template: not stopped")
+    os.kill(parent, signal.SIGSTOP)
     return "stopped"
 
 

@@ -22,7 +22,7 @@ from taskwarden import Supervisor, TaskTimeout, WorkerCrashed
 from taskwarden.pool import _template
 
 import _tasks as T
-from _live import WAIT, busy_parent_script, gone, wait_for
+from _live import WAIT, busy_parent_script, forked_workers_only, gone, wait_for
 
 pytestmark = pytest.mark.skipif(not _template.supported(), reason="no fork/pidfd here")
 
@@ -183,6 +183,22 @@ def test_an_initializer_module_that_starts_a_thread_is_left_to_the_workers() -> 
         assert s.submit(_threaded_init.ran).result(timeout=WAIT) is True
         t = _forker(s).template
         assert t is not None and t.preload == () and t.threads == 1
+
+
+@pytest.mark.parametrize("kind", ["plain", "forked"])
+def test_a_worker_runs_its_exit_hooks_when_it_leaves(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both kinds leave at once (no interpreter teardown), but not before their hooks.
+    if kind == "plain":
+        monkeypatch.setattr(_template, "supported", lambda: False)
+    path = tmp_path / "exits"
+    with Supervisor(workers=1, initializer=T.note_pid_at_exit, initargs=(str(path),)) as s:
+        s.submit(T.pid).result(timeout=WAIT)
+        parent = os.getpid() if kind == "plain" else forked_workers_only(s, 1)
+        pid = s.submit(T.pid).result(timeout=WAIT)
+        assert _parent(pid) == parent
+    assert pid in {int(x) for x in path.read_text().split()}
 
 
 def test_the_template_goes_at_shutdown() -> None:

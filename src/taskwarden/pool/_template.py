@@ -222,6 +222,11 @@ def template_main(
     if threads > 1:
         return
     _Template(ctl, worker_args, sigchld).serve()
+    # Out at once, as a worker leaves: the pool's close waits for this exit, and the
+    # interpreter's teardown (loky and all it imported) would be most of it.
+    from ._worker import exit_process
+
+    exit_process(0)
 
 
 def _send(sock: socket.socket, op: int, token: int, value: int, fds: Iterable[int] = ()) -> None:
@@ -293,6 +298,8 @@ class _Template:
     def serve(self) -> None:
         try:
             self._serve()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # an answer found the supervisor gone (the pool closed): so are we
         finally:
             if self.probe is not None:
                 _killpg(self.probe[1])  # a probe never outlives its template
@@ -521,7 +528,8 @@ def _worker_child(
     sigchld: Any = signal.SIG_DFL,
 ) -> NoReturn:
     """In a freshly forked worker: shed the template's descriptors, run the worker."""
-    code = 1
+    from ._worker import exit_process, worker_process
+
     try:
         for fd in close:
             with contextlib.suppress(OSError):
@@ -538,24 +546,12 @@ def _worker_child(
         proc = multiprocessing.process.current_process()
         proc.name = f"taskwarden-worker-{wid}"
         vars(multiprocessing.process)["_children"] = set()
-        from ._worker import worker_main
-
-        worker_main(socket.socket(fileno=channel), *worker_args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        sock = socket.socket(fileno=channel)
     except BaseException:
         with contextlib.suppress(BaseException):
             traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            import atexit
-
-            atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(BaseException):
-                stream.flush()
-        os._exit(code)
+        exit_process(1)
+    worker_process(sock, *worker_args)
 
 
 # ----------------------------------------------------------- in the supervisor

@@ -410,6 +410,38 @@ def worker_main(
                 return
 
 
+def worker_process(
+    conn: Connected, id_base: int, init_payload: bytes | None, max_memory: int | None = None
+) -> NoReturn:
+    """A worker process's whole life: ``worker_main``, then out at once. The target
+    of a worker started through loky's process context, and what a worker forked
+    from the template runs (``pool/_template.py``): both leave the same way."""
+    code = 1
+    try:
+        worker_main(conn, id_base, init_payload, max_memory)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        exit_process(code)
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the worker process now: its atexit handlers run (multiprocessing's among
+    them) and its output is flushed, but the interpreter is not torn down module by
+    module. That teardown (loky and what it imports, tens of milliseconds) is what a
+    supervisor's shutdown would wait for, and a worker has nothing more to say."""
+    with contextlib.suppress(BaseException):
+        import atexit
+
+        atexit._run_exitfuncs()
+    _flush_stdio()
+    os._exit(code)
+
+
 def _leave() -> None:
     """Before the worker returns to exit normally: a thread a task left running would
     keep the process alive (Python waits for non-daemon threads), so then go at once.

@@ -38,7 +38,7 @@ from .._proctree import kill_tree
 from ._channel import Channel
 from ._template import Forker, modules_of
 from ._wire import RunItem
-from ._worker import INTERRUPT_SIGNAL, NUDGE_SIGNAL, worker_main
+from ._worker import INTERRUPT_SIGNAL, NUDGE_SIGNAL, worker_process
 from .base import Event, Reactor, WorkerExited
 
 
@@ -152,7 +152,7 @@ class LokyPool:
             try:
                 parent_conn, child_conn = self._ctx.Pipe(duplex=True)
                 process = self._ctx.Process(
-                    target=worker_main,
+                    target=worker_process,
                     args=(child_conn, self._id_base, self._init_payload, self._max_memory),
                     name=f"taskwarden-worker-{wid}",
                 )
