@@ -19,7 +19,7 @@ from taskwarden import Supervisor, WorkerCrashed
 from taskwarden.pool import _template
 
 import _tasks as T
-from _live import WAIT
+from _live import WAIT, forked_workers_only
 
 needs_template = pytest.mark.skipif(not _template.supported(), reason="no fork/pidfd here")
 
@@ -79,6 +79,8 @@ def test_a_bad_until_is_named_until() -> None:
 def test_a_task_that_stops_its_template_costs_no_outcome_and_no_shutdown() -> None:
     s = Supervisor(workers=1)
     try:
+        s.submit(T.pid).result(timeout=WAIT)
+        forked_workers_only(s, 1)  # (the first worker's parent is this process)
         assert s.submit(T.stop_parent).result(timeout=WAIT) == "stopped"
         with pytest.raises(WorkerCrashed, match="exited with code 3"):
             s.submit(T.exit_with, 3).result(timeout=WAIT)

@@ -50,12 +50,26 @@ def _all_from(s: Supervisor, template: int) -> bool:
         return False
 
 
-def test_workers_are_forked_from_the_template_and_replacements_come_fast() -> None:
-    with Supervisor(workers=1) as s:
+def test_the_first_worker_starts_plain_and_the_next_are_forked_from_the_template() -> None:
+    with Supervisor(workers=3) as s:
         first = s.submit(T.pid).result(timeout=WAIT)
         template = _template_pid(s)
-        assert _parent(first) == template
+        # The first starts the plain way, beside the template: a cold start waits for
+        # one interpreter's start, not for the template's and then a fork.
+        assert _parent(first) == os.getpid()
         assert _parent(template) == os.getpid()
+        wait_for(lambda: len(s._pool.pids()) == 4)  # type: ignore[attr-defined]
+        parents = sorted(_parent(p) for p in s._pool.pids().values())  # type: ignore[attr-defined]
+        # The other first workers and the spare waited for the template: two
+        # interpreters started, however many workers.
+        assert parents == sorted([os.getpid(), template, template, template])
+        assert _forker(s).deaths == 0
+
+
+def test_replacements_are_forked_from_the_template_and_come_fast() -> None:
+    with Supervisor(workers=1) as s:
+        s.submit(T.pid).result(timeout=WAIT)
+        template = _template_pid(s)
         ready = []
         for _ in range(5):
             hung = s.schedule(T.sleep, args=(60,), timeout=0.05)
@@ -83,8 +97,7 @@ def test_a_forked_worker_that_dies_reports_its_exit_code_or_signal(
 ) -> None:
     with Supervisor(workers=1) as s:
         s.submit(T.pid).result(timeout=WAIT)
-        template = _template_pid(s)
-        wait_for(lambda: _all_from(s, template))
+        forked_workers_only(s, 1)
         task = s.submit(fn, *args)
         with pytest.raises(WorkerCrashed, match=words):
             task.result(timeout=WAIT)
@@ -115,9 +128,9 @@ def test_the_initializer_runs_in_every_worker_and_never_in_the_template(
 
 def test_a_dead_template_is_restarted_and_its_workers_run_on() -> None:
     with Supervisor(workers=1) as s:
+        s.submit(T.pid).result(timeout=WAIT)
+        old = forked_workers_only(s, 1)
         first = s.submit(T.pid).result(timeout=WAIT)
-        old = _template_pid(s)
-        wait_for(lambda: _all_from(s, old))
         orphans = set(s._pool.pids().values())  # type: ignore[attr-defined]
         os.kill(old, signal.SIGKILL)
         wait_for(lambda: _forker(s).template is not None and _template_pid(s) != old)
@@ -147,9 +160,12 @@ def test_a_template_that_keeps_dying_leaves_the_plain_path() -> None:
             os.kill(t, signal.SIGKILL)
             wait_for(lambda t=t: _forker(s).template is None or _template_pid(s) != t)
         wait_for(lambda: _forker(s).state == "off")
-        for pid in list(s._pool.pids().values()):  # type: ignore[attr-defined]
+        killed = set(s._pool.pids().values())  # type: ignore[attr-defined]
+        for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: _all_from(s, os.getpid()))  # started the plain way
+        # (The first worker started the plain way too: wait for the pool to see it gone.)
+        wait_for(lambda: not killed & set(s._pool.pids().values())  # type: ignore[attr-defined]
+                 and _all_from(s, os.getpid()))  # started the plain way
         assert s.submit(T.square, 4).result(timeout=WAIT) == 16
 
 
@@ -181,8 +197,10 @@ def test_an_initializer_module_that_starts_a_thread_is_left_to_the_workers() -> 
 
     with Supervisor(workers=1, initializer=_threaded_init.init) as s:
         assert s.submit(_threaded_init.ran).result(timeout=WAIT) is True
-        t = _forker(s).template
-        assert t is not None and t.preload == () and t.threads == 1
+        t = _template_of(s)
+        assert t.preload == () and t.threads == 1
+        forked_workers_only(s, 1)  # a worker forked from it imports the module itself
+        assert s.submit(_threaded_init.ran).result(timeout=WAIT) is True
 
 
 @pytest.mark.parametrize("kind", ["plain", "forked"])
@@ -232,7 +250,9 @@ def test_a_supervisor_killed_takes_its_template_and_forked_workers(
         assert parent.stdout is not None and parent.stdin is not None
         pids = [int(p) for p in parent.stdout.readline().split()]
         template, workers = pids[0], pids[1:]
-        assert all(psutil.Process(w).ppid() == template for w in workers)
+        # The first worker started the plain way; the other and the spare are forked.
+        parents = sorted(psutil.Process(w).ppid() for w in workers)
+        assert parents == sorted([parent.pid, template, template])
         if template_died_first:
             os.kill(template, signal.SIGKILL)
             wait_for(lambda: gone(template))
@@ -380,7 +400,7 @@ def test_a_module_harmful_to_import_is_not_preloaded_and_nothing_stalls(
     with Supervisor(workers=1) as s:
         s.submit(T.pid).result(timeout=WAIT)
         t = _template_of(s)
-        wait_for(lambda: _all_from(s, t.pid))
+        forked_workers_only(s, 1)
         before = _settled(s)
         _kill_a_worker(s)  # a fresh worker's first task names the module
         assert s.submit(B.value).result(timeout=WAIT) == 42
@@ -454,7 +474,7 @@ def test_a_hanging_probe_goes_with_its_template(
     try:
         s.submit(T.pid).result(timeout=WAIT)
         t = _template_of(s)
-        wait_for(lambda: _all_from(s, t.pid))
+        forked_workers_only(s, 1)
         _kill_a_worker(s)
         assert s.submit(B.value).result(timeout=WAIT) == 42
 

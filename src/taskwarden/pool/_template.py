@@ -5,6 +5,9 @@ fresh interpreter's imports (60-70 ms here). The template pays that once: it
 is started through loky's context like a worker, imports taskwarden's worker
 module, cloudpickle and the modules the user's initializer needs (it never
 runs the initializer, nor any task), and then forks a worker on request.
+It serves every start but the pool's first: that worker starts the plain way,
+beside the template (see ``Forker``), so that a cold start costs one
+interpreter's start, as it does for loky's own executor.
 
 Safety. The template is single-threaded (it checks: a module that starts a
 thread at import is not imported there, the worker imports it itself) and
@@ -816,14 +819,22 @@ class Forker:
     """The pool's side of forking workers from a template (on the loop thread).
 
     ``request(wid)`` asks for a worker and returns at once: False means "use the
-    plain path" (no template here, or it failed for good). Later, on the loop
-    thread, ``on_spawned(wid, sock, pid, pidfd)`` hands over a forked worker (the
-    pool owns the socket and the pidfd from then on), or ``on_failed(wid)`` asks
-    the pool to start it the plain way. The template starts on a thread of its
-    own (it is a process start, like a worker's), when the first worker is
-    requested; one that dies is restarted (after ``MAX_DEATHS`` deaths the pool
-    keeps to the plain path). ``on_status(wid)`` says an exit status arrived for
-    a worker whose death the pool may be waiting to report (``exit_status``).
+    plain path" (no template here, or it failed for good, or this is the pool's
+    first worker: see below). Later, on the loop thread, ``on_spawned(wid, sock,
+    pid, pidfd)`` hands over a forked worker (the pool owns the socket and the pidfd
+    from then on), or ``on_failed(wid)`` asks the pool to start it the plain way.
+
+    The template starts on a thread of its own (it is a process start, like a
+    worker's) at the pool's first request, and that first worker starts the plain
+    way beside it: a template is up no sooner than a worker started the plain way
+    (it is one), and a forked worker comes a few milliseconds after that, so the
+    first result would wait for both. The two interpreters start side by side, as
+    loky's own executor starts its workers; the requests made meanwhile (the other
+    first workers, the spare) wait for the template, so no more than two ever start
+    at once, however many workers the pool has. One that dies is restarted at once
+    (after ``MAX_DEATHS`` deaths the pool keeps to the plain path).
+    ``on_status(wid)`` says an exit status arrived for a worker whose death the pool
+    may be waiting to report (``exit_status``).
     """
 
     MAX_DEATHS = 3
@@ -864,15 +875,15 @@ class Forker:
 
     # --------------------------------------------------------------- requests
     def request(self, wid: int) -> bool:
-        if self.state == "off":
-            return False
         if self.state == "up":
             self._ask(wid)
-        else:
+            return True
+        if self.state == "starting":
             self._waiting.append(wid)
-            if self.state == "idle":
-                self._start()
-        return True
+            return True
+        if self.state == "idle":
+            self._start()  # the pool's first worker: it starts the plain way, beside it
+        return False
 
     def _ask(self, wid: int) -> None:
         t = self.template
@@ -967,14 +978,15 @@ class Forker:
             self.state = "up"
             reactor.watch(t.fileno(), functools.partial(self._on_control, t))
             reactor.watch(t.pidfd, functools.partial(self._on_template_exit, t))
-            for name in self.wanted:
-                t.offer(name)  # each probed again: this template imports them anew
             waiting, self._waiting = self._waiting, []
             for wid in waiting:
                 if self.state != "up":
                     self._waiting.append(wid)  # it died meanwhile: they wait on
                     continue
                 self._ask(wid)
+            # (After the forks: a module's probe is a fork too, and it can wait.)
+            for name in self.wanted:
+                t.offer(name)  # each probed again: this template imports them anew
 
     def _give_up(self) -> None:
         self.state = "off"

@@ -5,11 +5,13 @@ process runs which task and can kill exactly that process tree. Where it can
 (Linux), the pool forks its workers from a template process
 (``pool/_template.py``): a fork request is one small write from the loop and
 the worker is ready in a few milliseconds; the template's exit-status reports
-and the workers' pidfds come back to the loop through the reactor. Else (no
-fork or pidfds, or the template cannot start) process starts (a fork, an exec
-and a fresh interpreter's imports each) happen on a small spawner thread so
-that the loop never waits for them: the spawner hands a started process over
-through a deque and wakes the loop. A worker's death
+and the workers' pidfds come back to the loop through the reactor. The first
+worker starts the plain way, beside the template's own start (the first result
+waits for one interpreter's start, not for the template's and then a fork's).
+The plain way (also where there is no fork or pidfds, or the template cannot
+start): process starts (a fork, an exec and a fresh interpreter's imports each)
+happen on a small spawner thread so that the loop never waits for them: the
+spawner hands a started process over through a deque and wakes the loop. A worker's death
 is seen through a pidfd (Linux) or loky's sentinel, without polling. The
 pool waits on nothing itself: its sockets and pidfds are watched by the
 loop's reactor, and their callbacks gather events for ``take_events``.
