@@ -825,8 +825,8 @@ class Forker:
     from then on), or ``on_failed(wid)`` asks the pool to start it the plain way.
 
     The template starts on a thread of its own (it is a process start, like a
-    worker's) at the pool's first request, and that first worker starts the plain
-    way beside it: a template is up no sooner than a worker started the plain way
+    worker's) at the pool's first request (``start``), and that first worker starts
+    the plain way beside it: a template is up no sooner than a worker started the plain way
     (it is one), and a forked worker comes a few milliseconds after that, so the
     first result would wait for both. The two interpreters start side by side, as
     loky's own executor starts its workers; the requests made meanwhile (the other
@@ -881,9 +881,13 @@ class Forker:
         if self.state == "starting":
             self._waiting.append(wid)
             return True
+        return False  # off, or idle: the pool's first worker (then the pool calls start)
+
+    def start(self) -> None:
+        """Start the template, unless it is started (or off). The pool calls it once it
+        has sent its first worker the plain way, whose start so goes out first."""
         if self.state == "idle":
-            self._start()  # the pool's first worker: it starts the plain way, beside it
-        return False
+            self._start()
 
     def _ask(self, wid: int) -> None:
         t = self.template

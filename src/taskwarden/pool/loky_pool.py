@@ -114,6 +114,7 @@ class LokyPool:
         self._procs[wid] = _Proc(wid, chan)
         if not self._forker.request(wid):
             self._spawn_plain(wid)
+            self._forker.start()  # (the first worker only: the template starts beside it)
 
     def _spawn_plain(self, wid: int) -> None:
         """Start a worker through loky's context, on the spawner thread."""
