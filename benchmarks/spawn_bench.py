@@ -3,7 +3,7 @@
 
     python benchmarks/spawn_bench.py [-n RUNS]
 
-(a) loky's process context, ``ctx.Process(target=worker_main, ...)``: the pool's
+(a) loky's process context, ``ctx.Process(target=worker_process, ...)``: the pool's
     plain path (what its spawner thread does);
 (b) multiprocessing's ``forkserver`` context, its server preloading taskwarden's
     worker module and cloudpickle (the server's own start is not counted);
@@ -29,7 +29,7 @@ from loky.backend.context import get_context
 
 from taskwarden.pool._template import Spawned, Template, supported
 from taskwarden.pool._wire import READY, STOP, frame, split_frames
-from taskwarden.pool._worker import worker_main
+from taskwarden.pool._worker import worker_process
 
 perf = time.perf_counter
 PRELOAD = ["taskwarden.pool._worker", "cloudpickle"]
@@ -56,7 +56,7 @@ def via_context(ctx: Any) -> Callable[[], float]:
     def one() -> float:
         parent, child = ctx.Pipe(duplex=True)
         t0 = perf()
-        p = ctx.Process(target=worker_main, args=(child, *WORKER_ARGS))
+        p = ctx.Process(target=worker_process, args=(child, *WORKER_ARGS))
         p.start()
         child.close()
         _read_ready(parent.fileno())
