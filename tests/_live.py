@@ -3,6 +3,7 @@ run a supervisor's loop on a fake clock."""
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 import threading
 import time
@@ -117,7 +118,8 @@ def forked_workers_only(s: Supervisor, workers: int) -> int:
             return False
         for pid, parent in zip(pids, parents, strict=True):
             if parent != template:
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # (killed a moment ago)
+                    os.kill(pid, signal.SIGKILL)
         return len(pids) == workers + 1 and all(parent == template for parent in parents)
 
     wait_for(every_worker_forked)
