@@ -133,23 +133,25 @@ class Dispatcher:
     def _start_head(self, w: Worker, now: float) -> None:
         """The head of a ready worker's queue begins: RUNNING, its time limits armed."""
         run = w.inflight[0]
-        if run.cancel_pending is not None or run.state.final:
+        more = run.more  # its rarer fields (see model.Run), read once
+        if (more is not None and more.cancel_pending is not None) or run.state.final:
             # The worker is told to skip it; if it runs it anyway, kill it.
             self.push_timer(now + self.timings.skip_ack_wait, SKIP_WAIT, run, run.gen)
             return
         self._set(run, _S.RUNNING)
         run.attempts += 1
-        if run.not_before is not None and run.not_before > now:
-            now = run.not_before  # the worker waits until then: limits count from there
+        if more is not None:
+            if more.not_before is not None and more.not_before > now:
+                now = more.not_before  # the worker waits until then: limits count from there
+            more.hb_reason = None
         run.started_at = now
-        run.last_beat = now
         run.worker_pid = w.pid
-        run.hb_reason = None
         p = run.policy
         if p.timeout is not None:
             run.deadline = now + p.timeout
-            self.push_timer(run.deadline, DEADLINE, run, run.gen)
+            self.push_timer(now + p.timeout, DEADLINE, run, run.gen)
         if p.heartbeat is not None:
+            run.last_beat = now  # read by the BEAT timer only
             self.push_timer(now + p.heartbeat, BEAT, run, run.gen)
 
     def _boot_wait_over(self, run: Run, w: Worker, since: float, now: float) -> None:

@@ -70,6 +70,7 @@ from .model import (
     Reschedule,
     Resolve,
     Run,
+    RunMore,
     Send,
     Skip,
     Spawn,
@@ -105,7 +106,7 @@ __all__ = [
     "STEAL_AFTER", "STOP_WAIT", "TICK", "Action", "Add", "AddJob", "Cancel", "Cancelled",
     "ClockChanged",
     "Close", "Command", "Core", "CronTrigger", "Interrupt", "JobChanged", "JobControl",
-    "JobOp", "JobRec", "Kill", "NewRun", "Note", "Reschedule", "Resolve", "Run", "Send",
+    "JobOp", "JobRec", "Kill", "NewRun", "Note", "Reschedule", "Resolve", "Run", "RunMore", "Send",
     "Skip", "Spawn", "Start", "Stop", "Tick", "Timings", "Worker",
 ]
 
@@ -696,11 +697,14 @@ class Core(Dispatcher):
         run.worker = None
         w.done_count += 1
         self._after_head_change(w, now)  # the worker's bookkeeping first, then the outcome
-        if not run.state.final and run.cancel_pending is not None:
+        if run.state.final:
+            return
+        more = run.more  # its rarer fields, read once
+        if more is not None and more.cancel_pending is not None:
             # It began before its worker read the cancel, and ran to its end: its own
             # outcome stands (cancel() said "not known yet" and now answers False).
             self._invalidate(run)
-            run.cancel_pending = None
+            more.cancel_pending = None
             if run.state is not _S.RUNNING:
                 self._set(run, _S.RUNNING)
                 run.attempts += 1
@@ -710,9 +714,9 @@ class Core(Dispatcher):
                 self._end(run, _S.COMPLETED, now, ok=True, value=value)
             else:
                 self._end(run, _S.FAILED, now, ok=False, value=value, tb=tb)
-        elif not run.state.final and run.hb_reason is not None:
+        elif more is not None and more.hb_reason is not None:
             self._finish_timeout(run, now)  # it ended inside its grace period
-        elif not run.state.final:
+        else:
             self._invalidate(run)
             if ok:
                 self._end(run, _S.COMPLETED, now, ok=True, value=value)
@@ -831,12 +835,15 @@ class Core(Dispatcher):
         scheduled, cancelled = _S.SCHEDULED, _S.CANCELLED
         for _, _, gen, run in starts:
             if run.gen == gen and run.state is scheduled:
-                if run.policy.key is None and run.job is None and run.wall_due is None:
+                more = run.more
+                if run.policy.key is None and (
+                        more is None or (more.job is None and more.wall_due is None)):
                     # What cancel() does to it, at once (counted below).
                     run.gen += 1
                     run.state = cancelled
                     run.finished_at = now
-                    run.value_ok = False
+                    if more is not None:
+                        more.value_ok = False
                     bulk.append(run)
                 else:
                     self.cancel_run(run, now)
@@ -1035,16 +1042,19 @@ class Core(Dispatcher):
             self._invalidate(run)
         self._set(run, state)
         run.finished_at = now
-        run.value_ok = ok
-        run.value = value
-        run.tb = tb
+        more = run.more
+        if more is None:
+            more = run.more = RunMore()
+        more.value_ok = ok
+        more.value = value
+        more.tb = tb
         self.actions.append(Resolve(run))
-        if run.wall_due is not None:
-            run.wall_due = None
+        if more.wall_due is not None:
+            more.wall_due = None
             self.wall_anchored.pop(("run", run.seq), None)
         if run.policy.key is not None:
             self._stream_ended(run, now)
-        if run.job is not None:
+        if more.job is not None:
             self.jobs.run_ended(run, now)
 
     def _after_head_change(self, w: Worker, now: float) -> None:

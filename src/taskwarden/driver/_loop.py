@@ -180,8 +180,9 @@ class LoopSide:
         for run in touched:
             task = tasks.get(run.seq)
             if task is not None:
+                more = run.more
                 task._view = (run.state, run.attempts, run.worker_pid, run.started_at,
-                              run.finished_at, run.progress)
+                              run.finished_at, None if more is None else more.progress)
         touched.clear()
 
     # -------------------------------------------------------------- the loop
@@ -416,17 +417,20 @@ class LoopSide:
             return
         # The run may stay named by the core a while (a stale timer, a job's recent runs):
         # it lets go of the outcome, which the task alone holds from now.
-        value, run.value = run.value, None
+        more = run.more
+        if more is None:  # an end without an outcome (never so, but for a bulk cancel)
+            more = run.more = E.RunMore()
+        value, more.value = more.value, None
         # Kept or let go before the callbacks, which may look it up.
         if task._keep or task.job is not None:
             self._retain(task)
         else:
             self._let_go(run.seq, task)  # what _retain does with a submit()'s task
-        if run.value_ok:
+        if more.value_ok:
             if not task._finish_quietly(value, None):
                 Future.set_result(task, value)
         else:
-            task.traceback = run.tb
+            task.traceback = more.tb
             task.set_exception(value)
         del value
         job = task.job
@@ -447,7 +451,8 @@ class LoopSide:
             task = get(run.seq)
             if task is None or task._state == _FINISHED:
                 continue
-            task._view = shared if run.attempts == 0 and run.progress is None else _view(run)
+            fresh = run.attempts == 0 and (run.more is None or run.more.progress is None)
+            task._view = shared if fresh else _view(run)
             ended.append(task)
         watched = finish_unwatched(ended)
         if watched:
@@ -569,18 +574,19 @@ def _opts(run: E.Run) -> dict[str, Any] | None:
     """What the worker needs to know besides the call; None for a plain first attempt."""
     p = run.policy
     attempt = run.attempts + (0 if run.state is TaskState.RUNNING else 1)
-    if (attempt == 1 and p.timeout is None and p.heartbeat is None
-            and run.not_before is None):
+    more = run.more
+    not_before = None if more is None else more.not_before
+    if attempt == 1 and p.timeout is None and p.heartbeat is None and not_before is None:
         return None
     opts: dict[str, Any] = {"attempt": attempt}
     if p.timeout is not None:
         opts["timeout"] = p.timeout
     if p.heartbeat is not None:
         opts["heartbeat"] = p.heartbeat
-    if run.attempts and run.progress is not None:
-        opts["previous_progress"] = run.progress
-    if run.not_before is not None:
-        opts["not_before"] = run.not_before
+    if run.attempts and more is not None and more.progress is not None:
+        opts["previous_progress"] = more.progress
+    if not_before is not None:
+        opts["not_before"] = not_before
     return opts
 
 
