@@ -89,6 +89,7 @@ from .task import PENDING_VIEW, SCHEDULED_VIEW, Task
 T = TypeVar("T")
 R = TypeVar("R")
 PLAIN_CALLS = 256  # functions whose argument-less call's payload is remembered
+_NO_KWARGS: dict[str, Any] = {}  # a call's kwargs when it gives none (only ever read)
 
 FAR_FUTURE = 24 * 3600.0  # a start this far ahead follows the wall clock
 WALL_CHECK = 60.0  # how often the wall clock is compared while starts follow it
@@ -97,6 +98,18 @@ _log = logging.getLogger("taskwarden")
 KEEP_FINISHED_BYTES = 128 * 2**20  # default bound on the outcomes kept for get()
 
 _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+# How many os.fork()s led to this process: a Supervisor made before the last one belongs
+# to an ancestor. Checked on every submit, where os.getpid() (a system call) would cost.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 @atexit.register
@@ -187,6 +200,7 @@ class Supervisor(Executor, LoopSide):
         self._workers = workers
         self._keep_finished = keep_finished
         self._pid = os.getpid()  # the process that owns the workers (see _check_process)
+        self._forks = _forks  # the same, as the count of forks: cheaper to compare
         # Done-callbacks run here, in order, so that user code never runs on the loop.
         self._callbacks: queue.SimpleQueue[tuple[Task[Any], list[Any]] | None] = (
             queue.SimpleQueue())
@@ -360,31 +374,44 @@ class Supervisor(Executor, LoopSide):
             raise TypeError(f"name must be a str, not {name!r}")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {kwargs!r}")
-        policy = given(timeout=timeout, heartbeat=heartbeat, grace=grace, retries=retries,
-                       retry_delay=retry_delay, retry_on=retry_on, key=key,
-                       on_conflict=on_conflict, debounce=debounce)
-        job_rules = given(overlap=overlap, anchor=anchor, max_runs=max_runs, until=until)
-        if every is not None or cron is not None:
-            return self._new_job(fn, tuple(args), kwargs or {}, at, delay, every, cron, name,
-                                 {**policy, **job_rules})
-        if job_rules:
+        # The common call gives no policy keyword: the Supervisor's defaults as they are,
+        # with no dictionary made (a million calls in a row are a use case).
+        if (timeout is UNSET and heartbeat is UNSET and grace is UNSET and retries is UNSET
+                and retry_delay is UNSET and retry_on is UNSET and key is UNSET
+                and on_conflict is UNSET and debounce is UNSET):
+            policy: dict[str, Any] = {}
+        else:
+            policy = given(timeout=timeout, heartbeat=heartbeat, grace=grace, retries=retries,
+                           retry_delay=retry_delay, retry_on=retry_on, key=key,
+                           on_conflict=on_conflict, debounce=debounce)
+        if every is not None or cron is not None or not (
+                overlap is UNSET and anchor is UNSET and max_runs is UNSET and until is UNSET):
+            job_rules = given(overlap=overlap, anchor=anchor, max_runs=max_runs, until=until)
+            if every is not None or cron is not None:
+                return self._new_job(fn, tuple(args), kwargs or {}, at, delay, every, cron,
+                                     name, {**policy, **job_rules})
             raise TypeError(
                 f"schedule() got job keyword(s) {', '.join(sorted(job_rules))} for a one-shot "
                 f"task: they apply to recurring jobs (every= or cron=)"
             )
         pol = self._defaults.with_overrides(normalize(policy)) if policy else self._defaults
-        if (type(delay) is float or type(delay) is int) and 0 <= delay <= MAX_SECONDS:
-            postpone_by: float | None = float(delay)  # what seconds() makes of it, sooner
+        postpone_by: float | None
+        if at is None and (type(delay) is float or type(delay) is int) and (
+                0 <= delay <= MAX_SECONDS):
+            # A plain delay (the common case): what _start_of makes of it, sooner. The
+            # delay is kept for kick() as given (the caller's int is not made a float).
+            postpone_by = delay
+            clock = self._clock
+            due: float | None = clock.monotonic() + delay
+            wall = clock.time() + delay if delay >= FAR_FUTURE else None
         else:
             postpone_by = None if delay is None else seconds("delay", delay)
-        # The delay goes on as the float it was read as (not read twice).
-        due, wall = self._start_of(at, postpone_by, checked=True)
-        if postpone_by is None and due is not None:
-            postpone_by = max(0.0, due - self._clock.monotonic())
-        elif type(delay) is int and delay == postpone_by:
-            postpone_by = delay  # kept for kick() as given: the caller's int, not a new float
-        return self._new_task(fn, tuple(args), kwargs or {}, pol, name, due, postpone_by, wall,
-                              keep=True)
+            # The delay goes on as the float it was read as (not read twice).
+            due, wall = self._start_of(at, postpone_by, checked=True)
+            if postpone_by is None and due is not None:
+                postpone_by = max(0.0, due - self._clock.monotonic())
+        return self._new_task(fn, tuple(args), kwargs or _NO_KWARGS, pol, name, due,
+                              postpone_by, wall, keep=True)
 
     def _start_of(
         self, at: datetime | float | None, delay: Seconds | None, required: bool = False,
@@ -572,12 +599,13 @@ class Supervisor(Executor, LoopSide):
                 self._remember_plain_call(fn, payload)
         run = E.Run(next(self._seq), payload, policy)
         # As the caller sees it until the loop publishes the core's own view of it.
+        key = policy.key
         waits = ((due is not None and due > self._clock.monotonic())
-                 or (policy.debounce and policy.key))
+                 or (key is not None and policy.debounce))
         # keep: get() finds it after the fact (see _retain)
         task: Task[Any] = Task(self, run, name, delay, SCHEDULED_VIEW if waits else PENDING_VIEW,
                                keep)
-        if policy.key is not None and policy.on_conflict == "drop":
+        if key is not None and policy.on_conflict == "drop":
             # The call may return an older task of the key: ask the loop, and wait.
             self._queue(None)
 
@@ -613,7 +641,8 @@ class Supervisor(Executor, LoopSide):
 
     def _queue_add(self, item: Task[Any] | tuple[Task[Any], float | None, float | None]) -> None:
         """``_queue`` of a new task (no closure made for it)."""
-        self._check_process()
+        if _forks != self._forks:
+            self._check_process()
         with self._close_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
@@ -641,7 +670,7 @@ class Supervisor(Executor, LoopSide):
         self._reactor.wake()
 
     def _check_process(self) -> None:
-        if os.getpid() != self._pid:
+        if _forks != self._forks or os.getpid() != self._pid:
             raise RuntimeError(
                 f"this Supervisor belongs to process {self._pid}: it cannot be used in a "
                 f"child made by os.fork() (nothing there would run its tasks); create a new "
