@@ -42,7 +42,7 @@ def check_invariants(core: E.Core, runs: list[E.Run], ended: Counter[S] | None =
     assert len(pending) == len(set(pending)), "a run is twice in the queue"
     for r in core.pending:
         assert r.state is S.PENDING and r.worker is None, f"{r} in the queue"
-    armed = {id(e[3]) for e in core._starts if e[3].gen == e[2]}  # armed START timers
+    armed = {id(r) for r in core.armed_starts()}  # armed START timers
     counts = Counter(r.state for r in runs)
     if ended:
         counts.update(ended)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import TaskTimeout, WorkerCrashed
 from .._states import TaskState
-from .model import Action, Run, Send, Skip, Worker
+from .model import Action, Run, RunMore, Send, Skip, Worker
 from .timers import BEAT, CALLBACK, DEADLINE, SKIP_WAIT, Timings
 
 _S = TaskState
@@ -139,13 +139,15 @@ class Dispatcher:
             self.push_timer(now + self.timings.skip_ack_wait, SKIP_WAIT, run, run.gen)
             return
         self._set(run, _S.RUNNING)
-        run.attempts += 1
-        if more is not None:
+        if more is None:
+            more = run.more = RunMore()
+        else:
             if more.not_before is not None and more.not_before > now:
                 now = more.not_before  # the worker waits until then: limits count from there
             more.hb_reason = None
-        run.started_at = now
-        run.worker_pid = w.pid
+        more.attempts += 1
+        more.started_at = now
+        more.worker_pid = w.pid
         p = run.policy
         if p.timeout is not None:
             run.deadline = now + p.timeout

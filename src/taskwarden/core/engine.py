@@ -148,8 +148,9 @@ class Core(Dispatcher):
         self.scheduled = 0
         self.closing = False
         self._heap: list[tuple[float, int, int, Any, int]] = []
-        # Scheduled starts, apart: (due, seq, gen, run), fired ``lead`` before ``due``.
-        self._starts: list[tuple[float, int, int, Run]] = []
+        # Scheduled starts, apart: (due, seq, run), fired ``lead`` before ``due`` if the
+        # run is still SCHEDULED for ``due`` (see ``_arm``).
+        self._starts: list[tuple[float, int, Run]] = []
         self._counter = itertools.count()
         self._wids = itertools.count(1)
         self._stale = 0
@@ -361,8 +362,10 @@ class Core(Dispatcher):
 
     def _arm(self, run: Run) -> None:
         """A START timer for ``run``, fired ``lead`` before ``run.due``: one compact entry
-        that shares the run's own ``due`` and ``seq`` (a million scheduled runs)."""
-        heapq.heappush(self._starts, (run.due, run.seq, run.gen, run))
+        that shares the run's own ``due`` and ``seq`` (a million scheduled runs). It stays
+        live while the run is SCHEDULED for that time (no ``gen`` needed: a run moved
+        elsewhere has another ``due``, and two entries of one time fire it once)."""
+        heapq.heappush(self._starts, (run.due, run.seq, run))
 
     def _invalidate(self, run: Run) -> None:
         """Make every heap entry of ``run`` stale (lazy deletion)."""
@@ -380,7 +383,10 @@ class Core(Dispatcher):
                 self._stale = max(0, self._stale - 1)
                 continue
             break
-        while starts and starts[0][3].gen != starts[0][2]:
+        while starts:
+            due, _, run = starts[0]
+            if run.state is _S.SCHEDULED and run.due == due:
+                break
             heapq.heappop(starts)
             self._stale = max(0, self._stale - 1)
         if starts:
@@ -388,19 +394,23 @@ class Core(Dispatcher):
             return min(start, heap[0][0]) if heap else start
         return heap[0][0] if heap else None
 
+    def armed_starts(self) -> list[Run]:
+        """The runs whose START timer is live (for tests' invariants)."""
+        return [e[2] for e in self._starts if e[2].state is _S.SCHEDULED and e[2].due == e[0]]
+
     def _compact(self) -> None:
         self._heap = [e for e in self._heap if e[2] == CALLBACK or e[3].gen == e[4]]
         heapq.heapify(self._heap)
-        self._starts = [e for e in self._starts if e[3].gen == e[2]]
+        self._starts = [e for e in self._starts if e[2].state is _S.SCHEDULED and e[2].due == e[0]]
         heapq.heapify(self._starts)
         self._stale = 0
 
     def _fire_starts(self, until: float, now: float) -> None:
         """Fire the START timers due by ``until`` (``<= now``), in order."""
-        starts, lead = self._starts, self.timings.lead
+        starts, lead, scheduled = self._starts, self.timings.lead, _S.SCHEDULED
         while starts and starts[0][0] - lead <= until:
-            _, _, gen, run = heapq.heappop(starts)
-            if run.gen != gen:
+            due, _, run = heapq.heappop(starts)
+            if run.state is not scheduled or run.due != due:
                 self._stale = max(0, self._stale - 1)
                 continue
             self._make_pending(run, now)
@@ -833,16 +843,16 @@ class Core(Dispatcher):
         check_task(_S.SCHEDULED, _S.CANCELLED)
         bulk: list[Run] = []
         scheduled, cancelled = _S.SCHEDULED, _S.CANCELLED
-        for _, _, gen, run in starts:
-            if run.gen == gen and run.state is scheduled:
+        for due, _, run in starts:
+            if run.state is scheduled and run.due == due:
                 more = run.more
                 if run.policy.key is None and (
                         more is None or (more.job is None and more.wall_due is None)):
                     # What cancel() does to it, at once (counted below).
                     run.gen += 1
                     run.state = cancelled
-                    run.finished_at = now
-                    if more is not None:
+                    if more is not None:  # else it ends at the Cancelled action's ``at``
+                        more.finished_at = now
                         more.value_ok = False
                     bulk.append(run)
                 else:
@@ -1041,10 +1051,10 @@ class Core(Dispatcher):
         if run.state is _S.SCHEDULED:
             self._invalidate(run)
         self._set(run, state)
-        run.finished_at = now
         more = run.more
         if more is None:
             more = run.more = RunMore()
+        more.finished_at = now
         more.value_ok = ok
         more.value = value
         more.tb = tb

@@ -21,23 +21,31 @@ class RunMore:
     its time (a million of them) costs its few common fields and no more."""
 
     __slots__ = (
+        "attempts",
         "blocked",
         "cancel_error",
         "cancel_pending",
         "deadline",
+        "finished_at",
         "hb_reason",
         "job",
         "last_beat",
         "not_before",
         "progress",
+        "started_at",
         "stealing",
         "tb",
         "value",
         "value_ok",
         "wall_due",
+        "worker_pid",
     )
 
     def __init__(self) -> None:
+        self.attempts = 0
+        self.started_at: float | None = None
+        self.worker_pid: int | None = None
+        self.finished_at: float | None = None
         self.blocked = False
         # A cancel asked while the run sits on a worker, not started: the state and error
         # it ends with once the worker confirms the skip (or its process is killed).
@@ -103,20 +111,7 @@ class Run:
     of them is first set, and read as their defaults until then. Code on a hot path
     reads ``run.more`` once instead of several of them."""
 
-    __slots__ = (
-        "attempts",
-        "due",
-        "finished_at",
-        "gen",
-        "more",
-        "payload",
-        "policy",
-        "seq",
-        "started_at",
-        "state",
-        "worker",
-        "worker_pid",
-    )
+    __slots__ = ("due", "gen", "more", "payload", "policy", "seq", "state", "worker")
 
     def __init__(self, seq: int, payload: bytes, policy: Policy) -> None:
         self.seq = seq
@@ -125,13 +120,15 @@ class Run:
         self.state = _S.PENDING
         self.due = 0.0
         self.gen = 0
-        self.attempts = 0
         self.worker: Worker | None = None
-        self.worker_pid: int | None = None
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
         self.more: RunMore | None = None
 
+    attempts = _More(0)  # how many times it was started
+    started_at: _More[float | None] = _More(None)  # the latest attempt's start
+    worker_pid: _More[int | None] = _More(None)  # the latest attempt's worker process
+    # When it ended (a run cancelled in bulk at shutdown, with none of these fields,
+    # ends at its Cancelled action's ``at``).
+    finished_at: _More[float | None] = _More(None)
     blocked = _More(False)  # a keyed run waiting for its turn (on_conflict="queue")
     cancel_error: _More[BaseException | None] = _More(None)
     cancel_pending: _More[TaskState | None] = _More(None)  # see RunMore
@@ -146,6 +143,11 @@ class Run:
     value: _More[Any] = _More(None)
     value_ok = _More(False)
     wall_due: _More[float | None] = _More(None)
+
+    def __lt__(self, other: Run) -> bool:
+        # A START entry (due, seq, run) is compared by its run only against another entry
+        # of the same time and seq, which is the same run (seqs are unique).
+        return False
 
     def __repr__(self) -> str:
         return f"<Run {self.seq} {self.state.value}>"

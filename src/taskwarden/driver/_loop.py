@@ -181,8 +181,11 @@ class LoopSide:
             task = tasks.get(run.seq)
             if task is not None:
                 more = run.more
-                task._view = (run.state, run.attempts, run.worker_pid, run.started_at,
-                              run.finished_at, None if more is None else more.progress)
+                if more is None:
+                    task._view = (run.state, 0, None, None, None, None)
+                else:
+                    task._view = (run.state, more.attempts, more.worker_pid, more.started_at,
+                                  more.finished_at, more.progress)
         touched.clear()
 
     # -------------------------------------------------------------- the loop
@@ -451,7 +454,8 @@ class LoopSide:
             task = get(run.seq)
             if task is None or task._state == _FINISHED:
                 continue
-            fresh = run.attempts == 0 and (run.more is None or run.more.progress is None)
+            more = run.more
+            fresh = more is None or (more.attempts == 0 and more.progress is None)
             task._view = shared if fresh else _view(run)
             ended.append(task)
         watched = finish_unwatched(ended)
@@ -573,8 +577,9 @@ class LoopSide:
 def _opts(run: E.Run) -> dict[str, Any] | None:
     """What the worker needs to know besides the call; None for a plain first attempt."""
     p = run.policy
-    attempt = run.attempts + (0 if run.state is TaskState.RUNNING else 1)
     more = run.more
+    attempts = 0 if more is None else more.attempts
+    attempt = attempts + (0 if run.state is TaskState.RUNNING else 1)
     not_before = None if more is None else more.not_before
     if attempt == 1 and p.timeout is None and p.heartbeat is None and not_before is None:
         return None
@@ -583,7 +588,7 @@ def _opts(run: E.Run) -> dict[str, Any] | None:
         opts["timeout"] = p.timeout
     if p.heartbeat is not None:
         opts["heartbeat"] = p.heartbeat
-    if run.attempts and more is not None and more.progress is not None:
+    if attempts and more is not None and more.progress is not None:
         opts["previous_progress"] = more.progress
     if not_before is not None:
         opts["not_before"] = not_before
