@@ -53,6 +53,7 @@ from .model import (
     Action,
     Add,
     AddJob,
+    AddMany,
     Cancel,
     Cancelled,
     ClockChanged,
@@ -103,7 +104,7 @@ from .timers import (
 __all__ = [
     "BEAT", "BOOT", "BOOT_ALLOWANCE", "BOOT_LIMIT", "BOOT_STRIKES", "CALLBACK", "DEADLINE",
     "GRACE", "JOB", "LEAD", "REPLACE_DELAY", "SKIP_ACK_WAIT", "SKIP_WAIT", "START",
-    "STEAL_AFTER", "STOP_WAIT", "TICK", "Action", "Add", "AddJob", "Cancel", "Cancelled",
+    "STEAL_AFTER", "STOP_WAIT", "TICK", "Action", "Add", "AddJob", "AddMany", "Cancel", "Cancelled",
     "ClockChanged",
     "Close", "Command", "Core", "CronTrigger", "Interrupt", "JobChanged", "JobControl",
     "JobOp", "JobRec", "Kill", "NewRun", "Note", "Reschedule", "Resolve", "Run", "RunMore", "Send",
@@ -181,6 +182,8 @@ class Core(Dispatcher):
         run's first state is ``Add.answer.state``); ``jobs_touched`` says a NewRun or
         JobChanged is among the actions, which the driver answers at once."""
         match item:
+            case AddMany():
+                self._add_many(item.runs, now)
             case Add():
                 item.answer = self.add_run(item.run, now, item.due, item.wall_due)
             case RunDone():
@@ -509,6 +512,26 @@ class Core(Dispatcher):
             self._anchor(run, wall_due)
         self._enter(run, now, due)
         return run
+
+    def _add_many(self, runs: list[Run], now: float) -> None:
+        """``add_run`` of each (see ``AddMany``), the common one (no key, due later, not
+        on the wall clock) on a short path: a million of them may come in a row."""
+        scheduled, pending = _S.SCHEDULED, _S.PENDING
+        starts, push = self._starts, heapq.heappush
+        for run in runs:
+            due, more = run.due, run.more
+            if (more is None and due > now and run.policy.key is None and self.broken is None
+                    and run.state is pending and run.worker is None):
+                # What add_run and _enter do with it: SCHEDULED, its START entry armed.
+                run.state = scheduled
+                self.by_state[scheduled] += 1
+                self.scheduled += 1
+                push(starts, (due, run.seq, run))
+                continue
+            wall = None
+            if more is not None and more.wall_due is not None:
+                wall, more.wall_due = more.wall_due, None  # add_run anchors it if due later
+            self.add_run(run, now, due if due > now else None, wall)
 
     def _clock_changed(self, wall_offset: float, now: float) -> None:
         """The wall clock stepped (or the machine slept): re-place wall-anchored starts."""

@@ -113,12 +113,12 @@ class Run:
 
     __slots__ = ("due", "gen", "more", "payload", "policy", "seq", "state", "worker")
 
-    def __init__(self, seq: int, payload: bytes, policy: Policy) -> None:
+    def __init__(self, seq: int, payload: bytes, policy: Policy, due: float = 0.0) -> None:
         self.seq = seq
         self.payload = payload
         self.policy = policy
         self.state = _S.PENDING
-        self.due = 0.0
+        self.due = due  # when it may start (monotonic); see AddMany for a new run's
         self.gen = 0
         self.worker: Worker | None = None
         self.more: RunMore | None = None
@@ -326,6 +326,16 @@ class Add:
 
 
 @dataclass(slots=True)
+class AddMany:
+    """New runs, in order: ``Add`` of each, due at its own ``due`` (a time not later than
+    now, such as the default 0.0: at once), following the wall clock to its ``wall_due``
+    if that is set, with the one dispatch after them all. The driver hands over the new
+    tasks of a round so (a million ``schedule()`` calls in a row are a use case)."""
+
+    runs: list[Run]
+
+
+@dataclass(slots=True)
 class AddJob:
     job: JobRec
     first_due: float | None = None
@@ -385,6 +395,7 @@ class ClockChanged:
 
 
 TICK = Tick()
-Command = Start | Add | AddJob | Cancel | Reschedule | JobControl | Close | Tick | ClockChanged
+Command = (Start | Add | AddMany | AddJob | Cancel | Reschedule | JobControl | Close | Tick
+           | ClockChanged)
 
 

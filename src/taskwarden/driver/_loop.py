@@ -58,8 +58,8 @@ class LoopSide:
     _pool: P.Pool
     _reactor: Reactor  # the loop's wait: the pool's fds, wake-ups, deadlines
     _actions: list[E.Action]  # the core's, not carried out yet
-    # New tasks: a plain submit()'s Task, or (Task, due, wall_due) for a timed one.
-    _adds: deque[Task[Any] | tuple[Task[Any], float | None, float | None]]
+    # New tasks, their runs' due and wall_due set by the caller (see model.AddMany).
+    _adds: deque[Task[Any]]
     _commands: deque[Callable[[], Any]]
     _close_lock: threading.Lock
     _closed: bool
@@ -93,34 +93,23 @@ class LoopSide:
         job._started(task)
 
     def _take_adds(self) -> None:
+        """The new tasks queued so far go to the core together (one AddMany)."""
         adds = self._adds
         if not adds:
             return
-        core = self._core
-        tasks, now, handle = self._tasks, self._clock.monotonic(), core.handle
-        cmd: E.Add | None = None  # one command, refilled: the core keeps nothing of it
+        tasks = self._tasks
+        batch: list[Task[Any]] = []
+        runs: list[E.Run] = []
         while adds:
-            item = adds.popleft()
-            due = wall = None
-            if isinstance(item, tuple):
-                task, due, wall = item
-            else:
-                task = item
+            task = adds.popleft()
             run = task._run
             tasks[run.seq] = task
-            if cmd is None:
-                cmd = E.Add(run, due, wall)
-            else:
-                cmd.run, cmd.due, cmd.wall_due = run, due, wall
-            actions = handle(cmd, now)
-            if actions:
-                if core.jobs_touched:
-                    actions = self._answer_jobs(actions)
-                if self._actions:
-                    self._actions.extend(actions)
-                else:
-                    self._actions = actions
-            state = run.state
+            batch.append(task)
+            runs.append(run)
+        self._do(E.AddMany(runs))
+        del runs
+        for task in batch:
+            state = task._run.state
             if task._view[0] is not state:
                 # The core chose another first state. A change it made (RUNNING, an end)
                 # is in ``touched``: _publish shows it this round, built once.
@@ -244,8 +233,7 @@ class LoopSide:
             for wid in list(self._parked):
                 self._release(wid)
             while self._adds:
-                item = self._adds.popleft()
-                task = item[0] if isinstance(item, tuple) else item
+                task = self._adds.popleft()
                 self._tasks[task._run.seq] = task
             # Anything still unresolved (the loop died) must not hang its callers, and
             # its state says what its future says.

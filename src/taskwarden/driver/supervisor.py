@@ -214,7 +214,7 @@ class Supervisor(Executor, LoopSide):
         self._seq = itertools.count(1)
         self._commands: deque[Callable[[], Any]] = deque()
         # New tasks: a queue of their own (no closure each); drained before the commands.
-        self._adds: deque[Task[Any] | tuple[Task[Any], float | None, float | None]] = deque()
+        self._adds: deque[Task[Any]] = deque()
         self._plain_calls: dict[Callable[..., Any], bytes] = {}  # see _remember_plain_call
         self._closed = False
         self._close_lock = threading.Lock()
@@ -597,7 +597,7 @@ class Supervisor(Executor, LoopSide):
             payload = pickle_call(fn, args, kwargs, "task")
             if plain:
                 self._remember_plain_call(fn, payload)
-        run = E.Run(next(self._seq), payload, policy)
+        run = E.Run(next(self._seq), payload, policy, 0.0 if due is None else due)
         # As the caller sees it until the loop publishes the core's own view of it.
         key = policy.key
         waits = ((due is not None and due > self._clock.monotonic())
@@ -616,10 +616,9 @@ class Supervisor(Executor, LoopSide):
                 return self._c_add(task, due, wall)
 
             return self._ask(add_now)
-        if due is None and wall is None:
-            self._queue_add(task)
-        else:
-            self._queue_add((task, due, wall))
+        if wall is not None:
+            run.wall_due = wall  # the loop hands it over with the run (AddMany)
+        self._queue_add(task)
         return task
 
     def _remember_plain_call(self, fn: Callable[..., Any], payload: bytes) -> None:
@@ -639,14 +638,14 @@ class Supervisor(Executor, LoopSide):
                 self._plain_calls.clear()
             self._plain_calls[fn] = payload
 
-    def _queue_add(self, item: Task[Any] | tuple[Task[Any], float | None, float | None]) -> None:
+    def _queue_add(self, task: Task[Any]) -> None:
         """``_queue`` of a new task (no closure made for it)."""
         if _forks != self._forks:
             self._check_process()
         with self._close_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
-            self._adds.append(item)
+            self._adds.append(task)
         self._reactor.wake()
 
     def _queue(self, put: Callable[[], object] | None) -> None:
