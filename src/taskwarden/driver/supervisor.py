@@ -402,16 +402,19 @@ class Supervisor(Executor, LoopSide):
             # delay is kept for kick() as given (the caller's int is not made a float).
             postpone_by = delay
             clock = self._clock
-            due: float | None = clock.monotonic() + delay
+            read = clock.monotonic()
+            now: float | None = read
+            due: float | None = read + delay
             wall = clock.time() + delay if delay >= FAR_FUTURE else None
         else:
+            now = None
             postpone_by = None if delay is None else seconds("delay", delay)
             # The delay goes on as the float it was read as (not read twice).
             due, wall = self._start_of(at, postpone_by, checked=True)
             if postpone_by is None and due is not None:
                 postpone_by = max(0.0, due - self._clock.monotonic())
-        return self._new_task(fn, tuple(args), kwargs or _NO_KWARGS, pol, name, due,
-                              postpone_by, wall, keep=True)
+        return self._new_task(fn, args if type(args) is tuple else tuple(args),
+                              kwargs or _NO_KWARGS, pol, name, due, postpone_by, wall, True, now)
 
     def _start_of(
         self, at: datetime | float | None, delay: Seconds | None, required: bool = False,
@@ -587,7 +590,10 @@ class Supervisor(Executor, LoopSide):
         delay: float | None,
         wall: float | None,
         keep: bool = False,
+        now: float | None = None,
     ) -> Task[Any]:
+        """A new task, queued for the loop. ``now``: the monotonic time ``due`` was
+        computed from, if the caller read it (else it is read here)."""
         plain = not args and not kwargs and type(fn) is FunctionType
         payload = self._plain_calls.get(fn) if plain else None
         if payload is None:
@@ -600,7 +606,7 @@ class Supervisor(Executor, LoopSide):
         run = E.Run(next(self._seq), payload, policy, 0.0 if due is None else due)
         # As the caller sees it until the loop publishes the core's own view of it.
         key = policy.key
-        waits = ((due is not None and due > self._clock.monotonic())
+        waits = ((due is not None and due > (self._clock.monotonic() if now is None else now))
                  or (key is not None and policy.debounce))
         # keep: get() finds it after the fact (see _retain)
         task: Task[Any] = Task(self, run, name, delay, SCHEDULED_VIEW if waits else PENDING_VIEW,
@@ -618,7 +624,14 @@ class Supervisor(Executor, LoopSide):
             return self._ask(add_now)
         if wall is not None:
             run.wall_due = wall  # the loop hands it over with the run (AddMany)
-        self._queue_add(task)
+        # What _queue does, for a task (no closure made for it).
+        if _forks != self._forks:
+            self._check_process()
+        with self._close_lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
+            self._adds.append(task)
+        self._reactor.wake()
         return task
 
     def _remember_plain_call(self, fn: Callable[..., Any], payload: bytes) -> None:
@@ -637,16 +650,6 @@ class Supervisor(Executor, LoopSide):
             if len(self._plain_calls) >= PLAIN_CALLS:
                 self._plain_calls.clear()
             self._plain_calls[fn] = payload
-
-    def _queue_add(self, task: Task[Any]) -> None:
-        """``_queue`` of a new task (no closure made for it)."""
-        if _forks != self._forks:
-            self._check_process()
-        with self._close_lock:
-            if self._closed:
-                raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
-            self._adds.append(task)
-        self._reactor.wake()
 
     def _queue(self, put: Callable[[], object] | None) -> None:
         """Refuse new work after shutdown; else ``put`` it on its queue and wake the loop."""
