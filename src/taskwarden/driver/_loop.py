@@ -593,5 +593,8 @@ def _invoke_callbacks(task: Task[Any], callbacks: list[Any]) -> None:
 
 def _view(run: E.Run) -> TaskView:
     """What a task shows its callers of its run."""
-    return (run.state, run.attempts, run.worker_pid, run.started_at, run.finished_at,
-            run.progress)
+    more = run.more
+    if more is None:
+        return (run.state, 0, None, None, None, None)
+    return (run.state, more.attempts, more.worker_pid, more.started_at, more.finished_at,
+            more.progress)
