@@ -15,6 +15,7 @@ from .._states import JobState, TaskState
 
 _S = TaskState
 
+
 class RunMore:
     """What only some runs need (a run started, timed, keyed, of a job, cancelled while
     queued on a worker, ended...): made on demand, so that a run that merely waits for
@@ -118,7 +119,9 @@ class Run:
         self.payload = payload
         self.policy = policy
         self.state = _S.PENDING
-        self.due = due  # when it may start (monotonic); see AddMany for a new run's
+        # When it may start (monotonic). A new run's: as its call read it, 0.0 for "at
+        # once" (see AddMany).
+        self.due = due
         self.gen = 0
         self.worker: Worker | None = None
         self.more: RunMore | None = None
