@@ -521,7 +521,7 @@ class Core(Dispatcher):
         for run in runs:
             due, more = run.due, run.more
             if (more is None and due > now and run.policy.key is None and self.broken is None
-                    and run.state is pending and run.worker is None):
+                    and run.state is pending):  # no RunMore: no worker either
                 # What add_run and _enter do with it: SCHEDULED, its START entry armed.
                 run.state = scheduled
                 self.by_state[scheduled] += 1
@@ -872,9 +872,9 @@ class Core(Dispatcher):
                 if run.policy.key is None and (
                         more is None or (more.job is None and more.wall_due is None)):
                     # What cancel() does to it, at once (counted below).
-                    run.gen += 1
                     run.state = cancelled
                     if more is not None:  # else it ends at the Cancelled action's ``at``
+                        more.gen += 1  # (without, it never had a timer but its START)
                         more.finished_at = now
                         more.value_ok = False
                     bulk.append(run)

@@ -28,6 +28,7 @@ class RunMore:
         "cancel_pending",
         "deadline",
         "finished_at",
+        "gen",
         "hb_reason",
         "job",
         "last_beat",
@@ -39,10 +40,13 @@ class RunMore:
         "value",
         "value_ok",
         "wall_due",
+        "worker",
         "worker_pid",
     )
 
     def __init__(self) -> None:
+        self.gen = 0  # bumped to make its timers stale (see Run)
+        self.worker: Worker | None = None
         self.attempts = 0
         self.started_at: float | None = None
         self.worker_pid: int | None = None
@@ -112,7 +116,7 @@ class Run:
     of them is first set, and read as their defaults until then. Code on a hot path
     reads ``run.more`` once instead of several of them."""
 
-    __slots__ = ("due", "gen", "more", "payload", "policy", "seq", "state", "worker")
+    __slots__ = ("due", "more", "payload", "policy", "seq", "state")
 
     def __init__(self, seq: int, payload: bytes, policy: Policy, due: float = 0.0) -> None:
         self.seq = seq
@@ -122,10 +126,12 @@ class Run:
         # When it may start (monotonic). A new run's: as its call read it, 0.0 for "at
         # once" (see AddMany).
         self.due = due
-        self.gen = 0
-        self.worker: Worker | None = None
         self.more: RunMore | None = None
 
+    # Its timers (deadline, heartbeat, grace, skip) are stale once ``gen`` has moved on
+    # (its START entry goes by its state and due: see Core._arm).
+    gen = _More(0)
+    worker: _More[Worker | None] = _More(None)  # the worker it was handed to
     attempts = _More(0)  # how many times it was started
     started_at: _More[float | None] = _More(None)  # the latest attempt's start
     worker_pid: _More[int | None] = _More(None)  # the latest attempt's worker process
