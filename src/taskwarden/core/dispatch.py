@@ -92,7 +92,10 @@ class Dispatcher:
                 if not pending or self.busy >= self.n_workers:
                     break
                 run = pending.popleft()
-                run.worker = w
+                more = run.more
+                if more is None:
+                    more = run.more = RunMore()
+                more.worker = w
                 w.inflight.append(run)
                 self.busy += 1
                 sends[w.wid] = [run]
@@ -123,7 +126,10 @@ class Dispatcher:
                     if run.policy.grace:
                         break
                     pending.popleft()
-                    run.worker = w
+                    more = run.more
+                    if more is None:
+                        more = run.more = RunMore()
+                    more.worker = w
                     w.inflight.append(run)
                     sends.setdefault(w.wid, []).append(run)
                     self._prefetched = True
@@ -151,10 +157,10 @@ class Dispatcher:
         p = run.policy
         if p.timeout is not None:
             run.deadline = now + p.timeout
-            self.push_timer(now + p.timeout, DEADLINE, run, run.gen)
+            self.push_timer(now + p.timeout, DEADLINE, run, more.gen)
         if p.heartbeat is not None:
             run.last_beat = now  # read by the BEAT timer only
-            self.push_timer(now + p.heartbeat, BEAT, run, run.gen)
+            self.push_timer(now + p.heartbeat, BEAT, run, more.gen)
 
     def _boot_wait_over(self, run: Run, w: Worker, since: float, now: float) -> None:
         """A run's time limit ran out while its worker was still starting: it ends

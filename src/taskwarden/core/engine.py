@@ -372,7 +372,10 @@ class Core(Dispatcher):
 
     def _invalidate(self, run: Run) -> None:
         """Make every heap entry of ``run`` stale (lazy deletion)."""
-        run.gen += 1
+        more = run.more
+        if more is None:
+            more = run.more = RunMore()
+        more.gen += 1
         self._stale += 1
 
     def next_deadline(self) -> float | None:
@@ -561,7 +564,9 @@ class Core(Dispatcher):
             self.jobs_touched = True
 
     def _enter(self, run: Run, now: float, due: float | None) -> None:
-        if run.state not in (_S.PENDING, _S.SCHEDULED) or run.worker is not None:
+        more = run.more
+        if run.state not in (_S.PENDING, _S.SCHEDULED) or (
+                more is not None and more.worker is not None):
             raise InvalidTransition(f"{run!r} cannot enter the queue again")
         if due is not None and due > now:
             if run.state is _S.SCHEDULED:  # the driver made it SCHEDULED at the call
@@ -727,7 +732,8 @@ class Core(Dispatcher):
         if has_progress:
             run.progress = progress
             self.touched.append(run)
-        run.worker = None
+        if run.more is not None:  # (it has one: it was handed to the worker)
+            run.more.worker = None
         w.done_count += 1
         self._after_head_change(w, now)  # the worker's bookkeeping first, then the outcome
         if run.state.final:
