@@ -191,6 +191,23 @@ class CoreMachine(RuleBasedStateMachine):
             if self.feed(E.Add(run, due)).answer is not run:
                 self.runs.remove(run)  # "drop": the older run of its key stands for it
 
+    @rule(adds=st.lists(st.tuples(_policies, _due_in), min_size=1, max_size=4))
+    def add_many(self, adds: list[tuple[dict[str, Any], float | None]]) -> None:
+        """A burst handed over in one AddMany, as the driver does, each run carrying its
+        due (no "drop" run: the driver asks for those one by one, for the answer)."""
+        runs = []
+        for drawn, due_in in adds:
+            policy = dict(drawn)
+            if policy.get("on_conflict") == "drop":
+                continue
+            if "on_conflict" in policy and "key" not in policy:
+                policy["key"] = "k"
+            due = 0.0 if due_in is None else self.now + due_in
+            runs.append(E.Run(next(self.seqs), b"", Policy(**policy), due))
+        if runs:
+            self.runs.extend(runs)
+            self.feed(E.AddMany(runs))
+
     @precondition(_has_runs)
     @rule(i=_pick, superseded=st.booleans())
     def cancel(self, i: int, superseded: bool) -> None:
