@@ -42,7 +42,7 @@ def check_invariants(core: E.Core, runs: list[E.Run], ended: Counter[S] | None =
     assert len(pending) == len(set(pending)), "a run is twice in the queue"
     for r in core.pending:
         assert r.state is S.PENDING and r.worker is None, f"{r} in the queue"
-    armed = {id(e[3]) for e in core._starts if e[3].gen == e[2]}  # armed START timers
+    armed = {id(r) for r in core.armed_starts()}  # armed START timers
     counts = Counter(r.state for r in runs)
     if ended:
         counts.update(ended)
@@ -190,6 +190,23 @@ class CoreMachine(RuleBasedStateMachine):
             due = None if due_in is None else self.now + due_in
             if self.feed(E.Add(run, due)).answer is not run:
                 self.runs.remove(run)  # "drop": the older run of its key stands for it
+
+    @rule(adds=st.lists(st.tuples(_policies, _due_in), min_size=1, max_size=4))
+    def add_many(self, adds: list[tuple[dict[str, Any], float | None]]) -> None:
+        """A burst handed over in one AddMany, as the driver does, each run carrying its
+        due (no "drop" run: the driver asks for those one by one, for the answer)."""
+        runs = []
+        for drawn, due_in in adds:
+            policy = dict(drawn)
+            if policy.get("on_conflict") == "drop":
+                continue
+            if "on_conflict" in policy and "key" not in policy:
+                policy["key"] = "k"
+            due = 0.0 if due_in is None else self.now + due_in
+            runs.append(E.Run(next(self.seqs), b"", Policy(**policy), due))
+        if runs:
+            self.runs.extend(runs)
+            self.feed(E.AddMany(runs))
 
     @precondition(_has_runs)
     @rule(i=_pick, superseded=st.booleans())

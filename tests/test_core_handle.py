@@ -178,3 +178,42 @@ def test_a_supersede_of_a_running_run_hands_the_new_one_over_in_the_same_answer(
     assert old.state is TaskState.SUPERSEDED and _killed(actions) == [old_wid]
     assert _sent(actions) == [new.seq]  # to the spare, whose start it waits for
     assert new.worker is not None and new.worker.wid != old_wid
+
+
+def test_add_many_adds_each_run_in_order_with_one_dispatch() -> None:
+    f = Fed(workers=2)
+    now_runs = [E.Run(f.seq + i, b"", Policy()) for i in (1, 2, 3)]
+    later = E.Run(f.seq + 4, b"", Policy(), f.now + 60)
+    keyed = E.Run(f.seq + 5, b"", Policy(key="k"), f.now + 30)
+    f.seq += 5
+    actions = f.feed(E.AddMany([now_runs[0], later, now_runs[1], keyed, now_runs[2]]))
+    sends = [[r.seq for r in a.runs] for a in actions if isinstance(a, E.Send)]
+    # Handed out after them all (one Send per worker), each worker's in the order given.
+    assert len(sends) == 2 and all(s == sorted(s) for s in sends)
+    assert sorted(seq for s in sends for seq in s) == [r.seq for r in now_runs]
+    assert later.state is TaskState.SCHEDULED and keyed.state is TaskState.SCHEDULED
+    assert f.core.scheduled == 2 and f.core.by_state[TaskState.SCHEDULED] == 2
+    assert {id(r) for r in f.core.armed_starts()} == {id(later), id(keyed)}
+    assert later.more is None  # a plain scheduled run has none of the rarer fields
+    assert f.core.streams["k"][0] is keyed  # the long way (a key) was taken for it
+    f.now += 31
+    f.feed(E.TICK)
+    assert keyed.state is not TaskState.SCHEDULED and later.state is TaskState.SCHEDULED
+
+
+def test_a_run_moved_away_and_back_to_its_time_starts_once() -> None:
+    f = Fed(workers=1)
+    run = E.Run(f.seq + 1, b"", Policy(), f.now + 10)
+    f.seq += 1
+    f.feed(E.AddMany([run]))
+    first = run.due
+    for due in (f.now + 20, first):  # away, and back: the first entry is live again
+        f.feed(E.Reschedule(run, due))
+    assert len(f.core._starts) == 3 and len(f.core.armed_starts()) == 2
+    f.now += 11
+    actions = f.feed(E.TICK)
+    assert run.state is TaskState.RUNNING and run.attempts == 1
+    assert [r.seq for a in actions if isinstance(a, E.Send) for r in a.runs] == [run.seq]
+    f.now += 10
+    assert f.feed(E.TICK) == [] and run.attempts == 1
+    assert not f.core._starts  # the other entries went as stale

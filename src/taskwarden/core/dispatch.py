@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import TaskTimeout, WorkerCrashed
 from .._states import TaskState
-from .model import Action, Run, Send, Skip, Worker
+from .model import Action, Run, RunMore, Send, Skip, Worker
 from .timers import BEAT, CALLBACK, DEADLINE, SKIP_WAIT, Timings
 
 _S = TaskState
@@ -92,7 +92,10 @@ class Dispatcher:
                 if not pending or self.busy >= self.n_workers:
                     break
                 run = pending.popleft()
-                run.worker = w
+                more = run.more
+                if more is None:
+                    more = run.more = RunMore()
+                more.worker = w
                 w.inflight.append(run)
                 self.busy += 1
                 sends[w.wid] = [run]
@@ -123,7 +126,10 @@ class Dispatcher:
                     if run.policy.grace:
                         break
                     pending.popleft()
-                    run.worker = w
+                    more = run.more
+                    if more is None:
+                        more = run.more = RunMore()
+                    more.worker = w
                     w.inflight.append(run)
                     sends.setdefault(w.wid, []).append(run)
                     self._prefetched = True
@@ -133,24 +139,28 @@ class Dispatcher:
     def _start_head(self, w: Worker, now: float) -> None:
         """The head of a ready worker's queue begins: RUNNING, its time limits armed."""
         run = w.inflight[0]
-        if run.cancel_pending is not None or run.state.final:
+        more = run.more  # its rarer fields (see model.Run), read once
+        if (more is not None and more.cancel_pending is not None) or run.state.final:
             # The worker is told to skip it; if it runs it anyway, kill it.
             self.push_timer(now + self.timings.skip_ack_wait, SKIP_WAIT, run, run.gen)
             return
         self._set(run, _S.RUNNING)
-        run.attempts += 1
-        if run.not_before is not None and run.not_before > now:
-            now = run.not_before  # the worker waits until then: limits count from there
-        run.started_at = now
-        run.last_beat = now
-        run.worker_pid = w.pid
-        run.hb_reason = None
+        if more is None:
+            more = run.more = RunMore()
+        else:
+            if more.not_before is not None and more.not_before > now:
+                now = more.not_before  # the worker waits until then: limits count from there
+            more.hb_reason = None
+        more.attempts += 1
+        more.started_at = now
+        more.worker_pid = w.pid
         p = run.policy
         if p.timeout is not None:
             run.deadline = now + p.timeout
-            self.push_timer(run.deadline, DEADLINE, run, run.gen)
+            self.push_timer(now + p.timeout, DEADLINE, run, more.gen)
         if p.heartbeat is not None:
-            self.push_timer(now + p.heartbeat, BEAT, run, run.gen)
+            run.last_beat = now  # read by the BEAT timer only
+            self.push_timer(now + p.heartbeat, BEAT, run, more.gen)
 
     def _boot_wait_over(self, run: Run, w: Worker, since: float, now: float) -> None:
         """A run's time limit ran out while its worker was still starting: it ends

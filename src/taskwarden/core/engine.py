@@ -53,6 +53,7 @@ from .model import (
     Action,
     Add,
     AddJob,
+    AddMany,
     Cancel,
     Cancelled,
     ClockChanged,
@@ -70,6 +71,7 @@ from .model import (
     Reschedule,
     Resolve,
     Run,
+    RunMore,
     Send,
     Skip,
     Spawn,
@@ -102,10 +104,10 @@ from .timers import (
 __all__ = [
     "BEAT", "BOOT", "BOOT_ALLOWANCE", "BOOT_LIMIT", "BOOT_STRIKES", "CALLBACK", "DEADLINE",
     "GRACE", "JOB", "LEAD", "REPLACE_DELAY", "SKIP_ACK_WAIT", "SKIP_WAIT", "START",
-    "STEAL_AFTER", "STOP_WAIT", "TICK", "Action", "Add", "AddJob", "Cancel", "Cancelled",
+    "STEAL_AFTER", "STOP_WAIT", "TICK", "Action", "Add", "AddJob", "AddMany", "Cancel", "Cancelled",
     "ClockChanged",
     "Close", "Command", "Core", "CronTrigger", "Interrupt", "JobChanged", "JobControl",
-    "JobOp", "JobRec", "Kill", "NewRun", "Note", "Reschedule", "Resolve", "Run", "Send",
+    "JobOp", "JobRec", "Kill", "NewRun", "Note", "Reschedule", "Resolve", "Run", "RunMore", "Send",
     "Skip", "Spawn", "Start", "Stop", "Tick", "Timings", "Worker",
 ]
 
@@ -147,8 +149,9 @@ class Core(Dispatcher):
         self.scheduled = 0
         self.closing = False
         self._heap: list[tuple[float, int, int, Any, int]] = []
-        # Scheduled starts, apart: (due, seq, gen, run), fired ``lead`` before ``due``.
-        self._starts: list[tuple[float, int, int, Run]] = []
+        # Scheduled starts, apart: (due, seq, run), fired ``lead`` before ``due`` if the
+        # run is still SCHEDULED for ``due`` (see ``_arm``).
+        self._starts: list[tuple[float, int, Run]] = []
         self._counter = itertools.count()
         self._wids = itertools.count(1)
         self._stale = 0
@@ -179,6 +182,8 @@ class Core(Dispatcher):
         run's first state is ``Add.answer.state``); ``jobs_touched`` says a NewRun or
         JobChanged is among the actions, which the driver answers at once."""
         match item:
+            case AddMany():
+                self._add_many(item.runs, now)
             case Add():
                 item.answer = self.add_run(item.run, now, item.due, item.wall_due)
             case RunDone():
@@ -360,12 +365,17 @@ class Core(Dispatcher):
 
     def _arm(self, run: Run) -> None:
         """A START timer for ``run``, fired ``lead`` before ``run.due``: one compact entry
-        that shares the run's own ``due`` and ``seq`` (a million scheduled runs)."""
-        heapq.heappush(self._starts, (run.due, run.seq, run.gen, run))
+        that shares the run's own ``due`` and ``seq`` (a million scheduled runs). It stays
+        live while the run is SCHEDULED for that time (no ``gen`` needed: a run moved
+        elsewhere has another ``due``, and two entries of one time fire it once)."""
+        heapq.heappush(self._starts, (run.due, run.seq, run))
 
     def _invalidate(self, run: Run) -> None:
         """Make every heap entry of ``run`` stale (lazy deletion)."""
-        run.gen += 1
+        more = run.more
+        if more is None:
+            more = run.more = RunMore()
+        more.gen += 1
         self._stale += 1
 
     def next_deadline(self) -> float | None:
@@ -379,7 +389,10 @@ class Core(Dispatcher):
                 self._stale = max(0, self._stale - 1)
                 continue
             break
-        while starts and starts[0][3].gen != starts[0][2]:
+        while starts:
+            due, _, run = starts[0]
+            if run.state is _S.SCHEDULED and run.due == due:
+                break
             heapq.heappop(starts)
             self._stale = max(0, self._stale - 1)
         if starts:
@@ -387,19 +400,23 @@ class Core(Dispatcher):
             return min(start, heap[0][0]) if heap else start
         return heap[0][0] if heap else None
 
+    def armed_starts(self) -> list[Run]:
+        """The runs whose START timer is live (for tests' invariants)."""
+        return [e[2] for e in self._starts if e[2].state is _S.SCHEDULED and e[2].due == e[0]]
+
     def _compact(self) -> None:
         self._heap = [e for e in self._heap if e[2] == CALLBACK or e[3].gen == e[4]]
         heapq.heapify(self._heap)
-        self._starts = [e for e in self._starts if e[3].gen == e[2]]
+        self._starts = [e for e in self._starts if e[2].state is _S.SCHEDULED and e[2].due == e[0]]
         heapq.heapify(self._starts)
         self._stale = 0
 
     def _fire_starts(self, until: float, now: float) -> None:
         """Fire the START timers due by ``until`` (``<= now``), in order."""
-        starts, lead = self._starts, self.timings.lead
+        starts, lead, scheduled = self._starts, self.timings.lead, _S.SCHEDULED
         while starts and starts[0][0] - lead <= until:
-            _, _, gen, run = heapq.heappop(starts)
-            if run.gen != gen:
+            due, _, run = heapq.heappop(starts)
+            if run.state is not scheduled or run.due != due:
                 self._stale = max(0, self._stale - 1)
                 continue
             self._make_pending(run, now)
@@ -499,6 +516,26 @@ class Core(Dispatcher):
         self._enter(run, now, due)
         return run
 
+    def _add_many(self, runs: list[Run], now: float) -> None:
+        """``add_run`` of each (see ``AddMany``), the common one (no key, due later, not
+        on the wall clock) on a short path: a million of them may come in a row."""
+        scheduled, pending = _S.SCHEDULED, _S.PENDING
+        starts, push = self._starts, heapq.heappush
+        for run in runs:
+            due, more = run.due, run.more
+            if (more is None and due > now and run.policy.key is None and self.broken is None
+                    and run.state is pending):  # no RunMore: no worker either
+                # What add_run and _enter do with it: SCHEDULED, its START entry armed.
+                run.state = scheduled
+                self.by_state[scheduled] += 1
+                self.scheduled += 1
+                push(starts, (due, run.seq, run))
+                continue
+            wall = None
+            if more is not None and more.wall_due is not None:
+                wall, more.wall_due = more.wall_due, None  # add_run anchors it if due later
+            self.add_run(run, now, due if due > now else None, wall)
+
     def _clock_changed(self, wall_offset: float, now: float) -> None:
         """The wall clock stepped (or the machine slept): re-place wall-anchored starts."""
         self.wall_offset = wall_offset
@@ -527,7 +564,9 @@ class Core(Dispatcher):
             self.jobs_touched = True
 
     def _enter(self, run: Run, now: float, due: float | None) -> None:
-        if run.state not in (_S.PENDING, _S.SCHEDULED) or run.worker is not None:
+        more = run.more
+        if run.state not in (_S.PENDING, _S.SCHEDULED) or (
+                more is not None and more.worker is not None):
             raise InvalidTransition(f"{run!r} cannot enter the queue again")
         if due is not None and due > now:
             if run.state is _S.SCHEDULED:  # the driver made it SCHEDULED at the call
@@ -693,14 +732,18 @@ class Core(Dispatcher):
         if has_progress:
             run.progress = progress
             self.touched.append(run)
-        run.worker = None
+        if run.more is not None:  # (it has one: it was handed to the worker)
+            run.more.worker = None
         w.done_count += 1
         self._after_head_change(w, now)  # the worker's bookkeeping first, then the outcome
-        if not run.state.final and run.cancel_pending is not None:
+        if run.state.final:
+            return
+        more = run.more  # its rarer fields, read once
+        if more is not None and more.cancel_pending is not None:
             # It began before its worker read the cancel, and ran to its end: its own
             # outcome stands (cancel() said "not known yet" and now answers False).
             self._invalidate(run)
-            run.cancel_pending = None
+            more.cancel_pending = None
             if run.state is not _S.RUNNING:
                 self._set(run, _S.RUNNING)
                 run.attempts += 1
@@ -710,9 +753,9 @@ class Core(Dispatcher):
                 self._end(run, _S.COMPLETED, now, ok=True, value=value)
             else:
                 self._end(run, _S.FAILED, now, ok=False, value=value, tb=tb)
-        elif not run.state.final and run.hb_reason is not None:
+        elif more is not None and more.hb_reason is not None:
             self._finish_timeout(run, now)  # it ended inside its grace period
-        elif not run.state.final:
+        else:
             self._invalidate(run)
             if ok:
                 self._end(run, _S.COMPLETED, now, ok=True, value=value)
@@ -829,14 +872,17 @@ class Core(Dispatcher):
         check_task(_S.SCHEDULED, _S.CANCELLED)
         bulk: list[Run] = []
         scheduled, cancelled = _S.SCHEDULED, _S.CANCELLED
-        for _, _, gen, run in starts:
-            if run.gen == gen and run.state is scheduled:
-                if run.policy.key is None and run.job is None and run.wall_due is None:
+        for due, _, run in starts:
+            if run.state is scheduled and run.due == due:
+                more = run.more
+                if run.policy.key is None and (
+                        more is None or (more.job is None and more.wall_due is None)):
                     # What cancel() does to it, at once (counted below).
-                    run.gen += 1
                     run.state = cancelled
-                    run.finished_at = now
-                    run.value_ok = False
+                    if more is not None:  # else it ends at the Cancelled action's ``at``
+                        more.gen += 1  # (without, it never had a timer but its START)
+                        more.finished_at = now
+                        more.value_ok = False
                     bulk.append(run)
                 else:
                     self.cancel_run(run, now)
@@ -1034,17 +1080,20 @@ class Core(Dispatcher):
         if run.state is _S.SCHEDULED:
             self._invalidate(run)
         self._set(run, state)
-        run.finished_at = now
-        run.value_ok = ok
-        run.value = value
-        run.tb = tb
+        more = run.more
+        if more is None:
+            more = run.more = RunMore()
+        more.finished_at = now
+        more.value_ok = ok
+        more.value = value
+        more.tb = tb
         self.actions.append(Resolve(run))
-        if run.wall_due is not None:
-            run.wall_due = None
+        if more.wall_due is not None:
+            more.wall_due = None
             self.wall_anchored.pop(("run", run.seq), None)
         if run.policy.key is not None:
             self._stream_ended(run, now)
-        if run.job is not None:
+        if more.job is not None:
             self.jobs.run_ended(run, now)
 
     def _after_head_change(self, w: Worker, now: float) -> None:

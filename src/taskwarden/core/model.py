@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from croniter import croniter
 
@@ -15,8 +15,11 @@ from .._states import JobState, TaskState
 
 _S = TaskState
 
-class Run:
-    """One task as the core sees it (the driver's Task is found by ``seq``)."""
+
+class RunMore:
+    """What only some runs need (a run started, timed, keyed, of a job, cancelled while
+    queued on a worker, ended...): made on demand, so that a run that merely waits for
+    its time (a million of them) costs its few common fields and no more."""
 
     __slots__ = (
         "attempts",
@@ -24,19 +27,14 @@ class Run:
         "cancel_error",
         "cancel_pending",
         "deadline",
-        "due",
         "finished_at",
         "gen",
         "hb_reason",
         "job",
         "last_beat",
         "not_before",
-        "payload",
-        "policy",
         "progress",
-        "seq",
         "started_at",
-        "state",
         "stealing",
         "tb",
         "value",
@@ -46,34 +44,119 @@ class Run:
         "worker_pid",
     )
 
-    def __init__(self, seq: int, payload: bytes, policy: Policy) -> None:
+    def __init__(self) -> None:
+        self.gen = 0  # bumped to make its timers stale (see Run)
+        self.worker: Worker | None = None
+        self.attempts = 0
+        self.started_at: float | None = None
+        self.worker_pid: int | None = None
+        self.finished_at: float | None = None
+        self.blocked = False
+        # A cancel asked while the run sits on a worker, not started: the state and error
+        # it ends with once the worker confirms the skip (or its process is killed).
+        self.cancel_error: BaseException | None = None
+        self.cancel_pending: TaskState | None = None
+        self.deadline: float | None = None
+        self.hb_reason: str | None = None
+        self.job: JobRec | None = None
+        self.last_beat = 0.0
+        self.not_before: float | None = None  # a timed start: the worker begins no earlier
+        self.progress: Any = None
+        self.stealing = False
+        self.tb: str | None = None
+        self.value: Any = None
+        self.value_ok = False
+        self.wall_due: float | None = None
+
+
+_T = TypeVar("_T")
+
+
+class _More(Generic[_T]):
+    """A field of ``Run`` kept in its ``RunMore``: reads give the default until it is
+    made (by the first write of any such field)."""
+
+    __slots__ = ("default", "name")
+
+    def __init__(self, default: _T) -> None:
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, run: None, owner: type) -> _More[_T]: ...
+
+    @overload
+    def __get__(self, run: Run, owner: type) -> _T: ...
+
+    def __get__(self, run: Run | None, owner: type) -> _T | _More[_T]:
+        if run is None:
+            return self
+        more = run.more
+        if more is None:
+            return self.default
+        value: _T = getattr(more, self.name)
+        return value
+
+    def __set__(self, run: Run, value: _T) -> None:
+        more = run.more
+        if more is None:
+            if value is self.default:
+                return  # already so: no RunMore made for it
+            more = run.more = RunMore()
+        setattr(more, self.name, value)
+
+
+class Run:
+    """One task as the core sees it (the driver's Task is found by ``seq``).
+
+    The fields every run has are its own; the others (``RunMore``) are made when one
+    of them is first set, and read as their defaults until then. Code on a hot path
+    reads ``run.more`` once instead of several of them."""
+
+    __slots__ = ("due", "more", "payload", "policy", "seq", "state")
+
+    def __init__(self, seq: int, payload: bytes, policy: Policy, due: float = 0.0) -> None:
         self.seq = seq
         self.payload = payload
         self.policy = policy
         self.state = _S.PENDING
-        self.due = 0.0
-        self.gen = 0
-        self.worker: Worker | None = None
-        self.worker_pid: int | None = None
-        self.attempts = 0
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.deadline: float | None = None
-        self.last_beat = 0.0
-        self.progress: Any = None
-        self.value: Any = None
-        self.value_ok = False
-        self.tb: str | None = None
-        # A cancel asked while the run sits on a worker, not started: the state and error
-        # it ends with once the worker confirms the skip (or its process is killed).
-        self.cancel_pending: TaskState | None = None
-        self.cancel_error: BaseException | None = None
-        self.stealing = False
-        self.blocked = False
-        self.hb_reason: str | None = None
-        self.not_before: float | None = None  # a timed start: the worker begins no earlier
-        self.job: JobRec | None = None
-        self.wall_due: float | None = None
+        # When it may start (monotonic). A new run's: as its call read it, 0.0 for "at
+        # once" (see AddMany).
+        self.due = due
+        self.more: RunMore | None = None
+
+    # Its timers (deadline, heartbeat, grace, skip) are stale once ``gen`` has moved on
+    # (its START entry goes by its state and due: see Core._arm).
+    gen = _More(0)
+    worker: _More[Worker | None] = _More(None)  # the worker it was handed to
+    attempts = _More(0)  # how many times it was started
+    started_at: _More[float | None] = _More(None)  # the latest attempt's start
+    worker_pid: _More[int | None] = _More(None)  # the latest attempt's worker process
+    # When it ended (a run cancelled in bulk at shutdown, with none of these fields,
+    # ends at its Cancelled action's ``at``).
+    finished_at: _More[float | None] = _More(None)
+    blocked = _More(False)  # a keyed run waiting for its turn (on_conflict="queue")
+    cancel_error: _More[BaseException | None] = _More(None)
+    cancel_pending: _More[TaskState | None] = _More(None)  # see RunMore
+    deadline: _More[float | None] = _More(None)  # the hard time limit of the current attempt
+    hb_reason: _More[str | None] = _More(None)  # why it timed out (a limit, a missed heartbeat)
+    job: _More[JobRec | None] = _More(None)
+    last_beat = _More(0.0)
+    not_before: _More[float | None] = _More(None)
+    progress: _More[Any] = _More(None)
+    stealing = _More(False)  # taken back from the worker it was prefetched on
+    tb: _More[str | None] = _More(None)
+    value: _More[Any] = _More(None)
+    value_ok = _More(False)
+    wall_due: _More[float | None] = _More(None)
+
+    def __lt__(self, other: Run) -> bool:
+        # A START entry (due, seq, run) is compared by its run only against another entry
+        # of the same time and seq, which is the same run (seqs are unique).
+        return False
 
     def __repr__(self) -> str:
         return f"<Run {self.seq} {self.state.value}>"
@@ -252,6 +335,16 @@ class Add:
 
 
 @dataclass(slots=True)
+class AddMany:
+    """New runs, in order: ``Add`` of each, due at its own ``due`` (a time not later than
+    now, such as the default 0.0: at once), following the wall clock to its ``wall_due``
+    if that is set, with the one dispatch after them all. The driver hands over the new
+    tasks of a round so (a million ``schedule()`` calls in a row are a use case)."""
+
+    runs: list[Run]
+
+
+@dataclass(slots=True)
 class AddJob:
     job: JobRec
     first_due: float | None = None
@@ -311,6 +404,7 @@ class ClockChanged:
 
 
 TICK = Tick()
-Command = Start | Add | AddJob | Cancel | Reschedule | JobControl | Close | Tick | ClockChanged
+Command = (Start | Add | AddMany | AddJob | Cancel | Reschedule | JobControl | Close | Tick
+           | ClockChanged)
 
 

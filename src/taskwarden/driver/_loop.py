@@ -58,8 +58,8 @@ class LoopSide:
     _pool: P.Pool
     _reactor: Reactor  # the loop's wait: the pool's fds, wake-ups, deadlines
     _actions: list[E.Action]  # the core's, not carried out yet
-    # New tasks: a plain submit()'s Task, or (Task, due, wall_due) for a timed one.
-    _adds: deque[Task[Any] | tuple[Task[Any], float | None, float | None]]
+    # New tasks, their runs' due and wall_due set by the caller (see model.AddMany).
+    _adds: deque[Task[Any]]
     _commands: deque[Callable[[], Any]]
     _close_lock: threading.Lock
     _closed: bool
@@ -93,34 +93,23 @@ class LoopSide:
         job._started(task)
 
     def _take_adds(self) -> None:
+        """The new tasks queued so far go to the core together (one AddMany)."""
         adds = self._adds
         if not adds:
             return
-        core = self._core
-        tasks, now, handle = self._tasks, self._clock.monotonic(), core.handle
-        cmd: E.Add | None = None  # one command, refilled: the core keeps nothing of it
+        tasks = self._tasks
+        batch: list[Task[Any]] = []
+        runs: list[E.Run] = []
         while adds:
-            item = adds.popleft()
-            due = wall = None
-            if isinstance(item, tuple):
-                task, due, wall = item
-            else:
-                task = item
+            task = adds.popleft()
             run = task._run
             tasks[run.seq] = task
-            if cmd is None:
-                cmd = E.Add(run, due, wall)
-            else:
-                cmd.run, cmd.due, cmd.wall_due = run, due, wall
-            actions = handle(cmd, now)
-            if actions:
-                if core.jobs_touched:
-                    actions = self._answer_jobs(actions)
-                if self._actions:
-                    self._actions.extend(actions)
-                else:
-                    self._actions = actions
-            state = run.state
+            batch.append(task)
+            runs.append(run)
+        self._do(E.AddMany(runs))
+        del runs
+        for task in batch:
+            state = task._run.state
             if task._view[0] is not state:
                 # The core chose another first state. A change it made (RUNNING, an end)
                 # is in ``touched``: _publish shows it this round, built once.
@@ -180,8 +169,12 @@ class LoopSide:
         for run in touched:
             task = tasks.get(run.seq)
             if task is not None:
-                task._view = (run.state, run.attempts, run.worker_pid, run.started_at,
-                              run.finished_at, run.progress)
+                more = run.more
+                if more is None:
+                    task._view = (run.state, 0, None, None, None, None)
+                else:
+                    task._view = (run.state, more.attempts, more.worker_pid, more.started_at,
+                                  more.finished_at, more.progress)
         touched.clear()
 
     # -------------------------------------------------------------- the loop
@@ -240,8 +233,7 @@ class LoopSide:
             for wid in list(self._parked):
                 self._release(wid)
             while self._adds:
-                item = self._adds.popleft()
-                task = item[0] if isinstance(item, tuple) else item
+                task = self._adds.popleft()
                 self._tasks[task._run.seq] = task
             # Anything still unresolved (the loop died) must not hang its callers, and
             # its state says what its future says.
@@ -416,17 +408,20 @@ class LoopSide:
             return
         # The run may stay named by the core a while (a stale timer, a job's recent runs):
         # it lets go of the outcome, which the task alone holds from now.
-        value, run.value = run.value, None
+        more = run.more
+        if more is None:  # an end without an outcome (never so, but for a bulk cancel)
+            more = run.more = E.RunMore()
+        value, more.value = more.value, None
         # Kept or let go before the callbacks, which may look it up.
         if task._keep or task.job is not None:
             self._retain(task)
         else:
             self._let_go(run.seq, task)  # what _retain does with a submit()'s task
-        if run.value_ok:
+        if more.value_ok:
             if not task._finish_quietly(value, None):
                 Future.set_result(task, value)
         else:
-            task.traceback = run.tb
+            task.traceback = more.tb
             task.set_exception(value)
         del value
         job = task.job
@@ -447,7 +442,9 @@ class LoopSide:
             task = get(run.seq)
             if task is None or task._state == _FINISHED:
                 continue
-            task._view = shared if run.attempts == 0 and run.progress is None else _view(run)
+            more = run.more
+            fresh = more is None or (more.attempts == 0 and more.progress is None)
+            task._view = shared if fresh else _view(run)
             ended.append(task)
         watched = finish_unwatched(ended)
         if watched:
@@ -568,19 +565,21 @@ class LoopSide:
 def _opts(run: E.Run) -> dict[str, Any] | None:
     """What the worker needs to know besides the call; None for a plain first attempt."""
     p = run.policy
-    attempt = run.attempts + (0 if run.state is TaskState.RUNNING else 1)
-    if (attempt == 1 and p.timeout is None and p.heartbeat is None
-            and run.not_before is None):
+    more = run.more
+    attempts = 0 if more is None else more.attempts
+    attempt = attempts + (0 if run.state is TaskState.RUNNING else 1)
+    not_before = None if more is None else more.not_before
+    if attempt == 1 and p.timeout is None and p.heartbeat is None and not_before is None:
         return None
     opts: dict[str, Any] = {"attempt": attempt}
     if p.timeout is not None:
         opts["timeout"] = p.timeout
     if p.heartbeat is not None:
         opts["heartbeat"] = p.heartbeat
-    if run.attempts and run.progress is not None:
-        opts["previous_progress"] = run.progress
-    if run.not_before is not None:
-        opts["not_before"] = run.not_before
+    if attempts and more is not None and more.progress is not None:
+        opts["previous_progress"] = more.progress
+    if not_before is not None:
+        opts["not_before"] = not_before
     return opts
 
 
@@ -594,5 +593,8 @@ def _invoke_callbacks(task: Task[Any], callbacks: list[Any]) -> None:
 
 def _view(run: E.Run) -> TaskView:
     """What a task shows its callers of its run."""
-    return (run.state, run.attempts, run.worker_pid, run.started_at, run.finished_at,
-            run.progress)
+    more = run.more
+    if more is None:
+        return (run.state, 0, None, None, None, None)
+    return (run.state, more.attempts, more.worker_pid, more.started_at, more.finished_at,
+            more.progress)

@@ -89,6 +89,7 @@ from .task import PENDING_VIEW, SCHEDULED_VIEW, Task
 T = TypeVar("T")
 R = TypeVar("R")
 PLAIN_CALLS = 256  # functions whose argument-less call's payload is remembered
+_NO_KWARGS: dict[str, Any] = {}  # a call's kwargs when it gives none (only ever read)
 
 FAR_FUTURE = 24 * 3600.0  # a start this far ahead follows the wall clock
 WALL_CHECK = 60.0  # how often the wall clock is compared while starts follow it
@@ -97,6 +98,18 @@ _log = logging.getLogger("taskwarden")
 KEEP_FINISHED_BYTES = 128 * 2**20  # default bound on the outcomes kept for get()
 
 _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+# How many os.fork()s led to this process: a Supervisor made before the last one belongs
+# to an ancestor. Checked on every submit, where os.getpid() (a system call) would cost.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 @atexit.register
@@ -187,6 +200,7 @@ class Supervisor(Executor, LoopSide):
         self._workers = workers
         self._keep_finished = keep_finished
         self._pid = os.getpid()  # the process that owns the workers (see _check_process)
+        self._forks = _forks  # the same, as the count of forks: cheaper to compare
         # Done-callbacks run here, in order, so that user code never runs on the loop.
         self._callbacks: queue.SimpleQueue[tuple[Task[Any], list[Any]] | None] = (
             queue.SimpleQueue())
@@ -200,7 +214,7 @@ class Supervisor(Executor, LoopSide):
         self._seq = itertools.count(1)
         self._commands: deque[Callable[[], Any]] = deque()
         # New tasks: a queue of their own (no closure each); drained before the commands.
-        self._adds: deque[Task[Any] | tuple[Task[Any], float | None, float | None]] = deque()
+        self._adds: deque[Task[Any]] = deque()
         self._plain_calls: dict[Callable[..., Any], bytes] = {}  # see _remember_plain_call
         self._closed = False
         self._close_lock = threading.Lock()
@@ -360,31 +374,47 @@ class Supervisor(Executor, LoopSide):
             raise TypeError(f"name must be a str, not {name!r}")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {kwargs!r}")
-        policy = given(timeout=timeout, heartbeat=heartbeat, grace=grace, retries=retries,
-                       retry_delay=retry_delay, retry_on=retry_on, key=key,
-                       on_conflict=on_conflict, debounce=debounce)
-        job_rules = given(overlap=overlap, anchor=anchor, max_runs=max_runs, until=until)
-        if every is not None or cron is not None:
-            return self._new_job(fn, tuple(args), kwargs or {}, at, delay, every, cron, name,
-                                 {**policy, **job_rules})
-        if job_rules:
+        # The common call gives no policy keyword: the Supervisor's defaults as they are,
+        # with no dictionary made (a million calls in a row are a use case).
+        if (timeout is UNSET and heartbeat is UNSET and grace is UNSET and retries is UNSET
+                and retry_delay is UNSET and retry_on is UNSET and key is UNSET
+                and on_conflict is UNSET and debounce is UNSET):
+            policy: dict[str, Any] = {}
+        else:
+            policy = given(timeout=timeout, heartbeat=heartbeat, grace=grace, retries=retries,
+                           retry_delay=retry_delay, retry_on=retry_on, key=key,
+                           on_conflict=on_conflict, debounce=debounce)
+        if every is not None or cron is not None or not (
+                overlap is UNSET and anchor is UNSET and max_runs is UNSET and until is UNSET):
+            job_rules = given(overlap=overlap, anchor=anchor, max_runs=max_runs, until=until)
+            if every is not None or cron is not None:
+                return self._new_job(fn, tuple(args), kwargs or {}, at, delay, every, cron,
+                                     name, {**policy, **job_rules})
             raise TypeError(
                 f"schedule() got job keyword(s) {', '.join(sorted(job_rules))} for a one-shot "
                 f"task: they apply to recurring jobs (every= or cron=)"
             )
         pol = self._defaults.with_overrides(normalize(policy)) if policy else self._defaults
-        if (type(delay) is float or type(delay) is int) and 0 <= delay <= MAX_SECONDS:
-            postpone_by: float | None = float(delay)  # what seconds() makes of it, sooner
+        postpone_by: float | None
+        if at is None and (type(delay) is float or type(delay) is int) and (
+                0 <= delay <= MAX_SECONDS):
+            # A plain delay (the common case): what _start_of makes of it, sooner. The
+            # delay is kept for kick() as given (the caller's int is not made a float).
+            postpone_by = delay
+            clock = self._clock
+            read = clock.monotonic()
+            now: float | None = read
+            due: float | None = read + delay
+            wall = clock.time() + delay if delay >= FAR_FUTURE else None
         else:
+            now = None
             postpone_by = None if delay is None else seconds("delay", delay)
-        # The delay goes on as the float it was read as (not read twice).
-        due, wall = self._start_of(at, postpone_by, checked=True)
-        if postpone_by is None and due is not None:
-            postpone_by = max(0.0, due - self._clock.monotonic())
-        elif type(delay) is int and delay == postpone_by:
-            postpone_by = delay  # kept for kick() as given: the caller's int, not a new float
-        return self._new_task(fn, tuple(args), kwargs or {}, pol, name, due, postpone_by, wall,
-                              keep=True)
+            # The delay goes on as the float it was read as (not read twice).
+            due, wall = self._start_of(at, postpone_by, checked=True)
+            if postpone_by is None and due is not None:
+                postpone_by = max(0.0, due - self._clock.monotonic())
+        return self._new_task(fn, args if type(args) is tuple else tuple(args),
+                              kwargs or _NO_KWARGS, pol, name, due, postpone_by, wall, True, now)
 
     def _start_of(
         self, at: datetime | float | None, delay: Seconds | None, required: bool = False,
@@ -560,7 +590,10 @@ class Supervisor(Executor, LoopSide):
         delay: float | None,
         wall: float | None,
         keep: bool = False,
+        now: float | None = None,
     ) -> Task[Any]:
+        """A new task, queued for the loop. ``now``: the monotonic time ``due`` was
+        computed from, if the caller read it (else it is read here)."""
         plain = not args and not kwargs and type(fn) is FunctionType
         payload = self._plain_calls.get(fn) if plain else None
         if payload is None:
@@ -570,14 +603,15 @@ class Supervisor(Executor, LoopSide):
             payload = pickle_call(fn, args, kwargs, "task")
             if plain:
                 self._remember_plain_call(fn, payload)
-        run = E.Run(next(self._seq), payload, policy)
+        run = E.Run(next(self._seq), payload, policy, 0.0 if due is None else due)
         # As the caller sees it until the loop publishes the core's own view of it.
-        waits = ((due is not None and due > self._clock.monotonic())
-                 or (policy.debounce and policy.key))
+        key = policy.key
+        waits = ((due is not None and due > (self._clock.monotonic() if now is None else now))
+                 or (key is not None and policy.debounce))
         # keep: get() finds it after the fact (see _retain)
         task: Task[Any] = Task(self, run, name, delay, SCHEDULED_VIEW if waits else PENDING_VIEW,
                                keep)
-        if policy.key is not None and policy.on_conflict == "drop":
+        if key is not None and policy.on_conflict == "drop":
             # The call may return an older task of the key: ask the loop, and wait.
             self._queue(None)
 
@@ -588,10 +622,16 @@ class Supervisor(Executor, LoopSide):
                 return self._c_add(task, due, wall)
 
             return self._ask(add_now)
-        if due is None and wall is None:
-            self._queue_add(task)
-        else:
-            self._queue_add((task, due, wall))
+        if wall is not None:
+            run.wall_due = wall  # the loop hands it over with the run (AddMany)
+        # What _queue does, for a task (no closure made for it).
+        if _forks != self._forks:
+            self._check_process()
+        with self._close_lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
+            self._adds.append(task)
+        self._reactor.wake()
         return task
 
     def _remember_plain_call(self, fn: Callable[..., Any], payload: bytes) -> None:
@@ -610,15 +650,6 @@ class Supervisor(Executor, LoopSide):
             if len(self._plain_calls) >= PLAIN_CALLS:
                 self._plain_calls.clear()
             self._plain_calls[fn] = payload
-
-    def _queue_add(self, item: Task[Any] | tuple[Task[Any], float | None, float | None]) -> None:
-        """``_queue`` of a new task (no closure made for it)."""
-        self._check_process()
-        with self._close_lock:
-            if self._closed:
-                raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
-            self._adds.append(item)
-        self._reactor.wake()
 
     def _queue(self, put: Callable[[], object] | None) -> None:
         """Refuse new work after shutdown; else ``put`` it on its queue and wake the loop."""
@@ -641,7 +672,7 @@ class Supervisor(Executor, LoopSide):
         self._reactor.wake()
 
     def _check_process(self) -> None:
-        if os.getpid() != self._pid:
+        if _forks != self._forks or os.getpid() != self._pid:
             raise RuntimeError(
                 f"this Supervisor belongs to process {self._pid}: it cannot be used in a "
                 f"child made by os.fork() (nothing there would run its tasks); create a new "

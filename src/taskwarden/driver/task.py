@@ -83,33 +83,31 @@ class Task(Future[T]):
         # would be most of a scheduled task's memory. ``_condition`` is made on first use.
         # ``_waiters`` and ``_done_callbacks`` stay the class's empty tuples until then:
         # Future only appends to them while holding ``_condition``.
-        # What most tasks never set is a class default (each attribute set here costs
-        # every task 8 bytes); what every task sets on its way (its outcome) is set here
-        # first, always in this order, so that its instance dict stays a shared-key one.
-        self._state = _PENDING
-        self._result: Any = None
-        self._exception: BaseException | None = None
+        # What every task has is a slot (8 bytes each); the rest is a class default, set
+        # in the instance's dict when a task has it. Its outcome (``_state``, ``_result``,
+        # ``_exception``) too: a task that waits for its time (a million of them) has
+        # none yet.
         self._supervisor = supervisor
         # The core's record: a token for the commands this task sends to the loop, and
         # its seq and policy (never changed). Anything else of it is the loop's alone.
         self._run = run
         self._view = view  # written by the loop only, in one step
-        if delay is not None:
-            self._delay = delay
-        if keep:
-            self._keep = True  # kept for get() once finished (see _retain)
+        self._delay = delay  # what kick() postpones by
+        self._keep = keep  # kept for get() once finished (see _retain)
         if name is not None:
             self.name = name
 
+    __slots__ = ("_delay", "_keep", "_run", "_supervisor", "_view")
+    _state = _PENDING
+    _result: Any = None
+    _exception: BaseException | None = None
     _cond: threading.Condition | None = None
-    _delay: float | None = None  # what kick() postpones by
     job: Any = None  # the Job this task is a run of, if any
     name: str | None = None
     traceback: str | None = None
     _waiters: Any = ()
     _done_callbacks: Any = ()
     _inline_callbacks: Any = ()  # taskwarden's own (the asyncio bridge): never block
-    _keep = False  # kept for get() once finished (schedule() tasks and job runs)
     _size = 0  # bytes its outcome took on the wire (counted against keep_finished_bytes)
 
     @property
