@@ -49,6 +49,7 @@ from ..pool.base import (
 from .dispatch import Dispatcher
 from .jobs import JobBook
 from .model import (
+    NOT_ARMED,
     TICK,
     Action,
     Add,
@@ -68,6 +69,7 @@ from .model import (
     Kill,
     NewRun,
     Note,
+    Rearm,
     Reschedule,
     Resolve,
     Run,
@@ -116,6 +118,15 @@ _NONE: list[Action] = []  # handle's answer when nothing is to be done: never fi
 _S = TaskState
 
 
+def _armed_run(entry: Run | Rearm) -> Run | None:
+    """The run of a START entry while the entry is live: the run is SCHEDULED for the
+    time the entry was armed for (a run moved elsewhere has another ``due``; two live
+    entries of one run and time fire it once, the second finding it started)."""
+    run = entry.run if type(entry) is Rearm else entry
+    assert isinstance(run, Run)
+    return run if run.state is _S.SCHEDULED and run.due == entry.armed else None
+
+
 class Core(Dispatcher):
     """Scheduling heap, dispatch, watchdogs and retries. See the module docstring."""
 
@@ -151,7 +162,7 @@ class Core(Dispatcher):
         self._heap: list[tuple[float, int, int, Any, int]] = []
         # Scheduled starts, apart: (due, seq, run), fired ``lead`` before ``due`` if the
         # run is still SCHEDULED for ``due`` (see ``_arm``).
-        self._starts: list[tuple[float, int, Run]] = []
+        self._starts: list[Run | Rearm] = []
         self._counter = itertools.count()
         self._wids = itertools.count(1)
         self._stale = 0
@@ -364,11 +375,16 @@ class Core(Dispatcher):
         heapq.heappush(self._heap, (when, next(self._counter), kind, obj, gen))
 
     def _arm(self, run: Run) -> None:
-        """A START timer for ``run``, fired ``lead`` before ``run.due``: one compact entry
-        that shares the run's own ``due`` and ``seq`` (a million scheduled runs). It stays
-        live while the run is SCHEDULED for that time (no ``gen`` needed: a run moved
-        elsewhere has another ``due``, and two entries of one time fire it once)."""
-        heapq.heappush(self._starts, (run.due, run.seq, run))
+        """A START timer for ``run``, fired ``lead`` before ``run.due``. The first is the
+        run itself (a million scheduled runs: no other object each, so nothing more for
+        the garbage collector to walk); later ones are a ``Rearm``. An entry stays live
+        while the run is SCHEDULED for its time (no ``gen`` needed: a run moved elsewhere
+        has another ``due``, and two entries of one time fire it once)."""
+        if run.armed == NOT_ARMED:
+            run.armed = run.due  # its own entry: no other object per scheduled run
+            heapq.heappush(self._starts, run)
+        else:  # it may still be in the heap under its first time, which stays
+            heapq.heappush(self._starts, Rearm(run))
 
     def _invalidate(self, run: Run) -> None:
         """Make every heap entry of ``run`` stale (lazy deletion)."""
@@ -390,33 +406,32 @@ class Core(Dispatcher):
                 continue
             break
         while starts:
-            due, _, run = starts[0]
-            if run.state is _S.SCHEDULED and run.due == due:
+            if _armed_run(starts[0]) is not None:
                 break
             heapq.heappop(starts)
             self._stale = max(0, self._stale - 1)
         if starts:
-            start = starts[0][0] - self.timings.lead
+            start = starts[0].armed - self.timings.lead
             return min(start, heap[0][0]) if heap else start
         return heap[0][0] if heap else None
 
     def armed_starts(self) -> list[Run]:
         """The runs whose START timer is live (for tests' invariants)."""
-        return [e[2] for e in self._starts if e[2].state is _S.SCHEDULED and e[2].due == e[0]]
+        return [run for run in map(_armed_run, self._starts) if run is not None]
 
     def _compact(self) -> None:
         self._heap = [e for e in self._heap if e[2] == CALLBACK or e[3].gen == e[4]]
         heapq.heapify(self._heap)
-        self._starts = [e for e in self._starts if e[2].state is _S.SCHEDULED and e[2].due == e[0]]
+        self._starts = [e for e in self._starts if _armed_run(e) is not None]
         heapq.heapify(self._starts)
         self._stale = 0
 
     def _fire_starts(self, until: float, now: float) -> None:
         """Fire the START timers due by ``until`` (``<= now``), in order."""
-        starts, lead, scheduled = self._starts, self.timings.lead, _S.SCHEDULED
-        while starts and starts[0][0] - lead <= until:
-            due, _, run = heapq.heappop(starts)
-            if run.state is not scheduled or run.due != due:
+        starts, lead = self._starts, self.timings.lead
+        while starts and starts[0].armed - lead <= until:
+            run = _armed_run(heapq.heappop(starts))
+            if run is None:
                 self._stale = max(0, self._stale - 1)
                 continue
             self._make_pending(run, now)
@@ -427,7 +442,7 @@ class Core(Dispatcher):
         # Starts and the other timers fire in the order of their times (a start first
         # on a tie).
         while heap and heap[0][0] <= now:
-            if starts and starts[0][0] - lead <= heap[0][0]:
+            if starts and starts[0].armed - lead <= heap[0][0]:
                 self._fire_starts(heap[0][0], now)
             _, _, kind, obj, gen = heapq.heappop(heap)
             if kind == CALLBACK:
@@ -470,7 +485,7 @@ class Core(Dispatcher):
                     self._kill_worker(w, now, f"task {self._id(run.seq)} was cancelled "
                                       f"and may have begun before its worker read the cancel")
                     self._end_cancelled(run, now)
-        if starts and starts[0][0] - lead <= now:
+        if starts and starts[0].armed - lead <= now:
             self._fire_starts(now, now)
 
     # ----------------------------------------------------------------- input
@@ -529,7 +544,8 @@ class Core(Dispatcher):
                 run.state = scheduled
                 self.by_state[scheduled] += 1
                 self.scheduled += 1
-                push(starts, (due, run.seq, run))
+                run.armed = due  # its own START entry (see _arm)
+                push(starts, run)
                 continue
             wall = None
             if more is not None and more.wall_due is not None:
@@ -872,8 +888,9 @@ class Core(Dispatcher):
         check_task(_S.SCHEDULED, _S.CANCELLED)
         bulk: list[Run] = []
         scheduled, cancelled = _S.SCHEDULED, _S.CANCELLED
-        for due, _, run in starts:
-            if run.state is scheduled and run.due == due:
+        for entry in starts:
+            run = _armed_run(entry)
+            if run is not None:
                 more = run.more
                 if run.policy.key is None and (
                         more is None or (more.job is None and more.wall_due is None)):

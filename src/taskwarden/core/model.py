@@ -3,6 +3,7 @@ the core and the actions the core returns. Plain data: no behaviour but its own 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -109,6 +110,9 @@ class _More(Generic[_T]):
         setattr(more, self.name, value)
 
 
+NOT_ARMED = -math.inf  # Run.armed of a run never armed (never in Core._starts)
+
+
 class Run:
     """One task as the core sees it (the driver's Task is found by ``seq``).
 
@@ -116,7 +120,7 @@ class Run:
     of them is first set, and read as their defaults until then. Code on a hot path
     reads ``run.more`` once instead of several of them."""
 
-    __slots__ = ("due", "more", "payload", "policy", "seq", "state")
+    __slots__ = ("armed", "due", "more", "payload", "policy", "seq", "state")
 
     def __init__(self, seq: int, payload: bytes, policy: Policy, due: float = 0.0) -> None:
         self.seq = seq
@@ -127,6 +131,9 @@ class Run:
         # once" (see AddMany).
         self.due = due
         self.more: RunMore | None = None
+        # The run is its own first START entry (see Core._arm): the due it was armed
+        # for then, its place in the heap, never changed after (NOT_ARMED: not yet).
+        self.armed = NOT_ARMED
 
     # Its timers (deadline, heartbeat, grace, skip) are stale once ``gen`` has moved on
     # (its START entry goes by its state and due: see Core._arm).
@@ -153,13 +160,30 @@ class Run:
     value_ok = _More(False)
     wall_due: _More[float | None] = _More(None)
 
-    def __lt__(self, other: Run) -> bool:
-        # A START entry (due, seq, run) is compared by its run only against another entry
-        # of the same time and seq, which is the same run (seqs are unique).
-        return False
+    def __lt__(self, other: Run | Rearm) -> bool:
+        # As a START entry (Core._starts): by the time it was armed for, then by seq.
+        a, b = self.armed, other.armed
+        return a < b or (a == b and self.seq < other.seq)
 
     def __repr__(self) -> str:
         return f"<Run {self.seq} {self.state.value}>"
+
+
+class Rearm:
+    """A START entry for a run armed again (moved to another time, or SCHEDULED anew
+    after an attempt): the run itself is its first entry, and its heap key cannot change
+    while it may still sit in the heap."""
+
+    __slots__ = ("armed", "run", "seq")
+
+    def __init__(self, run: Run) -> None:
+        self.armed = run.due
+        self.seq = run.seq
+        self.run = run
+
+    def __lt__(self, other: Run | Rearm) -> bool:
+        a, b = self.armed, other.armed
+        return a < b or (a == b and self.seq < other.seq)
 
 
 class Worker:

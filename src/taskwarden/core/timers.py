@@ -3,9 +3,10 @@
 The heap (``Core._heap``) holds ``(when, counter, kind, obj, gen)``: ``obj`` is a Run, a
 Worker or a JobRec whose ``gen`` must still equal ``gen`` (else the entry is stale), or
 for CALLBACK a callable taking the time. The scheduled starts (START), up to millions,
-have a heap of their own (``Core._starts``) of compact entries ``(due, seq, run)`` that
-share the run's own ``due`` and ``seq``: each fires ``lead`` before its ``due`` if the run
-is still SCHEDULED for that time.
+have a heap of their own (``Core._starts``), ordered by ``(armed, seq)``: a run is its own
+first entry (``Run.armed``, the due it was armed for, fixed from then on), and a run armed
+again gets a small ``Rearm``. An entry fires ``lead`` before its time if the run is still
+SCHEDULED for that time.
 """
 
 from __future__ import annotations
