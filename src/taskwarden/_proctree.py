@@ -30,6 +30,29 @@ KILL_WAIT = 5.0  # seconds kill_trees waits for killed processes to die
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
+def read_proc(path: str) -> bytes | None:
+    """The whole of a /proc file, or None if it cannot be read (the process is gone).
+
+    ``os.open``/``os.read`` rather than ``open()``: no buffer or text layer to
+    build, which is most of the cost of a small /proc read from Python.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError:  # ESRCH: the process exited between open and read
+        return None
+    finally:
+        os.close(fd)
+
+
 def _children(pid: int) -> list[int]:
     """Direct children of ``pid``; a thread or the process vanishing is no error."""
     out: list[int] = []
@@ -38,28 +61,33 @@ def _children(pid: int) -> list[int]:
     except (FileNotFoundError, ProcessLookupError):
         return out  # the process is gone
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                text = f.read()
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # that thread ended just now
-        out.extend(int(c) for c in text.split())
+        text = read_proc(f"/proc/{pid}/task/{tid}/children")
+        if text:  # None: that thread ended just now
+            out.extend(map(int, text.split()))
     return out
 
 
+_proc_children: bool | None = None
+
+
 def _have_proc_children() -> bool:
-    return os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    global _proc_children
+    if _proc_children is None:
+        _proc_children = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    return _proc_children
+
+
+def _state(stat: bytes) -> bytes:
+    """The state letter of a /proc/<pid>/stat line (after the command name, which may
+    itself hold spaces and ")"); b"" if the line is cut short."""
+    end = stat.rfind(b")")
+    return stat[end + 2 : end + 3]
 
 
 def _stopped(pid: int) -> bool:
     """True once ``pid`` is stopped, dead or gone (read from /proc/<pid>/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return True
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state in (b"T", b"t", b"Z", b"X", b"")
+    stat = read_proc(f"/proc/{pid}/stat")
+    return stat is None or _state(stat) in (b"T", b"t", b"Z", b"X", b"")
 
 
 def _freeze(pid: int) -> None:
@@ -152,23 +180,39 @@ def become_subreaper() -> bool:
 
 
 def leftovers(under: int | None = None) -> list[psutil.Process]:
-    """Every descendant of ``under`` (default: this process), zombies included."""
+    """Every descendant of ``under`` (default: this process), zombies included.
+
+    Read from the /proc children lists (``descendants``: microseconds), not
+    psutil's ``children(recursive=True)``, which reads every process on the
+    machine (milliseconds, on every run's sweep). Like any listing it is a
+    moment's: a process forked while it is read may be missed. What that
+    leaves is found when the process that forked it is killed (its orphans
+    come to the subreaper, and the command line sweeps again).
+    """
     import psutil
 
-    try:
-        return psutil.Process(under).children(recursive=True)
-    except psutil.Error:
-        return []
+    found: list[psutil.Process] = []
+    for pid in descendants(os.getpid() if under is None else under):
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(pid))
+    return found
 
 
 def reap_zombie_children() -> None:
     """Reap this process's children that have already exited (orphans handed to us)."""
-    import psutil
+    if not _have_proc_children():
+        import psutil
 
-    for child in leftovers():
-        with contextlib.suppress(psutil.Error, ChildProcessError, OSError):
-            if child.ppid() == os.getpid() and child.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(child.pid, os.WNOHANG)
+        for child in leftovers():
+            with contextlib.suppress(psutil.Error, ChildProcessError, OSError):
+                if child.ppid() == os.getpid() and child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
+        return
+    for pid in _children(os.getpid()):
+        stat = read_proc(f"/proc/{pid}/stat")
+        if stat is not None and _state(stat) == b"Z":
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
 
 
 def kill_trees(roots: Iterable[psutil.Process], *, reaped_elsewhere: int | None = None) -> None:

@@ -20,13 +20,28 @@ holds. When a run ends, ``_proctree.leftovers`` lists what is still there,
 and ``_proctree.kill_trees`` ends it.
 
 What the sampling costs is taken from the run it measures (the sampler
-shares the machine with it), so it is kept small: the tree is read from
-``/proc/PID/task/*/children`` (the kernel's own lists, microseconds, where
-psutil's ``children()`` reads every process on the machine, milliseconds),
-each sample reads a few /proc lines per process, and the PSS walk is made
-only while two or more processes are alive and the sum of their
-high-water marks could raise the peak (a process's PSS never exceeds its
-own high-water mark, which is read anyway).
+shares the machine with it), so it is kept small:
+
+- the tree is read from ``/proc/PID/task/*/children`` (the kernel's own
+  lists, microseconds, where psutil's ``children()`` reads every process on
+  the machine, milliseconds), each file with one ``os.read``;
+- each sample reads one line per process: its high-water mark (VmHWM);
+- CPU times (``/proc/PID/stat``) are read only when the stats file is due
+  (every quarter second) and at the end. A process's times include those of
+  the children it has waited for, and a dead child is in no other live
+  process's, so the sum over the live tree only grows as the tree's processes
+  end and are waited for; a reading every quarter second loses nothing but
+  what unwaited orphans spent between two readings;
+- the PSS walk (``smaps_rollup``, a walk of every page table of the process,
+  and the most costly read by far: it also holds the process's memory map
+  lock, which its ``mmap``, ``fork`` and ``exec`` then wait for) is made only
+  when two or more processes seen alive at the previous sample are alive
+  still, and the sum of the live processes' high-water marks could raise the
+  peak (a process's PSS never exceeds its own high-water mark). So processes
+  that share the tree for a sample interval or more are summed, page by page;
+  the short-lived helpers a shell script forks (a pyenv shim forks a handful
+  per start, each alive a few milliseconds) count by their own high-water
+  marks alone, and are not slowed down by the walk.
 """
 
 from __future__ import annotations
@@ -40,7 +55,7 @@ import time
 
 import psutil
 
-from taskwarden._proctree import descendants
+from taskwarden._proctree import descendants, read_proc
 
 SAMPLE_INTERVAL = 0.02
 _STATS_EVERY = 0.25  # seconds between writes of the stats file (the first one too)
@@ -83,8 +98,10 @@ class TreeSampler:
         self.peak_rss = 0
         self.cpu_seconds = 0.0
         self._pid = pid
-        self._root = psutil.Process(pid)
-        self._seen: dict[int, psutil.Process] = {}
+        # Each descendant seen, with its start time (to tell it from a later process
+        # given the same pid).
+        self._seen: dict[int, float] = {}
+        self._last_live: set[int] = set()  # the processes alive at the previous sample
         self._stats_path = stats_path
         self._last_stats = time.monotonic()  # nothing worth writing before an interval
         self._stop = threading.Event()
@@ -98,21 +115,28 @@ class TreeSampler:
         self._thread.join()
 
     def descendants(self) -> list[psutil.Process]:
-        """Every descendant seen alive at some sample (some may be gone by now)."""
-        return list(self._seen.values())
+        """Every descendant seen at some sample that is still there (a zombie, maybe)."""
+        found = []
+        for pid, started in self._seen.items():
+            if _start_time(pid) == started:
+                with contextlib.suppress(psutil.Error):
+                    found.append(psutil.Process(pid))
+        return found
 
     def sample(self) -> None:
-        """Take one sample now (and write the stats file if it is due): for a caller
-        that samples from its own thread instead of ``start()``."""
-        self._sample()
+        """Take one sample now (with CPU times and the stats file, if they are due): for a
+        caller that samples from its own thread instead of ``start()``."""
         now = time.monotonic()
-        if self._stats_path is not None and now - self._last_stats >= _STATS_EVERY:
+        due = now - self._last_stats >= _STATS_EVERY
+        self._sample(with_cpu=due)
+        if due:
             self._last_stats = now
-            self._write_stats()
+            if self._stats_path is not None:
+                self._write_stats()
 
     def finish(self) -> None:
         """The last sample, and the stats file written (without ``start()``)."""
-        self._sample()
+        self._sample(with_cpu=True)
         if self._stats_path is not None:
             self._write_stats()
 
@@ -124,31 +148,34 @@ class TreeSampler:
             self.sample()
         self.finish()
 
-    def _sample(self) -> None:
+    def _sample(self, *, with_cpu: bool) -> None:
         pids = [self._pid, *descendants(self._pid)]
-        for pid in pids[1:]:
-            if pid not in self._seen:
-                with contextlib.suppress(psutil.Error):
-                    self._seen[pid] = psutil.Process(pid)
         cpu = 0.0
         live = []
         bound = 0  # the sum of the live processes' high-water marks: above any PSS sum
         for pid in pids:
-            times = _cpu_times(pid, with_children=pid == self._pid)
-            if times is None:
-                continue  # gone
-            cpu += times
+            if pid != self._pid and pid not in self._seen:
+                started = _start_time(pid)
+                if started is None:
+                    continue  # gone
+                self._seen[pid] = started
+            if with_cpu:
+                # With the children it has waited for: they are in no live process's.
+                cpu += _cpu_times(pid, with_children=True) or 0.0
             # A process's own high-water mark catches its peaks between two samples.
             hwm = _high_water_mark(pid)
             if hwm:  # a zombie has no memory left (and no VmHWM line)
                 live.append(pid)
                 bound += hwm
                 self.peak_rss = max(self.peak_rss, hwm)
-        if len(live) > 1 and bound > self.peak_rss:
+        lasting = sum(pid in self._last_live for pid in live)
+        self._last_live = set(live)
+        if lasting > 1 and bound > self.peak_rss:
             # Processes alive together: their sum, with the pages they share counted once.
             # (Skipped when even the bound cannot raise the peak: PSS <= RSS <= VmHWM.)
             self.peak_rss = max(self.peak_rss, sum(_proportional_size(pid) for pid in live))
-        self.cpu_seconds = max(self.cpu_seconds, cpu)
+        if with_cpu:
+            self.cpu_seconds = max(self.cpu_seconds, cpu)
 
     def _write_stats(self) -> None:
         assert self._stats_path is not None
@@ -163,6 +190,28 @@ _LINUX = sys.platform.startswith("linux")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _LINUX else 100
 
 
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (which may itself hold
+    spaces and ")"): field N of stat(5) is item N - 3. None if the process is gone."""
+    stat = read_proc(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    fields = stat.rsplit(b")", 1)[-1].split()
+    return fields if len(fields) > 19 else None
+
+
+def _start_time(pid: int) -> float | None:
+    """When ``pid`` started (in clock ticks after boot on Linux, else psutil's create
+    time): with the pid, it names one process. None if it is gone."""
+    if not _LINUX:
+        try:
+            return float(psutil.Process(pid).create_time())
+        except psutil.Error:
+            return None
+    fields = _stat_fields(pid)
+    return None if fields is None else float(fields[19])
+
+
 def _cpu_times(pid: int, *, with_children: bool) -> float | None:
     """User + system seconds of ``pid`` (with ``with_children``, also of the children
     it has waited for); None if it is gone. Linux reads one /proc line; elsewhere psutil."""
@@ -173,13 +222,10 @@ def _cpu_times(pid: int, *, with_children: bool) -> float | None:
             return None
         extra = times.children_user + times.children_system if with_children else 0.0
         return times.user + times.system + extra
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            # Fields after the command name, which may itself hold spaces and ")".
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = _stat_fields(pid)
+    if fields is None:
         return None
-    # utime, stime, cutime, cstime are fields 14-17 of stat(5), 12-15 of the split.
+    # utime, stime, cutime, cstime are fields 14-17 of stat(5).
     ticks = int(fields[11]) + int(fields[12])
     if with_children:
         ticks += int(fields[13]) + int(fields[14])
@@ -188,14 +234,14 @@ def _cpu_times(pid: int, *, with_children: bool) -> float | None:
 
 def _proc_kb(path: str, field: bytes) -> int | None:
     """A ``Field:  N kB`` line of a /proc file, in bytes; None if it cannot be read."""
+    text = read_proc(path)
+    at = -1 if text is None else text.find(b"\n" + field)  # never the first line of either
+    if text is None or at < 0:
+        return None
     try:
-        with open(path, "rb") as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return int(text[at + 1 + len(field) :].split(None, 1)[0]) * 1024
+    except (ValueError, IndexError):
+        return None
 
 
 def _proportional_size(pid: int) -> int:
