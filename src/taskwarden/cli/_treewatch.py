@@ -52,6 +52,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -94,7 +95,13 @@ class TreeSampler:
     parent can still report them if this whole process is killed.
     """
 
-    def __init__(self, pid: int, stats_path: str | None = None) -> None:
+    def __init__(
+        self,
+        pid: int,
+        stats_path: str | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.peak_rss = 0
         self.cpu_seconds = 0.0
         self._pid = pid
@@ -103,7 +110,8 @@ class TreeSampler:
         self._seen: dict[int, float] = {}
         self._last_live: set[int] = set()  # the processes alive at the previous sample
         self._stats_path = stats_path
-        self._last_stats = time.monotonic()  # nothing worth writing before an interval
+        self._clock = clock
+        self._last_stats = clock()  # nothing worth writing before an interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="taskwarden-sampler", daemon=True)
 
@@ -126,7 +134,7 @@ class TreeSampler:
     def sample(self) -> None:
         """Take one sample now (with CPU times and the stats file, if they are due): for a
         caller that samples from its own thread instead of ``start()``."""
-        now = time.monotonic()
+        now = self._clock()
         due = now - self._last_stats >= _STATS_EVERY
         self._sample(with_cpu=due)
         if due:
