@@ -42,15 +42,18 @@ class FakeTree:
         self.cpu: dict[int, float] = {}
         self.pss_reads: list[int] = []
         self.cpu_reads: list[int] = []
-        monkeypatch.setattr(_treewatch, "descendants", self._descendants)
+        monkeypatch.setattr(_treewatch, "children", self._children)
         monkeypatch.setattr(_treewatch, "_start_time", self._start_time)
-        monkeypatch.setattr(_treewatch, "_high_water_mark", lambda pid: self.hwm.get(pid, 0))
+        monkeypatch.setattr(_treewatch, "_status", self._status)
         monkeypatch.setattr(_treewatch, "_proportional_size", self._pss)
         monkeypatch.setattr(_treewatch, "_cpu_times", self._cpu_times)
 
-    def _descendants(self, pid: int) -> list[int]:
-        assert pid == ROOT
-        return self.pids[1:]
+    def _children(self, pid: int, *, single_threaded: bool) -> list[int]:
+        assert single_threaded  # each one's status said so: its threads are not listed
+        return self.pids[1:] if pid == ROOT else []
+
+    def _status(self, pid: int) -> tuple[int, int] | None:
+        return (self.hwm.get(pid, 0), 1) if pid in self.pids else None
 
     def _start_time(self, pid: int) -> float | None:
         return float(pid) if pid in self.pids else None
@@ -65,22 +68,26 @@ class FakeTree:
         return self.cpu.get(pid) if pid in self.pids else None
 
 
-def test_the_pss_walk_sums_only_processes_alive_at_two_samples_in_a_row(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_pss_walk_skips_small_short_lived_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     tree = FakeTree(monkeypatch)
-    sampler = TreeSampler(ROOT, clock=lambda: 0.0)
+    now = [0.0]
+    sampler = TreeSampler(ROOT, clock=lambda: now[0])
     tree.hwm = {ROOT: 4 * MiB, 11: 3 * MiB, 12: 3 * MiB}
     tree.pss = {ROOT: 3 * MiB, 12: 3 * MiB}
 
-    tree.pids = [ROOT, 11]  # a helper forked by a shell script: new at this sample
+    now[0] = 0.02
+    tree.pids = [ROOT, 11]  # a helper forked by a shell script
     sampler.sample()
-    tree.pids = [ROOT, 12]  # gone, another one started: only the root was here before
+    now[0] = 0.04
+    tree.pids = [ROOT, 12]  # gone, and another one started
+    sampler.sample()
+    now[0] = 0.12  # the root has been there for 0.1 s, 12 for 0.08 s only
     sampler.sample()
     assert tree.pss_reads == []  # each counts by its own high-water mark
     assert sampler.peak_rss == 4 * MiB
 
-    sampler.sample()  # 12 has now lived through a sample interval beside the root
+    now[0] = 0.14  # two processes that have lived 0.1 s together: summed, page by page
+    sampler.sample()
     assert sorted(tree.pss_reads) == [12, ROOT]
     assert sampler.peak_rss == 6 * MiB
 
@@ -89,6 +96,21 @@ def test_the_pss_walk_sums_only_processes_alive_at_two_samples_in_a_row(
     sampler.sample()
     assert tree.pss_reads == []
     assert sampler.peak_rss == 6 * MiB
+
+
+def test_the_pss_walk_sums_a_young_tree_that_holds_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tree = FakeTree(monkeypatch)
+    now = [0.0]
+    sampler = TreeSampler(ROOT, clock=lambda: now[0])
+    tree.hwm = {ROOT: 4 * MiB, 13: 30 * MiB, 14: 30 * MiB}  # could add more than 16 MiB
+    tree.pss = {ROOT: 3 * MiB, 13: 20 * MiB, 14: 20 * MiB}
+    now[0] = 0.02
+    tree.pids = [ROOT, 13, 14]  # all seen for the first time
+    sampler.sample()
+    assert sorted(tree.pss_reads) == [13, 14, ROOT]
+    assert sampler.peak_rss == 43 * MiB
 
 
 def test_cpu_times_are_read_when_the_stats_are_due_and_at_the_end(

@@ -53,11 +53,16 @@ def read_proc(path: str) -> bytes | None:
         os.close(fd)
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid``; a thread or the process vanishing is no error."""
+def _children(pid: int, *, single_threaded: bool = False) -> list[int]:
+    """Direct children of ``pid``; a thread or the process vanishing is no error.
+
+    Each thread has its own list (a child is listed under the thread that
+    started it). ``single_threaded`` (the caller has just read that ``pid``
+    has one thread) reads the main thread's alone, without listing the threads.
+    """
     out: list[int] = []
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
+        tids = [str(pid)] if single_threaded else os.listdir(f"/proc/{pid}/task")
     except (FileNotFoundError, ProcessLookupError):
         return out  # the process is gone
     for tid in tids:
@@ -99,6 +104,19 @@ def _freeze(pid: int) -> None:
     deadline = time.monotonic() + STOP_WAIT
     while not _stopped(pid) and time.monotonic() < deadline:
         pass
+
+
+def children(pid: int, *, single_threaded: bool = False) -> list[int]:
+    """Direct children of ``pid`` (see ``_children``; where /proc has no children
+    lists, psutil's scan of every process)."""
+    if _have_proc_children():
+        return _children(pid, single_threaded=single_threaded)
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
 
 
 def descendants(pid: int, *, freeze: bool = False) -> list[int]:

@@ -35,13 +35,14 @@ shares the machine with it), so it is kept small:
 - the PSS walk (``smaps_rollup``, a walk of every page table of the process,
   and the most costly read by far: it also holds the process's memory map
   lock, which its ``mmap``, ``fork`` and ``exec`` then wait for) is made only
-  when two or more processes seen alive at the previous sample are alive
-  still, and the sum of the live processes' high-water marks could raise the
-  peak (a process's PSS never exceeds its own high-water mark). So processes
-  that share the tree for a sample interval or more are summed, page by page;
-  the short-lived helpers a shell script forks (a pyenv shim forks a handful
-  per start, each alive a few milliseconds) count by their own high-water
-  marks alone, and are not slowed down by the walk.
+  while two or more processes are alive and the sum of their high-water marks
+  could raise the peak (a process's PSS never exceeds its own high-water
+  mark); and then only if it could raise it by more than 16 MiB, or if two of
+  them have been alive for 0.1 s or more. So a tree that holds memory, or
+  holds it for a while, is summed page by page; the short-lived helpers a
+  shell script forks (a pyenv shim forks a dozen small ``bash`` processes per
+  start, each alive a few milliseconds) count by their own high-water marks,
+  and are not held up by the walk.
 """
 
 from __future__ import annotations
@@ -56,9 +57,13 @@ from collections.abc import Callable
 
 import psutil
 
-from taskwarden._proctree import descendants, read_proc
+from taskwarden._proctree import children, read_proc
 
 SAMPLE_INTERVAL = 0.02
+# The PSS walk is skipped while it could add at most this much to the peak, unless two
+# or more of the live processes have been seen for _PSS_AGE (see the module docstring).
+_PSS_SMALL = 16 * 2**20
+_PSS_AGE = 0.1
 _STATS_EVERY = 0.25  # seconds between writes of the stats file (the first one too)
 RUN_MARKER = "TASKWARDEN_RUN"  # environment variable naming the run a process belongs to
 
@@ -105,13 +110,13 @@ class TreeSampler:
         self.peak_rss = 0
         self.cpu_seconds = 0.0
         self._pid = pid
-        # Each descendant seen, with its start time (to tell it from a later process
-        # given the same pid).
-        self._seen: dict[int, float] = {}
-        self._last_live: set[int] = set()  # the processes alive at the previous sample
+        # Each descendant seen: its start time (to tell it from a later process given
+        # the same pid), and when it was first seen (our clock).
+        self._seen: dict[int, tuple[float, float]] = {}
         self._stats_path = stats_path
         self._clock = clock
-        self._last_stats = clock()  # nothing worth writing before an interval
+        self._started = clock()  # when the root was first seen
+        self._last_stats = self._started  # nothing worth writing before an interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="taskwarden-sampler", daemon=True)
 
@@ -125,7 +130,7 @@ class TreeSampler:
     def descendants(self) -> list[psutil.Process]:
         """Every descendant seen at some sample that is still there (a zombie, maybe)."""
         found = []
-        for pid, started in self._seen.items():
+        for pid, (started, _) in self._seen.items():
             if _start_time(pid) == started:
                 with contextlib.suppress(psutil.Error):
                     found.append(psutil.Process(pid))
@@ -136,7 +141,7 @@ class TreeSampler:
         caller that samples from its own thread instead of ``start()``."""
         now = self._clock()
         due = now - self._last_stats >= _STATS_EVERY
-        self._sample(with_cpu=due)
+        self._sample(now, with_cpu=due)
         if due:
             self._last_stats = now
             if self._stats_path is not None:
@@ -144,7 +149,7 @@ class TreeSampler:
 
     def finish(self) -> None:
         """The last sample, and the stats file written (without ``start()``)."""
-        self._sample(with_cpu=True)
+        self._sample(self._clock(), with_cpu=True)
         if self._stats_path is not None:
             self._write_stats()
 
@@ -156,31 +161,49 @@ class TreeSampler:
             self.sample()
         self.finish()
 
-    def _sample(self, *, with_cpu: bool) -> None:
-        pids = [self._pid, *descendants(self._pid)]
+    def _sample(self, now: float, *, with_cpu: bool) -> None:
         cpu = 0.0
         live = []
+        settled = 0  # live processes seen for _PSS_AGE or more
         bound = 0  # the sum of the live processes' high-water marks: above any PSS sum
-        for pid in pids:
-            if pid != self._pid and pid not in self._seen:
-                started = _start_time(pid)
-                if started is None:
+        frontier = [self._pid]  # the tree, level by level, parents before children
+        while frontier:
+            below: list[int] = []
+            for pid in frontier:
+                if pid == self._pid:
+                    first_seen = self._started
+                elif pid in self._seen:
+                    first_seen = self._seen[pid][1]
+                else:
+                    started = _start_time(pid)
+                    if started is None:
+                        continue  # gone
+                    self._seen[pid] = (started, now)
+                    first_seen = now
+                status = _status(pid)
+                if status is None:
                     continue  # gone
-                self._seen[pid] = started
-            if with_cpu:
-                # With the children it has waited for: they are in no live process's.
-                cpu += _cpu_times(pid, with_children=True) or 0.0
-            # A process's own high-water mark catches its peaks between two samples.
-            hwm = _high_water_mark(pid)
-            if hwm:  # a zombie has no memory left (and no VmHWM line)
-                live.append(pid)
-                bound += hwm
-                self.peak_rss = max(self.peak_rss, hwm)
-        lasting = sum(pid in self._last_live for pid in live)
-        self._last_live = set(live)
-        if lasting > 1 and bound > self.peak_rss:
-            # Processes alive together: their sum, with the pages they share counted once.
-            # (Skipped when even the bound cannot raise the peak: PSS <= RSS <= VmHWM.)
+                # A process's own high-water mark catches its peaks between two samples.
+                hwm, threads = status
+                if hwm:  # a zombie has no memory left (and no VmHWM line)
+                    live.append(pid)
+                    if now - first_seen >= _PSS_AGE:
+                        settled += 1
+                    bound += hwm
+                    self.peak_rss = max(self.peak_rss, hwm)
+                if with_cpu:
+                    # With the children it has waited for: they are in no live process's.
+                    cpu += _cpu_times(pid, with_children=True) or 0.0
+                below += children(pid, single_threaded=threads == 1)
+            frontier = below
+        # Processes alive together: their sum, with the pages they share counted once.
+        # Skipped when even the bound cannot raise the peak (PSS <= RSS <= VmHWM), and
+        # while it could raise it a little only and the processes are short-lived.
+        if (
+            len(live) > 1
+            and bound > self.peak_rss
+            and (settled > 1 or bound - self.peak_rss > _PSS_SMALL)
+        ):
             self.peak_rss = max(self.peak_rss, sum(_proportional_size(pid) for pid in live))
         if with_cpu:
             self.cpu_seconds = max(self.cpu_seconds, cpu)
@@ -240,21 +263,22 @@ def _cpu_times(pid: int, *, with_children: bool) -> float | None:
     return ticks / _CLOCK_TICKS
 
 
-def _proc_kb(path: str, field: bytes) -> int | None:
-    """A ``Field:  N kB`` line of a /proc file, in bytes; None if it cannot be read."""
-    text = read_proc(path)
-    at = -1 if text is None else text.find(b"\n" + field)  # never the first line of either
-    if text is None or at < 0:
+def _kb_field(text: bytes, field: bytes, *, unit: int = 1024) -> int | None:
+    """A ``Field:  N kB`` line of a /proc file's ``text``, in bytes (``N * unit``);
+    None if there is no such line (the field is never on the first line here)."""
+    at = text.find(b"\n" + field)
+    if at < 0:
         return None
     try:
-        return int(text[at + 1 + len(field) :].split(None, 1)[0]) * 1024
+        return int(text[at + 1 + len(field) :].split(None, 1)[0]) * unit
     except (ValueError, IndexError):
         return None
 
 
 def _proportional_size(pid: int) -> int:
     """The process's PSS in bytes (Linux), else its RSS (0 if it is gone)."""
-    pss = _proc_kb(f"/proc/{pid}/smaps_rollup", b"Pss:")
+    text = read_proc(f"/proc/{pid}/smaps_rollup")
+    pss = None if text is None else _kb_field(text, b"Pss:")
     if pss is not None:
         return pss
     try:
@@ -263,16 +287,20 @@ def _proportional_size(pid: int) -> int:
         return 0
 
 
-def _high_water_mark(pid: int) -> int:
-    """Linux: the process's peak RSS since its exec (VmHWM), in bytes; elsewhere its
-    current RSS. 0 if it is gone or a zombie.
+def _status(pid: int) -> tuple[int, int] | None:
+    """Linux: the process's peak RSS since its exec (VmHWM, bytes; 0 for a zombie) and
+    its number of threads, from one read of /proc/PID/status; elsewhere its current RSS
+    and 0. None if it is gone.
 
     Unlike ``ru_maxrss``, VmHWM belongs to the process's current memory map,
     so it does not carry the parent's peak over fork and exec.
     """
-    if _LINUX:
-        return _proc_kb(f"/proc/{pid}/status", b"VmHWM:") or 0
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return 0
+    if not _LINUX:
+        try:
+            return int(psutil.Process(pid).memory_info().rss), 0
+        except psutil.Error:
+            return None
+    text = read_proc(f"/proc/{pid}/status")
+    if text is None:
+        return None
+    return _kb_field(text, b"VmHWM:") or 0, _kb_field(text, b"Threads:", unit=1) or 0
