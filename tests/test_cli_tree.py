@@ -227,3 +227,23 @@ def test_leftovers_lists_grandchildren_after_their_parents() -> None:
         proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+@linux_only
+def test_read_proc_reads_a_file_of_many_records_to_its_end() -> None:
+    # /proc/PID/maps comes a page or so per read; stat and status in one record each.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import asyncio, decimal, json, sys; print(1, flush=True); input()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # its modules are loaded, and it waits: its maps hold still
+        maps = read_proc(f"/proc/{proc.pid}/maps")
+        assert maps is not None and len(maps) > 4096
+        assert maps == Path(f"/proc/{proc.pid}/maps").read_bytes()
+        status = read_proc(f"/proc/{proc.pid}/status", one_record=True)
+        assert status is not None and status.startswith(b"Name:") and b"\nVmHWM:" in status
+    finally:
+        proc.communicate(b"\n")
+    assert read_proc(f"/proc/{proc.pid}/stat", one_record=True) is None  # reaped: gone

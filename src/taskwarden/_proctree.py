@@ -28,25 +28,29 @@ if TYPE_CHECKING:
 STOP_WAIT = 0.005  # how long to wait for a SIGSTOP to take hold before reading on anyway
 KILL_WAIT = 5.0  # seconds kill_trees waits for killed processes to die
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+_READ_SIZE = 65536
 
 
-def read_proc(path: str) -> bytes | None:
+def read_proc(path: str, *, one_record: bool = False) -> bytes | None:
     """The whole of a /proc file, or None if it cannot be read (the process is gone).
 
     ``os.open``/``os.read`` rather than ``open()``: no buffer or text layer to
-    build, which is most of the cost of a small /proc read from Python.
+    build, which is most of the cost of a small /proc read from Python. A
+    /proc file is made as it is read (seq_file), a read returning whole
+    records up to a page or so: with ``one_record`` (``stat``, ``status``,
+    ``smaps_rollup``: one record each, always returned whole), one read is
+    the whole file; otherwise (``children``: a record per child) reads go on
+    to the end.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        chunks: list[bytes] = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        chunks = [os.read(fd, _READ_SIZE)]
+        while chunks[-1] and not one_record:
+            chunks.append(os.read(fd, _READ_SIZE))
+        return b"".join(chunks)
     except OSError:  # ESRCH: the process exited between open and read
         return None
     finally:
@@ -91,7 +95,7 @@ def _state(stat: bytes) -> bytes:
 
 def _stopped(pid: int) -> bool:
     """True once ``pid`` is stopped, dead or gone (read from /proc/<pid>/stat)."""
-    stat = read_proc(f"/proc/{pid}/stat")
+    stat = read_proc(f"/proc/{pid}/stat", one_record=True)
     return stat is None or _state(stat) in (b"T", b"t", b"Z", b"X", b"")
 
 
@@ -227,7 +231,7 @@ def reap_zombie_children() -> None:
                     os.waitpid(child.pid, os.WNOHANG)
         return
     for pid in _children(os.getpid()):
-        stat = read_proc(f"/proc/{pid}/stat")
+        stat = read_proc(f"/proc/{pid}/stat", one_record=True)
         if stat is not None and _state(stat) == b"Z":
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)

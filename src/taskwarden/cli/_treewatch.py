@@ -224,7 +224,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _LINUX else 100
 def _stat_fields(pid: int) -> list[bytes] | None:
     """The fields of ``/proc/PID/stat`` after the command name (which may itself hold
     spaces and ")"): field N of stat(5) is item N - 3. None if the process is gone."""
-    stat = read_proc(f"/proc/{pid}/stat")
+    stat = read_proc(f"/proc/{pid}/stat", one_record=True)
     if not stat:
         return None
     fields = stat.rsplit(b")", 1)[-1].split()
@@ -277,7 +277,7 @@ def _kb_field(text: bytes, field: bytes, *, unit: int = 1024) -> int | None:
 
 def _proportional_size(pid: int) -> int:
     """The process's PSS in bytes (Linux), else its RSS (0 if it is gone)."""
-    text = read_proc(f"/proc/{pid}/smaps_rollup")
+    text = read_proc(f"/proc/{pid}/smaps_rollup", one_record=True)
     pss = None if text is None else _kb_field(text, b"Pss:")
     if pss is not None:
         return pss
@@ -300,7 +300,7 @@ def _status(pid: int) -> tuple[int, int] | None:
             return int(psutil.Process(pid).memory_info().rss), 0
         except psutil.Error:
             return None
-    text = read_proc(f"/proc/{pid}/status")
+    text = read_proc(f"/proc/{pid}/status", one_record=True)
     if text is None:
         return None
     return _kb_field(text, b"VmHWM:") or 0, _kb_field(text, b"Threads:", unit=1) or 0
