@@ -247,3 +247,24 @@ def test_read_proc_reads_a_file_of_many_records_to_its_end() -> None:
     finally:
         proc.communicate(b"\n")
     assert read_proc(f"/proc/{proc.pid}/stat", one_record=True) is None  # reaped: gone
+
+
+def test_freezing_a_process_yields_the_cpu_while_it_waits_for_the_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A sleeping process must be scheduled to stop, maybe on this thread's CPU: the
+    # wait yields it rather than spin.
+    from taskwarden import _proctree
+
+    checks: list[int] = []
+    yields: list[None] = []
+    monkeypatch.setattr(_proctree, "_stopped", lambda pid: checks.append(pid) or len(checks) > 2)
+    monkeypatch.setattr(_proctree, "_yield_cpu", lambda: yields.append(None))
+    proc = subprocess.Popen(["sleep", "30"], stdin=subprocess.DEVNULL)
+    try:
+        _proctree._freeze(proc.pid)
+        assert checks == [proc.pid] * 3
+        assert len(yields) == 2
+    finally:
+        proc.kill()
+        proc.wait()

@@ -99,15 +99,21 @@ def _stopped(pid: int) -> bool:
     return stat is None or _state(stat) in (b"T", b"t", b"Z", b"X", b"")
 
 
+_yield_cpu = getattr(os, "sched_yield", lambda: None)
+
+
 def _freeze(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGSTOP)
-    # The signal takes hold when the process next enters the kernel (at once, unless it
+    # The signal takes hold when the process next runs in the kernel (at once, unless it
     # runs on another CPU at this moment, or sleeps uninterruptibly: then it cannot
-    # fork either). Wait a moment for it, never long.
+    # fork either). Wait a moment for it, never long. A sleeping process must be
+    # scheduled to stop: the wait yields the CPU rather than spin on it, since the
+    # process may be queued behind this thread (on a busy 2-core machine, killing a
+    # sleeping 3-process tree took 5.6 ms spinning, 1.5 ms yielding).
     deadline = time.monotonic() + STOP_WAIT
     while not _stopped(pid) and time.monotonic() < deadline:
-        pass
+        _yield_cpu()
 
 
 def children(pid: int, *, single_threaded: bool = False) -> list[int]:
