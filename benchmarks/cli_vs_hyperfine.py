@@ -29,7 +29,9 @@ also measures taskwarden's own cost run by run: ``run_measured`` (what a
 worker does for one run: start, wait, sample the tree, sweep) alternated
 with a bare ``Popen`` + ``wait4`` of the same command in this one process,
 each pair's ratio taken at once, so that a change of load touches both
-sides of a pair alike (``--paired N`` pairs per workload, 0 to skip).
+sides of a pair alike (``--paired N`` pairs per workload, 0 to skip). With
+each pair it takes the CPU this process spent in ``run_measured`` (start,
+samples, sweep: ``getrusage``): unlike times, that hardly moves with the load.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -102,6 +105,7 @@ def paired(command: str, pairs: int, directory: str) -> dict[str, Any]:
     )  # fmt: skip
     bare: list[float] = []
     measured: list[float] = []
+    own_cpu: list[float] = []  # this process's CPU over each run_measured call
     for i in range(pairs):
         for side in ("taskwarden", "bare") if i % 2 == 0 else ("bare", "taskwarden"):
             if side == "bare":
@@ -114,7 +118,10 @@ def paired(command: str, pairs: int, directory: str) -> dict[str, Any]:
                 bare.append(time.monotonic() - started)
                 proc.returncode = 0  # reaped above
             else:
+                before = resource.getrusage(resource.RUSAGE_SELF)
                 measured.append(run_measured(spec, lambda progress: None)["wall"])
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                own_cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     ratios = [m / b for m, b in zip(measured, bare, strict=True)]
     quartiles = statistics.quantiles(ratios, n=4)
     return {
@@ -123,6 +130,7 @@ def paired(command: str, pairs: int, directory: str) -> dict[str, Any]:
         "taskwarden_median": statistics.median(measured),
         "ratio_median": statistics.median(ratios),
         "ratio_quartiles": [quartiles[0], quartiles[2]],
+        "own_cpu_mean": statistics.fmean(own_cpu),
     }
 
 
@@ -229,7 +237,9 @@ def main() -> int:
             print(
                 f"{name:<16} {entry['pairs']} pairs: medians {1000 * entry['bare_median']:.1f} ms"
                 f" bare, {1000 * entry['taskwarden_median']:.1f} ms taskwarden;"
-                f" paired ratio median {entry['ratio_median']:.3f} (quartiles {low:.3f}-{high:.3f})"
+                f" paired ratio median {entry['ratio_median']:.3f}"
+                f" (quartiles {low:.3f}-{high:.3f});"
+                f" taskwarden's own CPU {1000 * entry['own_cpu_mean']:.1f} ms a run (mean)"
             )
             results[name]["paired_with_bare"] = entry
     document = {

@@ -204,11 +204,9 @@ def _wait_alone(
     waiter thread and a sampler thread, a sampler preempted on a loaded
     machine while it held the GIL delayed the waiter's clock reading.)
     """
-    try:
-        root: psutil.Process | None = psutil.Process(proc.pid)
-    except psutil.Error:  # already gone (and not yet reaped, so this is rare)
-        root = None
-    sampler = TreeSampler(proc.pid, spec.stats_path) if root is not None else None
+    # Nothing here reads the tree before the first sample: the run's start is when it
+    # is most sensitive to our CPU use, and until it is reaped below, its pid is its own.
+    sampler = TreeSampler(proc.pid, spec.stats_path)
     ended = False
     try:
         pidfd = os.pidfd_open(proc.pid)
@@ -217,8 +215,7 @@ def _wait_alone(
             poller.register(pidfd, select.POLLIN)
             next_sample = started + SAMPLE_INTERVAL
             while not poller.poll(max(0, math.ceil((next_sample - time.monotonic()) * 1000))):
-                if sampler is not None:
-                    sampler.sample()
+                sampler.sample()
                 next_sample = max(next_sample + SAMPLE_INTERVAL, time.monotonic())
             finished_at = time.monotonic()
         finally:
@@ -226,24 +223,22 @@ def _wait_alone(
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         ended = True
-        if sampler is not None:
-            sampler.finish()
+        sampler.finish()
         left_behind = _sweep(spec, sampler)
     finally:
-        if not ended:
-            seen = sampler.descendants() if sampler is not None else []
-            kill_tree([root, *seen] if root is not None else seen)
+        if not ended:  # not reaped yet: proc.pid is still the run's process
+            roots = []
+            with contextlib.suppress(psutil.Error):
+                roots.append(psutil.Process(proc.pid))
+            kill_tree([*roots, *sampler.descendants()])
             if proc.returncode is None:
                 with contextlib.suppress(ChildProcessError):
                     proc.wait()
-    cpu = usage.ru_utime + usage.ru_stime
     maxrss = usage.ru_maxrss * 1024  # KiB on Linux
     # Linux carries the high-water mark across fork and exec, so a small child
     # reports this worker's own peak: ru_maxrss is a floor only when it is larger.
-    peak = maxrss if maxrss > inherited_maxrss else 0
-    if sampler is not None:
-        cpu = max(cpu, sampler.cpu_seconds)
-        peak = max(peak, sampler.peak_rss)
+    peak = max(maxrss if maxrss > inherited_maxrss else 0, sampler.peak_rss)
+    cpu = max(usage.ru_utime + usage.ru_stime, sampler.cpu_seconds)
     return RunResult(
         exit_status=proc.returncode,
         wall=finished_at - started,
@@ -381,9 +376,11 @@ def _sweep(spec: RunSpec, sampler: TreeSampler | None) -> list[str]:
     if sampler is not None:
         known = {p.pid for p in candidates}
         candidates += [p for p in sampler.descendants() if p.pid not in known]
+    # Only the running ones: a zombie has no children left to find (they went to the
+    # subreaper when it died), and each root costs kill_tree a walk of its tree.
     running = [p for p in candidates if alive(p)]
     report = [describe(p) for p in running]
-    kill_tree(candidates)
+    kill_tree(running)
     if _dedicated_worker:
         reap_zombie_children()
     return report
