@@ -9,6 +9,7 @@ import select
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ import pytest
 from taskwarden import Supervisor
 from taskwarden.pool import _template
 
-from _live import WAIT, wait_for
+import _tasks as T
+from _live import WAIT, forked_workers_only, wait_for
 
 needs_template = pytest.mark.skipif(not _template.supported(), reason="no fork/pidfd here")
 
@@ -82,3 +84,22 @@ def test_a_child_forked_while_the_template_starts_does_not_hold_up_shutdown(
     # START_TIMEOUT in life: 60 s); up, the template was killed after its 1 s grace.
     assert took < HOLD / 2
     assert template not in killed  # (up: it saw the end-of-file and left on its own)
+
+
+@pytest.mark.parametrize("kind", ["plain", "forked"])
+def test_a_worker_a_task_left_a_thread_in_still_runs_its_exit_hooks(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread a task left running must not keep the worker alive, and does not: but the
+    # way out it took (os._exit at once) skipped the exit hooks that exit_process runs.
+    if kind == "plain":
+        monkeypatch.setattr(_template, "supported", lambda: False)
+    elif not _template.supported():
+        pytest.skip("no fork/pidfd here")
+    path = tmp_path / "exits"
+    with Supervisor(workers=1, initializer=T.note_pid_at_exit, initargs=(str(path),)) as s:
+        s.submit(T.pid).result(timeout=WAIT)
+        if kind == "forked":
+            forked_workers_only(s, 1)
+        pid = s.submit(T.leave_a_thread_running).result(timeout=WAIT)
+    assert pid in {int(x) for x in path.read_text().split()}
