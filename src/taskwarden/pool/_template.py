@@ -651,6 +651,9 @@ class Template:
         self._sock = socket.socket(fileno=os.dup(parent.fileno()))
         parent.close()
         try:
+            with self._lock:  # an abort from now on shuts the socket down (see abort)
+                if self._aborted:
+                    raise TemplateUnavailable("the pool closed while the template started")
             self.pidfd = os.pidfd_open(self.pid)
             self._sock.settimeout(timeout)
             hello = self._sock.recv(_REC.size, socket.MSG_WAITALL)
@@ -677,6 +680,11 @@ class Template:
             self._aborted = True
             if self.process is not None:
                 _sigkill(self.process.pid)
+            # Its death alone may be no end-of-file for the wait on its hello: a child
+            # forked off this process meanwhile holds a copy of the template's end.
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
 
     def resume(self) -> None:
         """SIGCONT the template (a no-op unless stopped): a task may have stopped it
@@ -789,6 +797,10 @@ class Template:
         """Stop the template (its workers are not touched) and reap it."""
         self.dead = True
         if self._sock is not None:
+            # Shut down, not only closed: a child forked off this process may hold a copy
+            # of our end, and the template must see the end-of-file all the same.
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None

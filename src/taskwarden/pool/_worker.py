@@ -444,14 +444,12 @@ def exit_process(code: int) -> NoReturn:
 
 def _leave() -> None:
     """Before the worker returns to exit normally: a thread a task left running would
-    keep the process alive (Python waits for non-daemon threads), so then go at once.
+    keep the process alive (Python waits for non-daemon threads), so then go at once,
+    as ``exit_process`` does (the exit hooks run, the output is flushed).
     (The supervisor kills a worker that is still there a few seconds later anyway.)"""
     main = threading.main_thread()
     if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(0)
+        exit_process(0)
 
 
 def _progress(running: Running) -> bytes:

@@ -1,0 +1,105 @@
+"""A second hostile review of the issue 12 work (the lean Run, the START heap, the
+schedule()/submit() fast path, the plain first worker beside the template, exit_process):
+each test here failed on the code it fixes."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskwarden import Supervisor
+from taskwarden.pool import _template
+
+import _tasks as T
+from _live import WAIT, forked_workers_only, wait_for
+
+needs_template = pytest.mark.skipif(not _template.supported(), reason="no fork/pidfd here")
+
+HOLD = 8.0  # how long a stray child of the supervisor's process keeps its copies
+
+
+@needs_template
+@pytest.mark.parametrize("template_state", ["starting", "up"])
+def test_a_child_forked_while_the_template_starts_does_not_hold_up_shutdown(
+    monkeypatch: pytest.MonkeyPatch, template_state: str
+) -> None:
+    # A process forked off the supervisor's own while the template process is being
+    # started (os.fork, a fork-context multiprocessing child) holds copies of both ends
+    # of the template's control socket. The template's death is then no end-of-file
+    # for the start waiting on its hello, and the pool's closing of its end no EOF for
+    # the template: the socket itself must be shut down, not only closed.
+    from loky.backend.process import LokyProcess
+
+    forked = threading.Event()
+    holder: list[int] = []
+    r, w = os.pipe()
+    real_start = LokyProcess.start
+
+    def start(self: Any) -> None:
+        real_start(self)
+        if self.name == "taskwarden-worker-template" and not holder:
+            if template_state == "starting":
+                os.kill(self.pid, signal.SIGSTOP)  # no hello: its start stays in progress
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the stray child: holds its copies a while
+                os.close(w)
+                select.select([r], [], [], HOLD)
+                os._exit(0)
+            holder.append(pid)
+            forked.set()
+
+    monkeypatch.setattr(LokyProcess, "start", start)
+    killed: list[int] = []  # templates killed, not left on their own
+    real_sigkill = _template._sigkill
+
+    def sigkill(pid: int) -> None:
+        killed.append(pid)
+        real_sigkill(pid)
+
+    monkeypatch.setattr(_template, "_sigkill", sigkill)
+    template = 0
+    try:
+        s = Supervisor(workers=1)
+        assert forked.wait(WAIT)
+        if template_state == "up":
+            forker = s._pool._forker  # type: ignore[attr-defined]
+            wait_for(lambda: forker.state == "up")
+            template = forker.template.pid
+        began = time.monotonic()
+        s.shutdown(wait=True)
+        took = time.monotonic() - began
+    finally:
+        os.close(w)  # the child reads EOF and leaves
+        os.close(r)
+        for pid in holder:
+            os.waitpid(pid, 0)
+    # Without the fix: starting, the shutdown waited until the child left (HOLD here,
+    # START_TIMEOUT in life: 60 s); up, the template was killed after its 1 s grace.
+    assert took < HOLD / 2
+    assert template not in killed  # (up: it saw the end-of-file and left on its own)
+
+
+@pytest.mark.parametrize("kind", ["plain", "forked"])
+def test_a_worker_a_task_left_a_thread_in_still_runs_its_exit_hooks(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread a task left running must not keep the worker alive, and does not: but the
+    # way out it took (os._exit at once) skipped the exit hooks that exit_process runs.
+    if kind == "plain":
+        monkeypatch.setattr(_template, "supported", lambda: False)
+    elif not _template.supported():
+        pytest.skip("no fork/pidfd here")
+    path = tmp_path / "exits"
+    with Supervisor(workers=1, initializer=T.note_pid_at_exit, initargs=(str(path),)) as s:
+        s.submit(T.pid).result(timeout=WAIT)
+        if kind == "forked":
+            forked_workers_only(s, 1)
+        pid = s.submit(T.leave_a_thread_running).result(timeout=WAIT)
+    assert pid in {int(x) for x in path.read_text().split()}
