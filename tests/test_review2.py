@@ -103,3 +103,39 @@ def test_a_worker_a_task_left_a_thread_in_still_runs_its_exit_hooks(
             forked_workers_only(s, 1)
         pid = s.submit(T.leave_a_thread_running).result(timeout=WAIT)
     assert pid in {int(x) for x in path.read_text().split()}
+
+
+@pytest.mark.timeout(30)
+def test_a_supervisor_in_a_child_forked_through_libc_refuses_work() -> None:
+    """A fork that skips Python's fork hooks (libc's fork() through ctypes or a C
+    extension): submit() and schedule() must still refuse at the call, not accept a task
+    that nothing there would ever run."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    with Supervisor(workers=1) as sup:
+        assert sup.submit(T.square, 2).result(timeout=WAIT) == 4
+        r, w = os.pipe()
+        pid = libc.fork()
+        if pid == 0:  # the child: no thread of the supervisor's runs here
+            said = b""
+            for call in (lambda: sup.submit(T.square, 3),
+                         lambda: sup.schedule(T.square, args=(3,), delay=5)):
+                try:
+                    call()
+                    said += b"accepted;"
+                except RuntimeError:
+                    said += b"refused;"
+                except BaseException:
+                    said += b"other;"
+            os.write(w, said)
+            os._exit(0)
+        os.close(w)
+        assert pid > 0
+        got = b""
+        while chunk := os.read(r, 100):
+            got += chunk
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert got == b"refused;refused;"
+        assert sup.submit(T.square, 5).result(timeout=WAIT) == 25  # the parent's goes on

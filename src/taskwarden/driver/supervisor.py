@@ -99,7 +99,7 @@ KEEP_FINISHED_BYTES = 128 * 2**20  # default bound on the outcomes kept for get(
 
 _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 # How many os.fork()s led to this process: a Supervisor made before the last one belongs
-# to an ancestor. Checked on every submit, where os.getpid() (a system call) would cost.
+# to an ancestor (a fork that bypasses Python, through libc, is told by the pid).
 _forks = 0
 
 
@@ -625,8 +625,8 @@ class Supervisor(Executor, LoopSide):
         if wall is not None:
             run.wall_due = wall  # the loop hands it over with the run (AddMany)
         # What _queue does, for a task (no closure made for it).
-        if _forks != self._forks:
-            self._check_process()
+        if _forks != self._forks or os.getpid() != self._pid:  # (a libc fork() that
+            self._check_process()  # skips os.register_at_fork's hooks: the pid tells)
         with self._close_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
