@@ -151,7 +151,7 @@ def summary(times: list[float]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs, one round")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (5)")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds (10)")
     parser.add_argument(
         "--paired", type=int, default=30, help="run-by-run pairs per workload (30; 0: skip)"
     )
