@@ -46,6 +46,12 @@ def check_invariants(core: E.Core, runs: list[E.Run], ended: Counter[S] | None =
     counts = Counter(r.state for r in runs)
     if ended:
         counts.update(ended)
+    # Seeds (no Run yet) are SCHEDULED, each with a live START key, and never also a run.
+    counts[S.SCHEDULED] += len(core._seeds)
+    keyed = {seq for _, seq in core._seed_keys}
+    assert all(seq in keyed for seq in core._seeds), "a seed will never start"
+    assert not any(r.seq in core._seeds for r in runs), "a seed is also a run"
+    assert not core.made, "a run made of a seed was not handed to the driver"
     for state, n in core.by_state.items():
         assert n == counts[state], f"{n} runs counted {state.value}, {counts[state]} are"
     assert core.scheduled == counts[S.SCHEDULED]
@@ -106,6 +112,10 @@ def _busy(m: CoreMachine) -> bool:
     return bool(m.core.busy)
 
 
+def _has_seeds(m: CoreMachine) -> bool:
+    return bool(m.seeds)
+
+
 def _has_workers(m: CoreMachine) -> bool:
     return bool(m.core.workers)
 
@@ -147,6 +157,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.stopped: list[int] = []
         self.jobs: list[JobRec] = []
         self.seqs = itertools.count(1)
+        self.seeds: list[int] = []  # seqs of the seeds added (their runs, once made, join runs)
         self.core = E.Core(1)
         self.breakable = False
 
@@ -161,6 +172,11 @@ class CoreMachine(RuleBasedStateMachine):
                     self.stopped.append(wid)
                 case E.NewRun(_, run):
                     self.runs.append(run)
+                case E.Cancelled(_, _, seqs):  # seeds ended without a run: counted here
+                    self.ended[S.CANCELLED] += len(seqs)
+        # Runs made of seeds: the driver adopts them (their tasks had none).
+        self.runs.extend(self.core.made)
+        self.core.made.clear()
         self.core.touched.clear()
         return item
 
@@ -283,6 +299,38 @@ class CoreMachine(RuleBasedStateMachine):
     def initializer_fails(self, coin: int) -> None:
         if coin == 0:
             self.feed(P.InitFailed(0, "Traceback: the initializer failed"))
+
+    @precondition(_open)
+    @rule(dues=st.lists(st.sampled_from([-0.1, 0.0, 0.005, 0.5, 0.5, 2.0]), min_size=1,
+                        max_size=4), runs_too=st.booleans())
+    def add_seeds(self, dues: list[float], runs_too: bool) -> None:
+        """Seeds (plain scheduled runs, no Run until they must) in one AddMany, among runs
+        as the driver hands them over; one already due is made a run at once."""
+        items: list[E.Run | tuple[float, int, bytes]] = []
+        for due_in in dues:
+            seq = next(self.seqs)
+            self.seeds.append(seq)
+            items.append((self.now + due_in, seq, b"seed"))
+            if runs_too:
+                run = E.Run(next(self.seqs), b"", Policy(), self.now + due_in)
+                self.runs.append(run)
+                items.append(run)
+        self.feed(E.AddMany(items))
+
+    @precondition(_has_seeds)
+    @rule(i=_pick, op=st.sampled_from(["cancel", "reschedule", "now"]))
+    def name_a_seed(self, i: int, op: str) -> None:
+        """A command naming a task by its seq alone, as the driver does for a task whose
+        seed has no Run yet (or one it made already, or one cancelled at shutdown)."""
+        seq = self.seeds[i % len(self.seeds)]
+        run = next((r for r in self.runs if r.seq == seq), None)
+        if op == "cancel":
+            answer = self.feed(E.Cancel(run, seq=seq)).answer
+        else:
+            due = self.now + (0.3 if op == "reschedule" else 0.0)
+            answer = self.feed(E.Reschedule(run, due, seq=seq)).answer
+        if run is None and not any(r.seq == seq for r in self.runs):
+            assert answer is False  # cancelled at shutdown: nothing to name
 
     @precondition(_open)
     @rule(cancel_pending=st.booleans(), coin=st.integers(0, 7))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -21,6 +22,7 @@ from taskwarden import (
     RemoteError,
     RemoteTraceback,
     Supervisor,
+    Task,
     TaskCancelled,
     TaskState,
     TaskTimeout,
@@ -298,10 +300,19 @@ def test_shutdown_cancels_scheduled_tasks_in_bulk_each_with_its_own_error() -> N
 
 def test_argumentless_calls_of_a_module_function_share_one_payload(sup: Supervisor) -> None:
     a, b = (sup.schedule(T.pid, delay=60) for _ in range(2))
-    assert a._run.payload is b._run.payload  # pickled once
+
+    def payloads(x: Task[Any], y: Task[Any]) -> tuple[bytes, bytes]:
+        # Scheduled under the Supervisor's policy: the core keeps them as seeds, with
+        # their payloads (asked in the loop, which owns the core).
+        seeds = sup._core._seeds
+        return sup._ask(lambda: (seeds[x._seq], seeds[y._seq]))
+
+    pa, pb = payloads(a, b)
+    assert pa is pb  # pickled once
     assert sup.submit(T.pid).result(timeout=WAIT) > 0
     with_args = [sup.schedule(T.square, args=(3,), delay=60) for _ in range(2)]
-    assert with_args[0]._run.payload is not with_args[1]._run.payload
+    pa, pb = payloads(*with_args)
+    assert pa == pb and pa is not pb
     counter = [0]
 
     def local() -> int:  # pickled by value: its closure may change between calls

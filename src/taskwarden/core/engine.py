@@ -29,12 +29,13 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import TaskCancelled, TaskSuperseded, TaskTimeout, WorkerCrashed
-from .._policy import MAX_RETRY_DELAY
+from .._policy import MAX_RETRY_DELAY, Policy
 from .._states import InvalidTransition, TaskState, check_task
 from ..pool.base import (
     Beat,
@@ -74,6 +75,7 @@ from .model import (
     Resolve,
     Run,
     RunMore,
+    Seed,
     Send,
     Skip,
     Spawn,
@@ -114,6 +116,7 @@ __all__ = [
 ]
 
 _NONE: list[Action] = []  # handle's answer when nothing is to be done: never filled
+_NEVER = math.inf  # the first start when none is armed
 
 _S = TaskState
 
@@ -141,9 +144,11 @@ class Core(Dispatcher):
         id_format: Callable[[int], str] = str,
         seqs: Iterator[int] | None = None,
         wall_offset: float = 0.0,
+        default_policy: Policy | None = None,
     ) -> None:
         """``id_format`` says how a task id reads in messages; ``seqs`` numbers the runs
-        the core makes itself (a job's), from the same count as the driver's."""
+        the core makes itself (a job's), from the same count as the driver's;
+        ``default_policy`` is the policy of the runs made from seeds (see ``Seed``)."""
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.n_workers = workers
@@ -163,6 +168,16 @@ class Core(Dispatcher):
         # Scheduled starts, apart: (due, seq, run), fired ``lead`` before ``due`` if the
         # run is still SCHEDULED for ``due`` (see ``_arm``).
         self._starts: list[Run | Rearm] = []
+        # Seeds (see ``Seed``): their START keys, fired like ``_starts`` (merged by
+        # (due, seq)), and their payloads by seq. A key is live while its seq is in
+        # ``_seeds``: a seed made a Run before its time leaves a stale key behind.
+        self._seed_keys: list[tuple[float, int]] = []
+        self._seeds: dict[int, bytes] = {}
+        self._seed_stale = 0
+        self.default_policy = Policy() if default_policy is None else default_policy
+        # Runs made from seeds since the driver last looked (it adopts them: their Tasks
+        # had none).
+        self.made: list[Run] = []
         self._counter = itertools.count()
         self._wids = itertools.count(1)
         self._stale = 0
@@ -215,9 +230,12 @@ class Core(Dispatcher):
             case InitFailed():
                 self._initializer_failed(item.tb, now)
             case Cancel():
-                item.answer = self.cancel_run(item.run, now)
+                run = item.run if item.run is not None else self.seed_run(item.seq, now)
+                item.answer = False if run is None else self.cancel_run(run, now)
             case Reschedule():
-                item.answer = self._reschedule(item.run, item.due, now, item.wall_due)
+                run = item.run if item.run is not None else self.seed_run(item.seq, now)
+                item.answer = (False if run is None
+                               else self._reschedule(run, item.due, now, item.wall_due))
             case JobControl():
                 item.answer = self._job_control(item, now)
             case AddJob():
@@ -397,7 +415,11 @@ class Core(Dispatcher):
     def next_deadline(self) -> float | None:
         if self._stale > 1024 and self._stale > (len(self._heap) + len(self._starts)) // 2:
             self._compact()
-        heap, starts = self._heap, self._starts
+        heap, starts, keys, seeds = self._heap, self._starts, self._seed_keys, self._seeds
+        if self._seed_stale > 1024 and self._seed_stale > len(keys) // 2:
+            keys[:] = [k for k in keys if k[1] in seeds]
+            heapq.heapify(keys)
+            self._seed_stale = 0
         while heap:
             _, _, kind, obj, gen = heap[0]
             if kind != CALLBACK and obj.gen != gen:
@@ -410,10 +432,21 @@ class Core(Dispatcher):
                 break
             heapq.heappop(starts)
             self._stale = max(0, self._stale - 1)
-        if starts:
-            start = starts[0].armed - self.timings.lead
+        while keys and keys[0][1] not in seeds:
+            heapq.heappop(keys)
+            self._seed_stale = max(0, self._seed_stale - 1)
+        first = self._first_start()
+        if first != _NEVER:
+            start = first - self.timings.lead
             return min(start, heap[0][0]) if heap else start
         return heap[0][0] if heap else None
+
+    def _first_start(self) -> float:
+        """The earliest time a START entry or seed is armed for (stale ones too)."""
+        starts, keys = self._starts, self._seed_keys
+        if keys:
+            return min(keys[0][0], starts[0].armed) if starts else keys[0][0]
+        return starts[0].armed if starts else _NEVER
 
     def armed_starts(self) -> list[Run]:
         """The runs whose START timer is live (for tests' invariants)."""
@@ -427,22 +460,65 @@ class Core(Dispatcher):
         self._stale = 0
 
     def _fire_starts(self, until: float, now: float) -> None:
-        """Fire the START timers due by ``until`` (``<= now``), in order."""
-        starts, lead = self._starts, self.timings.lead
-        while starts and starts[0].armed - lead <= until:
-            run = _armed_run(heapq.heappop(starts))
+        """Fire the START timers and seeds due by ``until`` (``<= now``), in the order of
+        (time, seq)."""
+        starts, keys, seeds, lead = self._starts, self._seed_keys, self._seeds, self.timings.lead
+        pop = heapq.heappop
+        while True:
+            if keys:
+                due, seq = keys[0]
+                if starts:
+                    head = starts[0]
+                    seed_first = due < head.armed or (due == head.armed and seq < head.seq)
+                else:
+                    seed_first = True
+            elif starts:
+                seed_first = False
+            else:
+                return
+            if seed_first:
+                if due - lead > until:
+                    return
+                pop(keys)
+                payload = seeds.pop(seq, None)
+                if payload is None:  # made a Run before its time
+                    self._seed_stale = max(0, self._seed_stale - 1)
+                    continue
+                self._make_pending(self._grow(seq, payload, due), now)
+                continue
+            if starts[0].armed - lead > until:
+                return
+            run = _armed_run(pop(starts))
             if run is None:
                 self._stale = max(0, self._stale - 1)
                 continue
             self._make_pending(run, now)
 
+    def _grow(self, seq: int, payload: bytes, due: float) -> Run:
+        """The Run of a seed (taken out of ``_seeds``): SCHEDULED, counted as such since
+        the seed came in; the driver adopts it (``made``)."""
+        run = Run(seq, payload, self.default_policy, due)
+        run.state = _S.SCHEDULED
+        self.made.append(run)
+        return run
+
+    def seed_run(self, seq: int, now: float) -> Run | None:
+        """The run of seed ``seq``, made now for a command that names it (it is SCHEDULED
+        and not armed: the command moves or ends it at once); None if ``seq`` is no seed
+        (its run was made before, or it was cancelled at shutdown)."""
+        payload = self._seeds.pop(seq, None)
+        if payload is None:
+            return None
+        self._seed_stale += 1  # its key stays in the heap until it is popped
+        return self._grow(seq, payload, now)
+
     def _advance(self, now: float) -> None:
         """Fire every timer due at ``now`` (the dispatch follows: ``handle``)."""
-        heap, starts, lead = self._heap, self._starts, self.timings.lead
+        heap, lead = self._heap, self.timings.lead
         # Starts and the other timers fire in the order of their times (a start first
         # on a tie).
         while heap and heap[0][0] <= now:
-            if starts and starts[0].armed - lead <= heap[0][0]:
+            if self._first_start() - lead <= heap[0][0]:
                 self._fire_starts(heap[0][0], now)
             _, _, kind, obj, gen = heapq.heappop(heap)
             if kind == CALLBACK:
@@ -485,7 +561,7 @@ class Core(Dispatcher):
                     self._kill_worker(w, now, f"task {self._id(run.seq)} was cancelled "
                                       f"and may have begun before its worker read the cancel")
                     self._end_cancelled(run, now)
-        if starts and starts[0].armed - lead <= now:
+        if self._first_start() - lead <= now:
             self._fire_starts(now, now)
 
     # ----------------------------------------------------------------- input
@@ -531,26 +607,42 @@ class Core(Dispatcher):
         self._enter(run, now, due)
         return run
 
-    def _add_many(self, runs: list[Run], now: float) -> None:
+    def _add_many(self, runs: list[Run | Seed], now: float) -> None:
         """``add_run`` of each (see ``AddMany``), the common one (no key, due later, not
-        on the wall clock) on a short path: a million of them may come in a row."""
+        on the wall clock) on a short path: a million of them may come in a row. A seed
+        due later stays one; one due already is made a Run and added so."""
         scheduled, pending = _S.SCHEDULED, _S.PENDING
         starts, push = self._starts, heapq.heappush
-        for run in runs:
-            due, more = run.due, run.more
-            if (more is None and due > now and run.policy.key is None and self.broken is None
-                    and run.state is pending):  # no RunMore: no worker either
-                # What add_run and _enter do with it: SCHEDULED, its START entry armed.
-                run.state = scheduled
-                self.by_state[scheduled] += 1
-                self.scheduled += 1
-                run.armed = due  # its own START entry (see _arm)
-                push(starts, run)
-                continue
-            wall = None
-            if more is not None and more.wall_due is not None:
-                wall, more.wall_due = more.wall_due, None  # add_run anchors it if due later
-            self.add_run(run, now, due if due > now else None, wall)
+        keys, seeds, sown = self._seed_keys, self._seeds, 0
+        later = self.broken is None  # (else every run ends FAILED at once)
+        try:
+            for run in runs:
+                if isinstance(run, tuple):
+                    due, seq, payload = run
+                    if due > now and later:
+                        seeds[seq] = payload
+                        push(keys, (due, seq))
+                        sown += 1
+                        continue
+                    run = Run(seq, payload, self.default_policy, due)
+                    self.made.append(run)
+                due, more = run.due, run.more
+                if (more is None and due > now and run.policy.key is None and self.broken is None
+                        and run.state is pending):  # no RunMore: no worker either
+                    # What add_run and _enter do with it: SCHEDULED, its START entry armed.
+                    run.state = scheduled
+                    self.by_state[scheduled] += 1
+                    self.scheduled += 1
+                    run.armed = due  # its own START entry (see _arm)
+                    push(starts, run)
+                    continue
+                wall = None
+                if more is not None and more.wall_due is not None:
+                    wall, more.wall_due = more.wall_due, None  # add_run anchors it if due later
+                self.add_run(run, now, due if due > now else None, wall)
+        finally:  # (counted once, as they came in)
+            self.by_state[scheduled] += sown
+            self.scheduled += sown
 
     def _clock_changed(self, wall_offset: float, now: float) -> None:
         """The wall clock stepped (or the machine slept): re-place wall-anchored starts."""
@@ -882,6 +974,8 @@ class Core(Dispatcher):
         for job in list(self.jobs.jobs.values()):
             self.jobs.cancel(job, now, kill_running=False)
         starts, self._starts = self._starts, []
+        seeds, self._seeds = self._seeds, {}
+        self._seed_keys, self._seed_stale = [], 0
         self._stale = sum(1 for e in self._heap if e[2] != CALLBACK and e[3].gen != e[4])
         # A plain scheduled run (no key, job or wall clock to tell) ends in bulk: a
         # million of them must not cost a million cancel()s and Resolves.
@@ -904,12 +998,13 @@ class Core(Dispatcher):
                 else:
                     self.cancel_run(run, now)
         del starts
-        if bulk:
-            n = len(bulk)
+        if bulk or seeds:
+            n = len(bulk) + len(seeds)
             self.by_state[scheduled] -= n
             self.by_state[cancelled] += n
             self.scheduled -= n
-            self.actions.append(Cancelled(bulk, now))
+            self.actions.append(Cancelled(bulk, now, list(seeds)))
+        del seeds
         for stream in list(self.streams.values()):
             for run in list(stream):
                 if run.blocked and (cancel_pending or run.due > now):  # due later: cancel

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any, Generic, Literal, TypeVar, overload
 
@@ -111,6 +111,15 @@ class _More(Generic[_T]):
 
 
 NOT_ARMED = -math.inf  # Run.armed of a run never armed (never in Core._starts)
+
+
+# A plain scheduled run (the supervisor's default policy, no key, no job, not on the wall
+# clock, due later) as the driver hands it over: ``(due, seq, payload)``. The core keeps
+# it so until it comes due or a command names it (its START key ``(due, seq)`` in one
+# heap, its payload by seq), and makes its Run then (``Core.seed_run``). Nothing of it is
+# tracked by the garbage collector: a million scheduled tasks, half the objects for each
+# collection to walk.
+Seed = tuple[float, int, bytes]
 
 
 class Run:
@@ -310,6 +319,8 @@ class Cancelled:
 
     runs: list[Run]
     at: float
+    # Seeds (see ``Seed``) cancelled with them: no Run was ever made for these.
+    seqs: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -363,9 +374,10 @@ class AddMany:
     """New runs, in order: ``Add`` of each, due at its own ``due`` (a time not later than
     now, such as the default 0.0: at once), following the wall clock to its ``wall_due``
     if that is set, with the one dispatch after them all. The driver hands over the new
-    tasks of a round so (a million ``schedule()`` calls in a row are a use case)."""
+    tasks of a round so (a million ``schedule()`` calls in a row are a use case). A
+    ``Seed`` among them is a plain scheduled run that gets no Run until it must."""
 
-    runs: list[Run]
+    runs: list[Run | Seed]
 
 
 @dataclass(slots=True)
@@ -377,20 +389,24 @@ class AddJob:
 
 @dataclass(slots=True)
 class Cancel:
-    """Cancel a run; ``answer`` as ``Core.cancel`` returns it."""
+    """Cancel a run; ``answer`` as ``Core.cancel`` returns it. ``run`` None: the run
+    of seed ``seq`` (see ``Seed``), made for it (False if there is none any more)."""
 
-    run: Run
+    run: Run | None
     answer: bool | None = None
+    seq: int = 0
 
 
 @dataclass(slots=True)
 class Reschedule:
-    """Move a run that has not started; ``answer``: whether it moved."""
+    """Move a run that has not started; ``answer``: whether it moved. ``run`` None: as
+    for ``Cancel``."""
 
-    run: Run
+    run: Run | None
     due: float
     wall_due: float | None = None
     answer: bool = False
+    seq: int = 0
 
 
 JobOp = Literal["pause", "resume", "kick", "cancel", "reschedule"]

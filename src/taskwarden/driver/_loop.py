@@ -24,7 +24,7 @@ from typing import Any, cast
 from .._errors import TaskCancelled
 from .._states import JobState, TaskState
 from ..core import engine as E
-from ..core.model import JobRec
+from ..core.model import JobRec, Seed
 from ..pool import base as P
 from ._clock import SYSTEM_CLOCK, Clock
 from ._reactor import Reactor
@@ -58,8 +58,11 @@ class LoopSide:
     _pool: P.Pool
     _reactor: Reactor  # the loop's wait: the pool's fds, wake-ups, deadlines
     _actions: list[E.Action]  # the core's, not carried out yet
-    # New tasks, their runs' due and wall_due set by the caller (see model.AddMany).
-    _adds: deque[Task[Any]]
+    # New tasks, their runs' due and wall_due set by the caller (see model.AddMany). A
+    # seed's task (see model.Seed) comes after its seed's parts, (due, seq, payload):
+    # flat, so that the collector stops tracking them at once (a task and a tuple holding
+    # it would both be walked while they wait here).
+    _adds: deque[Task[Any] | tuple[float, int, bytes]]
     _commands: deque[Callable[[], Any]]
     _close_lock: threading.Lock
     _closed: bool
@@ -87,7 +90,8 @@ class LoopSide:
         if job is None:
             return
         # This is a part of the Supervisor, which is the task's owner.
-        task: Task[Any] = Task(cast(TaskOwner, self), run, job.name, view=_view(run), keep=True)
+        task: Task[Any] = Task(cast(TaskOwner, self), run.seq, run, job.name, view=_view(run),
+                               keep=True)
         task.job = job
         self._tasks[run.seq] = task
         job._started(task)
@@ -98,18 +102,23 @@ class LoopSide:
         if not adds:
             return
         tasks = self._tasks
-        batch: list[Task[Any]] = []
-        runs: list[E.Run] = []
+        batch: list[tuple[Task[Any], E.Run]] = []
+        runs: list[E.Run | Seed] = []
         while adds:
-            task = adds.popleft()
-            run = task._run
-            tasks[run.seq] = task
-            batch.append(task)
+            item = adds.popleft()
+            if isinstance(item, tuple):  # a seed, then its task
+                tasks[item[1]] = cast(Task[Any], adds.popleft())
+                runs.append(item)
+                continue
+            run = item._run
+            assert run is not None
+            tasks[item._seq] = item
+            batch.append((item, run))
             runs.append(run)
         self._do(E.AddMany(runs))
         del runs
-        for task in batch:
-            state = task._run.state
+        for task, run in batch:
+            state = run.state
             if task._view[0] is not state:
                 # The core chose another first state. A change it made (RUNNING, an end)
                 # is in ``touched``: _publish shows it this round, built once.
@@ -120,6 +129,7 @@ class LoopSide:
 
     def _c_add(self, task: Task[Any], due: float | None, wall: float | None) -> Task[Any]:
         run = task._run
+        assert run is not None
         self._tasks[run.seq] = task
         cmd = E.Add(run, due, wall)
         self._do(cmd)
@@ -138,6 +148,8 @@ class LoopSide:
         self._take(self._core.handle(item, self._clock.monotonic() if now is None else now))
 
     def _take(self, actions: list[E.Action]) -> None:
+        if self._core.made:
+            self._adopt()
         if self._core.jobs_touched:
             actions = self._answer_jobs(actions)
         if actions:
@@ -145,6 +157,18 @@ class LoopSide:
                 self._actions.extend(actions)
             else:
                 self._actions = actions
+
+    def _adopt(self) -> None:
+        """Runs the core made from seeds: their Tasks get them (commands name the run
+        from now on), and show the state the core gave them."""
+        made, tasks = self._core.made, self._tasks
+        for run in made:
+            task = tasks.get(run.seq)
+            if task is not None:
+                task._run = run
+                if task._view[0] is not run.state:  # made PENDING at once (see AddMany)
+                    task._view = _view(run)
+        made.clear()
 
     def _answer_jobs(self, actions: list[E.Action]) -> list[E.Action]:
         """A job's new runs get their Tasks, and its changes are published, as soon as
@@ -233,8 +257,9 @@ class LoopSide:
             for wid in list(self._parked):
                 self._release(wid)
             while self._adds:
-                task = self._adds.popleft()
-                self._tasks[task._run.seq] = task
+                item = self._adds.popleft()
+                if not isinstance(item, tuple):
+                    self._tasks[item._seq] = item
             # Anything still unresolved (the loop died) must not hang its callers, and
             # its state says what its future says.
             for task in list(self._tasks.values()):
@@ -388,7 +413,7 @@ class LoopSide:
                     self._contained("resolving a task")
             for bulk in cancelled:
                 try:
-                    self._resolve_cancelled(bulk.runs, bulk.at)
+                    self._resolve_cancelled(bulk.runs, bulk.at, bulk.seqs)
                 except Exception:
                     self._contained("resolving cancelled tasks")
             if core.touched:  # a resolve's callback may have called back in
@@ -430,13 +455,19 @@ class LoopSide:
             if job._view[0] in _JOB_ENDED and not job._open:
                 self._job_ended(job)
 
-    def _resolve_cancelled(self, runs: list[E.Run], at: float) -> None:
-        """Scheduled runs cancelled together (shutdown): what ``_resolve`` does to each,
-        in bulk. The tasks nobody waits on are resolved without a Condition; their view
-        is one shared tuple, as none of them has begun an attempt."""
+    def _resolve_cancelled(self, runs: list[E.Run], at: float, seqs: list[int]) -> None:
+        """Scheduled runs cancelled together (shutdown), and seeds (``seqs``): what
+        ``_resolve`` does to each, in bulk. The tasks nobody waits on are resolved without
+        a Condition; their view is one shared tuple, as none of them has begun an
+        attempt."""
         get = self._tasks.get
         shared: TaskView = (TaskState.CANCELLED, 0, None, None, at, None)
         ended: list[Task[Any]] = []
+        for seq in seqs:  # never made a Run: nothing to let go of but the task
+            task = get(seq)
+            if task is not None and task._state != _FINISHED:
+                task._view = shared
+                ended.append(task)
         for run in runs:  # never ran to an end: no outcome (run.value) to let go of
             run.payload = b""
             task = get(run.seq)
@@ -476,7 +507,7 @@ class LoopSide:
             self._let_go_many(older)
         finished = self._finished
         for task in kept:
-            finished.append((task._run.seq, task._size))
+            finished.append((task._seq, task._size))
             self._kept_bytes += task._size
         self._trim()
 
@@ -488,7 +519,7 @@ class LoopSide:
         for i in range(len(items)):
             task = items[i]
             items[i] = _NOBODY
-            seq = task._run.seq
+            seq = task._seq
             tasks.pop(seq, None)
             if _refcount is None or _refcount(task) > _LOCAL_REFS:
                 held[seq] = ref(task)
@@ -502,7 +533,7 @@ class LoopSide:
         """A task is final, or a job ended: keep it for get() (a schedule() task, a job
         run, a job) within the bounds, or hold it only weakly (a submit() task)."""
         if isinstance(item, Task):
-            seq, keep, size = item._run.seq, item._keep, item._size
+            seq, keep, size = item._seq, item._keep, item._size
         else:
             last = item._last_done
             seq, keep, size = item._rec.seq, True, 0 if last is None else last._size

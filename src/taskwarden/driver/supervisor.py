@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import functools
+import inspect
 import itertools
 import logging
 import os
@@ -73,6 +74,7 @@ from ..pool.engines import (
     replace_delay,
     spare_workers,
 )
+from ._forkmark import fork_mark
 from ._loop import HELD_SWEEP, LoopSide
 from ._reactor import Reactor
 from ._validate import (
@@ -98,18 +100,6 @@ _log = logging.getLogger("taskwarden")
 KEEP_FINISHED_BYTES = 128 * 2**20  # default bound on the outcomes kept for get()
 
 _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
-# How many os.fork()s led to this process: a Supervisor made before the last one belongs
-# to an ancestor (a fork that bypasses Python, through libc, is told by the pid).
-_forks = 0
-
-
-def _forked() -> None:
-    global _forks
-    _forks += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
 
 
 @atexit.register
@@ -200,7 +190,7 @@ class Supervisor(Executor, LoopSide):
         self._workers = workers
         self._keep_finished = keep_finished
         self._pid = os.getpid()  # the process that owns the workers (see _check_process)
-        self._forks = _forks  # the same, as the count of forks: cheaper to compare
+        self._here = fork_mark()  # the same, as a memory read (see _forkmark)
         # Done-callbacks run here, in order, so that user code never runs on the loop.
         self._callbacks: queue.SimpleQueue[tuple[Task[Any], list[Any]] | None] = (
             queue.SimpleQueue())
@@ -214,7 +204,7 @@ class Supervisor(Executor, LoopSide):
         self._seq = itertools.count(1)
         self._commands: deque[Callable[[], Any]] = deque()
         # New tasks: a queue of their own (no closure each); drained before the commands.
-        self._adds: deque[Task[Any]] = deque()
+        self._adds: deque[Task[Any] | tuple[float, int, bytes]] = deque()
         self._plain_calls: dict[Callable[..., Any], bytes] = {}  # see _remember_plain_call
         self._closed = False
         self._close_lock = threading.Lock()
@@ -226,6 +216,7 @@ class Supervisor(Executor, LoopSide):
             id_format=functools.partial(make_uuid, self._id_base),
             seqs=self._seq,
             wall_offset=self._offset,
+            default_policy=self._defaults,  # the policy of a seed's run (see _new_task)
         )
         self._actions: list[E.Action] = []  # the core's, not carried out yet
         self._reactor = Reactor(clock)  # the loop's wait: the pool's fds, wake-ups, deadlines
@@ -348,6 +339,48 @@ class Supervisor(Executor, LoopSide):
         every: Seconds | None = None,
         cron: str | None = None,
         name: str | None = None,
+        **policy: Any,
+    ) -> Task[T] | Job:
+        """Run ``fn`` once (now, ``at`` a time, or after ``delay``), or on a recurring
+        schedule (``every`` seconds, or ``cron``), under the given policies.
+
+        >>> task = sup.schedule(fetch, args=(url,), timeout=10, retries=2)   # doctest: +SKIP
+        >>> watchdog = sup.schedule(alarm, delay=30)     # task.kick() postpones it
+        >>> job = sup.schedule(poll, every=5, delay=0, overlap="skip")
+        >>> nightly = sup.schedule(backup, cron="0 3 * * *", timeout=3600)
+
+        The policy keywords are spelled out in the overloads above (what type checkers
+        and IDEs read) and in ``inspect.signature`` (set below the class); here they are
+        gathered, so that the common call (a plain delay, no policy) binds few names.
+        """
+        if (not policy and at is None and every is None and cron is None and kwargs is None
+                and (type(delay) is float or type(delay) is int) and 0 < delay < FAR_FUTURE
+                and (name is None or type(name) is str)):
+            # The common call: a plain delay under the Supervisor's policy. A seed (see
+            # _add_seed), by the shortest way for an argument-less call already seen.
+            if args or type(fn) is not FunctionType or (
+                    payload := self._plain_calls.get(fn)) is None:
+                payload = self._payload(fn, args if type(args) is tuple else tuple(args),
+                                        _NO_KWARGS)
+            return self._add_seed(payload, self._clock.monotonic() + delay, delay, name)
+        unknown = policy.keys() - _POLICY_KEYWORDS
+        if unknown:
+            raise TypeError(
+                f"schedule() got an unexpected keyword argument {min(unknown)!r}")
+        return self._schedule(fn, args=args, kwargs=kwargs, at=at, delay=delay, every=every,
+                              cron=cron, name=name, **policy)
+
+    def _schedule(
+        self,
+        fn: Callable[..., T],
+        *,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        at: datetime | float | None = None,
+        delay: Seconds | None = None,
+        every: Seconds | None = None,
+        cron: str | None = None,
+        name: str | None = None,
         timeout: Seconds | Unset | None = UNSET,
         heartbeat: Seconds | Unset | None = UNSET,
         grace: Seconds | Unset | None = UNSET,
@@ -362,14 +395,7 @@ class Supervisor(Executor, LoopSide):
         max_runs: Count | Unset | None = UNSET,
         until: datetime | float | Unset | None = UNSET,
     ) -> Task[T] | Job:
-        """Run ``fn`` once (now, ``at`` a time, or after ``delay``), or on a recurring
-        schedule (``every`` seconds, or ``cron``), under the given policies.
-
-        >>> task = sup.schedule(fetch, args=(url,), timeout=10, retries=2)   # doctest: +SKIP
-        >>> watchdog = sup.schedule(alarm, delay=30)     # task.kick() postpones it
-        >>> job = sup.schedule(poll, every=5, delay=0, overlap="skip")
-        >>> nightly = sup.schedule(backup, cron="0 3 * * *", timeout=3600)
-        """
+        """``schedule()`` with its keywords checked (see there)."""
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, not {name!r}")
         if kwargs is not None and not isinstance(kwargs, dict):
@@ -546,7 +572,7 @@ class Supervisor(Executor, LoopSide):
         """Every task ``get()`` finds (live, kept, or held by the caller), oldest first."""
         def read() -> list[Task[Any]]:
             held = [t for t in self._alive_held() if isinstance(t, Task)]
-            return sorted([*self._tasks.values(), *held], key=lambda t: t._run.seq)
+            return sorted([*self._tasks.values(), *held], key=lambda t: t._seq)
 
         return self._ask(read)
 
@@ -594,23 +620,20 @@ class Supervisor(Executor, LoopSide):
     ) -> Task[Any]:
         """A new task, queued for the loop. ``now``: the monotonic time ``due`` was
         computed from, if the caller read it (else it is read here)."""
-        plain = not args and not kwargs and type(fn) is FunctionType
-        payload = self._plain_calls.get(fn) if plain else None
-        if payload is None:
-            if not callable(fn):
-                raise TypeError(f"{fn!r} is not callable")
-            check_binding(fn, args, kwargs)
-            payload = pickle_call(fn, args, kwargs, "task")
-            if plain:
-                self._remember_plain_call(fn, payload)
-        run = E.Run(next(self._seq), payload, policy, 0.0 if due is None else due)
+        payload = self._payload(fn, args, kwargs)
+        if (keep and due is not None and wall is None and policy is self._defaults
+                and due > (self._clock.monotonic() if now is None else now)):
+            assert delay is not None  # (a due comes of a delay, or of an ``at``: a wall)
+            return self._add_seed(payload, due, delay, name)
+        seq = next(self._seq)
+        run = E.Run(seq, payload, policy, 0.0 if due is None else due)
         # As the caller sees it until the loop publishes the core's own view of it.
         key = policy.key
         waits = ((due is not None and due > (self._clock.monotonic() if now is None else now))
                  or (key is not None and policy.debounce))
         # keep: get() finds it after the fact (see _retain)
-        task: Task[Any] = Task(self, run, name, delay, SCHEDULED_VIEW if waits else PENDING_VIEW,
-                               keep)
+        task: Task[Any] = Task(self, seq, run, name, delay,
+                               SCHEDULED_VIEW if waits else PENDING_VIEW, keep)
         if key is not None and policy.on_conflict == "drop":
             # The call may return an older task of the key: ask the loop, and wait.
             self._queue(None)
@@ -625,12 +648,42 @@ class Supervisor(Executor, LoopSide):
         if wall is not None:
             run.wall_due = wall  # the loop hands it over with the run (AddMany)
         # What _queue does, for a task (no closure made for it).
-        if _forks != self._forks or os.getpid() != self._pid:  # (a libc fork() that
-            self._check_process()  # skips os.register_at_fork's hooks: the pid tells)
+        if not self._here[0]:
+            self._check_process()
         with self._close_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
             self._adds.append(task)
+        self._reactor.wake()
+        return task
+
+    def _payload(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> bytes:
+        """The call, pickled (checked first: a callable, arguments that bind)."""
+        plain = not args and not kwargs and type(fn) is FunctionType
+        payload = self._plain_calls.get(fn) if plain else None
+        if payload is None:
+            if not callable(fn):
+                raise TypeError(f"{fn!r} is not callable")
+            check_binding(fn, args, kwargs)
+            payload = pickle_call(fn, args, kwargs, "task")
+            if plain:
+                self._remember_plain_call(fn, payload)
+        return payload
+
+    def _add_seed(self, payload: bytes, due: float, delay: float, name: str | None) -> Task[Any]:
+        """A schedule() task under the Supervisor's policy, due later on the monotonic
+        clock: the core keeps it as a seed (core.model.Seed), with no Run until it comes
+        due or a command names it; its Task has none until then."""
+        seq = next(self._seq)
+        task: Task[Any] = Task(self, seq, None, name, delay, SCHEDULED_VIEW, True)
+        if not self._here[0]:
+            self._check_process()
+        with self._close_lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
+            # Its seed's parts, then its task (see LoopSide._adds).
+            self._adds.extend(((due, seq, payload), task))
         self._reactor.wake()
         return task
 
@@ -672,7 +725,7 @@ class Supervisor(Executor, LoopSide):
         self._reactor.wake()
 
     def _check_process(self) -> None:
-        if _forks != self._forks or os.getpid() != self._pid:
+        if not self._here[0] or os.getpid() != self._pid:
             raise RuntimeError(
                 f"this Supervisor belongs to process {self._pid}: it cannot be used in a "
                 f"child made by os.fork() (nothing there would run its tasks); create a new "
@@ -702,7 +755,8 @@ class Supervisor(Executor, LoopSide):
         """Cancel; with ``wait``, answer once the outcome is final: True if the body never
         ran or its process is gone. The loop itself never waits for a process: a killed
         run resolves when its worker's exit is seen, and this caller waits for that."""
-        answer = self._command(E.Cancel(task._run)).answer
+        # Named in the loop, where a seed's run, once made, is the task's (see _adopt).
+        answer = self._ask(lambda: self._do_cancel(task))
         if answer is False:
             return False
         if not wait:
@@ -717,9 +771,14 @@ class Supervisor(Executor, LoopSide):
         d = (task._delay or 0.0) if delay is None else seconds("delay", delay)
         # The new time is read in the loop: the wait for it does not shorten the delay.
         return bool(self._ask(lambda: self._do_answer(
-            E.Reschedule(task._run, self._clock.monotonic() + d))))
+            E.Reschedule(task._run, self._clock.monotonic() + d, seq=task._seq))))
 
     def _do_answer(self, cmd: E.Reschedule) -> bool:
+        self._do(cmd)
+        return cmd.answer
+
+    def _do_cancel(self, task: Task[Any]) -> bool | None:
+        cmd = E.Cancel(task._run, seq=task._seq)
         self._do(cmd)
         return cmd.answer
 
@@ -728,12 +787,20 @@ class Supervisor(Executor, LoopSide):
     ) -> bool:
         due, wall = self._start_of(at, delay, required=True)
         assert due is not None
-        return self._command(E.Reschedule(task._run, due, wall)).answer
+        return bool(self._ask(lambda: self._do_answer(
+            E.Reschedule(task._run, due, wall, seq=task._seq))))
 
 
 
 _C = TypeVar("_C", E.Add, E.Cancel, E.Reschedule, E.JobControl)
 
+
+
+# What ``help()`` and ``inspect.signature`` show of schedule(): every keyword, by name.
+_SCHEDULE_SIGNATURE = inspect.signature(Supervisor._schedule)
+_POLICY_KEYWORDS = frozenset(_SCHEDULE_SIGNATURE.parameters) - frozenset(
+    inspect.signature(Supervisor.schedule).parameters)
+cast(Any, Supervisor.schedule).__signature__ = _SCHEDULE_SIGNATURE
 
 
 def _default_timings(engine: Engine) -> E.Timings:

@@ -73,7 +73,8 @@ class Task(Future[T]):
     def __init__(
         self,
         supervisor: TaskOwner,
-        run: Run,
+        seq: int,
+        run: Run | None,
         name: str | None,
         delay: float | None = None,
         view: TaskView = PENDING_VIEW,
@@ -88,8 +89,11 @@ class Task(Future[T]):
         # ``_exception``) too: a task that waits for its time (a million of them) has
         # none yet.
         self._supervisor = supervisor
+        self._seq = seq  # the core's number for it (its id is made of it)
         # The core's record: a token for the commands this task sends to the loop, and
-        # its seq and policy (never changed). Anything else of it is the loop's alone.
+        # its policy (never changed). Anything else of it is the loop's alone. None for
+        # a seed (see core.model.Seed) until the core makes its Run and the loop adopts
+        # it: a command then names the task by ``_seq``.
         self._run = run
         self._view = view  # written by the loop only, in one step
         self._delay = delay  # what kick() postpones by
@@ -97,7 +101,7 @@ class Task(Future[T]):
         if name is not None:
             self.name = name
 
-    __slots__ = ("_delay", "_keep", "_run", "_supervisor", "_view")
+    __slots__ = ("_delay", "_keep", "_run", "_seq", "_supervisor", "_view")
     _state = _PENDING
     _result: Any = None
     _exception: BaseException | None = None
@@ -206,7 +210,7 @@ class Task(Future[T]):
     @property
     def id(self) -> str:
         """A UUID string; ``Supervisor.get(task.id)`` finds the task again."""
-        return make_uuid(self._supervisor._id_base, self._run.seq)
+        return make_uuid(self._supervisor._id_base, self._seq)
 
     @property
     def state(self) -> TaskState:
@@ -238,7 +242,8 @@ class Task(Future[T]):
 
     @property
     def key(self) -> str | None:
-        return self._run.policy.key
+        run = self._run
+        return None if run is None else run.policy.key  # a seed has no key
 
     # -------------------------------------------------------------- control
     def cancel(self) -> bool:
