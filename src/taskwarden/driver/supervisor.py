@@ -357,8 +357,10 @@ class Supervisor(Executor, LoopSide):
                 and (type(delay) is float or type(delay) is int) and 0 < delay < FAR_FUTURE
                 and (name is None or type(name) is str)):
             # The common call: a plain delay under the Supervisor's policy. A seed (see
-            # _add_seed), by the shortest way for an argument-less call already seen.
-            if args or type(fn) is not FunctionType or (
+            # _add_seed), by the shortest way for an argument-less call already seen. Only
+            # an empty tuple is "no arguments": any other ``args`` is made a tuple (a
+            # numpy array has no plain truth value, None is no iterable).
+            if type(args) is not tuple or args or type(fn) is not FunctionType or (
                     payload := self._plain_calls.get(fn)) is None:
                 payload = self._payload(fn, args if type(args) is tuple else tuple(args),
                                         _NO_KWARGS)

@@ -1,0 +1,43 @@
+"""Review of the seeds change (a plain ``schedule()`` task kept as a START key and a
+payload until it must be a run): what it broke, each pinned by a test that failed on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from taskwarden import Supervisor
+
+import _tasks as T
+from _live import WAIT
+
+
+# ---------------------------------------------------------------- the call
+@pytest.mark.parametrize(
+    "args",
+    [None, 0, False, np.array([0]), np.array([1, 2])],
+    ids=["None", "zero", "False", "numpy-one", "numpy-two"],
+)
+def test_schedule_reads_args_as_an_iterable_on_the_fast_path_too(
+        sup: Supervisor, args: Any) -> None:
+    """``args`` is an iterable made a tuple, whatever its truth value: a plain delay
+    (the seeds' fast path) must not take a falsy one for "no arguments" and reuse the
+    argument-less call's payload, nor ask a numpy array for its truth value."""
+    assert sup.schedule(T.pid, delay=0.01).result(timeout=WAIT) > 0  # its call is cached
+    # T.pid takes no argument: a non-iterable fails as not iterable, an array's item
+    # fails to bind; either way at the call, as with a policy keyword (no seed).
+    for kw in ({}, {"timeout": 30}):
+        with pytest.raises(TypeError):
+            sup.schedule(T.pid, args=args, delay=0.05, **kw)
+    assert sup.stats()["scheduled"] == 0
+
+
+def test_a_one_item_array_as_args_is_the_call_s_argument(sup: Supervisor) -> None:
+    """An array as ``args`` is the call with its items, never the argument-less call nor
+    an error about the array's truth value."""
+    sup.schedule(T.add, args=(1,), delay=0.01).result(timeout=WAIT)
+    assert sup.schedule(T.add, args=np.array([0]), delay=0.01).result(timeout=WAIT) == 0
+    assert sup.schedule(T.square, args=np.array([3]), delay=0.01).result(timeout=WAIT) == 9
+    assert sup.schedule(T.add, args=np.array([2, 3]), delay=0.01).result(timeout=WAIT) == 5
