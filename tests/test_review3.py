@@ -11,7 +11,7 @@ import pytest
 from taskwarden import Supervisor
 
 import _tasks as T
-from _live import WAIT
+from _live import WAIT, FakeClock, supervisor_on
 
 
 # ---------------------------------------------------------------- the call
@@ -41,3 +41,32 @@ def test_a_one_item_array_as_args_is_the_call_s_argument(sup: Supervisor) -> Non
     assert sup.schedule(T.add, args=np.array([0]), delay=0.01).result(timeout=WAIT) == 0
     assert sup.schedule(T.square, args=np.array([3]), delay=0.01).result(timeout=WAIT) == 9
     assert sup.schedule(T.add, args=np.array([2, 3]), delay=0.01).result(timeout=WAIT) == 5
+
+
+class _SlowToPickle:
+    """An argument whose pickling takes ``seconds`` of the fake clock (once); it arrives
+    in the worker as 0."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self.clock, self.seconds = clock, seconds
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        seconds, self.seconds = self.seconds, 0.0
+        self.clock.advance(seconds)
+        return (int, (0,))
+
+
+@pytest.mark.parametrize("policy", [{}, {"timeout": 600}], ids=["seed", "policy"])
+def test_a_delay_counts_from_the_call_not_from_the_end_of_its_pickling(
+        policy: dict[str, Any]) -> None:
+    """``delay`` is measured from the call (what a watchdog's caller counts on): the
+    time its arguments take to pickle is part of it, with or without a policy."""
+    clock = FakeClock()
+    s = supervisor_on(clock, workers=1)
+    try:
+        # Pickled in 10 s (of the loop's clock): due 5 s after the call, it is late
+        # already, and starts without the clock moving again.
+        task = s.schedule(T.add, args=(_SlowToPickle(clock, 10.0), 7), delay=5, **policy)
+        assert task.result(timeout=WAIT) == 7
+    finally:
+        s.shutdown(wait=True, cancel_futures=True)

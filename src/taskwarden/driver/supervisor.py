@@ -359,12 +359,14 @@ class Supervisor(Executor, LoopSide):
             # The common call: a plain delay under the Supervisor's policy. A seed (see
             # _add_seed), by the shortest way for an argument-less call already seen. Only
             # an empty tuple is "no arguments": any other ``args`` is made a tuple (a
-            # numpy array has no plain truth value, None is no iterable).
+            # numpy array has no plain truth value, None is no iterable). The delay counts
+            # from the call: the time is read before the arguments are pickled.
+            due = self._clock.monotonic() + delay
             if type(args) is not tuple or args or type(fn) is not FunctionType or (
                     payload := self._plain_calls.get(fn)) is None:
                 payload = self._payload(fn, args if type(args) is tuple else tuple(args),
                                         _NO_KWARGS)
-            return self._add_seed(payload, self._clock.monotonic() + delay, delay, name)
+            return self._add_seed(payload, due, delay, name)
         unknown = policy.keys() - _POLICY_KEYWORDS
         if unknown:
             raise TypeError(
