@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from taskwarden import Supervisor
+from taskwarden import Supervisor, TaskCancelled, TaskState
 
 import _tasks as T
-from _live import WAIT, FakeClock, supervisor_on
+from _live import WAIT, FakeClock, supervisor_on, wait_for
 
 
 # ---------------------------------------------------------------- the call
@@ -70,3 +70,40 @@ def test_a_delay_counts_from_the_call_not_from_the_end_of_its_pickling(
         assert task.result(timeout=WAIT) == 7
     finally:
         s.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- the loop's end
+class _Fatal(BaseException):
+    pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_after_the_loop_dies_a_cancelled_seed_stays_cancelled_and_cannot_be_moved() -> None:
+    """The loop's end cancels every unfinished task, seeds too ("the state says what the
+    future says"). Moving one afterwards moves nothing: kick(), postpone() and
+    reschedule() answer False, and its state stays CANCELLED (no run is made of its
+    seed, to show SCHEDULED beside a cancelled future)."""
+    s = Supervisor(workers=1)
+    try:
+        seed = s.schedule(T.square, args=(3,), delay=600)
+        assert s.submit(T.square, 2).result(timeout=WAIT) == 4
+        real = s._core._advance  # what handle() calls for a Tick
+
+        def advance(now: float) -> None:
+            s._core._advance = real  # type: ignore[method-assign]
+            raise _Fatal("the loop cannot go on")
+
+        s._core._advance = advance  # type: ignore[method-assign]
+        s._reactor.wake()
+        with pytest.raises(TaskCancelled):
+            seed.result(timeout=WAIT)
+        wait_for(lambda: not s._thread.is_alive())
+        assert seed.state is TaskState.CANCELLED
+        assert seed.kick() is False
+        assert seed.postpone(5) is False
+        assert seed.reschedule(delay=5) is False
+        assert seed.state is TaskState.CANCELLED and seed.done()
+        with pytest.raises(ValueError):
+            seed.postpone(-1)  # bad input still fails at the call
+    finally:
+        s.shutdown(wait=True)

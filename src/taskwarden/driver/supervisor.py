@@ -773,6 +773,10 @@ class Supervisor(Executor, LoopSide):
 
     def _postpone_run(self, task: Task[Any], delay: float | timedelta | None) -> bool:
         d = (task._delay or 0.0) if delay is None else seconds("delay", delay)
+        if task._view[0].final:
+            # Nothing to move (nor to ask the loop: after its end, the core would make a
+            # run of a seed that its task no longer stands for).
+            return False
         # The new time is read in the loop: the wait for it does not shorten the delay.
         return bool(self._ask(lambda: self._do_answer(
             E.Reschedule(task._run, self._clock.monotonic() + d, seq=task._seq))))
@@ -791,6 +795,8 @@ class Supervisor(Executor, LoopSide):
     ) -> bool:
         due, wall = self._start_of(at, delay, required=True)
         assert due is not None
+        if task._view[0].final:
+            return False  # (see _postpone_run)
         return bool(self._ask(lambda: self._do_answer(
             E.Reschedule(task._run, due, wall, seq=task._seq))))
 
