@@ -34,10 +34,9 @@ def test_schedule_reads_args_as_an_iterable_on_the_fast_path_too(
     assert sup.stats()["scheduled"] == 0
 
 
-def test_a_one_item_array_as_args_is_the_call_s_argument(sup: Supervisor) -> None:
+def test_an_array_as_args_is_the_call_with_its_items(sup: Supervisor) -> None:
     """An array as ``args`` is the call with its items, never the argument-less call nor
     an error about the array's truth value."""
-    sup.schedule(T.add, args=(1,), delay=0.01).result(timeout=WAIT)
     assert sup.schedule(T.add, args=np.array([0]), delay=0.01).result(timeout=WAIT) == 0
     assert sup.schedule(T.square, args=np.array([3]), delay=0.01).result(timeout=WAIT) == 9
     assert sup.schedule(T.add, args=np.array([2, 3]), delay=0.01).result(timeout=WAIT) == 5
