@@ -20,7 +20,7 @@ from taskwarden.driver._forkmark import _PidMark, fork_mark
 
 import _tasks as T
 from _harness import Harness
-from _live import WAIT, wait_for
+from _live import WAIT, FakeClock, supervisor_on, wait_for
 
 
 # ---------------------------------------------------------------- the core
@@ -181,22 +181,26 @@ def test_shutdown_resolves_a_thousand_seeds_each_with_its_own_error() -> None:
     assert s.stats()["by_state"]["CANCELLED"] == 1000 and s.stats()["scheduled"] == 0
 
 
-def test_a_seed_whose_time_passes_before_the_loop_takes_it_runs_at_once(
-        sup: Supervisor) -> None:
-    sup.submit(T.square, 1).result(timeout=WAIT)
-    hold, held = threading.Event(), threading.Event()
+def test_a_seed_whose_time_passes_before_the_loop_takes_it_runs_at_once() -> None:
+    clock = FakeClock()  # (its time passes while the loop is held, with no sleep)
+    sup = supervisor_on(clock, workers=1)
+    try:
+        sup.submit(T.square, 1).result(timeout=WAIT)
+        hold, held = threading.Event(), threading.Event()
 
-    def block() -> None:  # the loop is busy: the new task waits in its queue
-        held.set()
-        hold.wait(WAIT)
+        def block() -> None:  # the loop is busy: the new task waits in its queue
+            held.set()
+            hold.wait(WAIT)
 
-    sup._post(block)
-    assert held.wait(WAIT)
-    task = sup.schedule(T.stamp, delay=0.05)
-    time.sleep(0.1)  # (what the test is about: its time passes while the loop is held)
-    hold.set()
-    assert task.result(timeout=WAIT) > 0 and task._run is not None
-    wait_for(lambda: sup.stats()["by_state"]["COMPLETED"] == 2)
+        sup._post(block)
+        assert held.wait(WAIT)
+        task = sup.schedule(T.stamp, delay=5)
+        clock.advance(10)  # its time passes while the loop is held; the clock stops there
+        hold.set()
+        assert task.result(timeout=WAIT) > 0 and task._run is not None
+        wait_for(lambda: sup.stats()["by_state"]["COMPLETED"] == 2)
+    finally:
+        sup.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------- the call
