@@ -243,3 +243,28 @@ def test_a_fork_mark_reads_zero_in_a_forked_child_only(make: Any) -> None:
         os.waitpid(pid, 0)
     assert seen == b"\x00\x01"  # the parent's mark is zero there; a child's own is not
     assert mark[0]
+
+
+def test_a_python_fork_is_told_even_where_the_mark_is_not_honoured() -> None:
+    # A sandbox may take MADV_WIPEONFORK without honouring it: the count of Python's forks
+    # still tells a child made by os.fork().
+    with Supervisor(workers=1) as s:
+        s._here = b"\x01"  # a mark that reads "here" everywhere
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                try:
+                    s.schedule(T.stamp, delay=60)
+                    os.write(w, b"accepted")
+                except RuntimeError:
+                    os.write(w, b"refused")
+            finally:
+                os._exit(0)
+        os.close(w)
+        try:
+            seen = os.read(r, 16)
+        finally:
+            os.close(r)
+            os.waitpid(pid, 0)
+        assert seen == b"refused"

@@ -100,6 +100,20 @@ _log = logging.getLogger("taskwarden")
 KEEP_FINISHED_BYTES = 128 * 2**20  # default bound on the outcomes kept for get()
 
 _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+# How many os.fork()s led to this process: a Supervisor made before the last one belongs
+# to an ancestor. A fork through libc runs no Python hook: the fork mark tells that one
+# (driver/_forkmark.py); the count stays for a kernel or sandbox that takes the mark's
+# advice without honouring it.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 @atexit.register
@@ -191,6 +205,7 @@ class Supervisor(Executor, LoopSide):
         self._keep_finished = keep_finished
         self._pid = os.getpid()  # the process that owns the workers (see _check_process)
         self._here = fork_mark()  # the same, as a memory read (see _forkmark)
+        self._forks = _forks  # and as the count of Python's forks
         # Done-callbacks run here, in order, so that user code never runs on the loop.
         self._callbacks: queue.SimpleQueue[tuple[Task[Any], list[Any]] | None] = (
             queue.SimpleQueue())
@@ -652,7 +667,7 @@ class Supervisor(Executor, LoopSide):
         if wall is not None:
             run.wall_due = wall  # the loop hands it over with the run (AddMany)
         # What _queue does, for a task (no closure made for it).
-        if not self._here[0]:
+        if _forks != self._forks or not self._here[0]:
             self._check_process()
         with self._close_lock:
             if self._closed:
@@ -681,7 +696,7 @@ class Supervisor(Executor, LoopSide):
         due or a command names it; its Task has none until then."""
         seq = next(self._seq)
         task: Task[Any] = Task(self, seq, None, name, delay, SCHEDULED_VIEW, True)
-        if not self._here[0]:
+        if _forks != self._forks or not self._here[0]:
             self._check_process()
         with self._close_lock:
             if self._closed:
@@ -729,7 +744,7 @@ class Supervisor(Executor, LoopSide):
         self._reactor.wake()
 
     def _check_process(self) -> None:
-        if not self._here[0] or os.getpid() != self._pid:
+        if _forks != self._forks or not self._here[0] or os.getpid() != self._pid:
             raise RuntimeError(
                 f"this Supervisor belongs to process {self._pid}: it cannot be used in a "
                 f"child made by os.fork() (nothing there would run its tasks); create a new "
