@@ -1,19 +1,27 @@
-"""A cold start (issue 12): what a worker process imports and builds before its READY, and
-the public names imported on first use."""
+"""A cold start (issue 12): what a worker process imports and builds before its READY, the
+public names imported on first use, and the first worker's process started by the
+Supervisor's constructor."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
 from typing import Any
 
+import psutil
 import pytest
 
 import taskwarden
-from taskwarden import CurrentTask
+from taskwarden import CurrentTask, Supervisor
 from taskwarden._taskside import CurrentTask as _CurrentTask
-from taskwarden.pool import _wire
+from taskwarden.driver._reactor import Reactor
+from taskwarden.pool import _template, _wire
+from taskwarden.pool.loky_pool import LokyPool
+
+import _tasks as T
+from _live import WAIT, gone, wait_for
 
 
 def _modules_after(code: str) -> set[str]:
@@ -99,3 +107,43 @@ def test_a_wire_message_is_a_tuple_of_its_named_fields() -> None:
             assert (seq, ok, data) == (4, False, b"x")
         case _:
             pytest.fail(f"decoded to {message!r}")
+
+
+def test_a_pool_starts_its_first_worker_when_bound_and_kills_it_if_never_asked() -> None:
+    pool = LokyPool(1 << 64, None)
+    reactor = Reactor()
+    try:
+        pool.bind(reactor)
+        first = pool._first
+        assert first is not None
+        pid = first[0].pid
+        assert psutil.Process(pid).ppid() == os.getpid()
+    finally:
+        pool.close()
+        reactor.close()
+    assert pool._first is None
+    assert gone(pid)
+
+
+def test_the_first_worker_starts_another_way_if_its_early_start_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    starts = []
+    real = LokyPool._start_process
+
+    def failing_once(self: LokyPool, wid: int) -> tuple[Any, Any]:
+        starts.append(wid)
+        if len(starts) == 1:
+            raise OSError("no process for you")
+        return real(self, wid)
+
+    monkeypatch.setattr(LokyPool, "_start_process", failing_once)
+    with Supervisor(workers=1) as s:
+        pid = s.submit(T.pid).result(timeout=WAIT)
+        if _template.supported():
+            # It waited for the template, and was forked from it.
+            template = s._pool._forker.template  # type: ignore[attr-defined]
+            assert template is not None
+            assert psutil.Process(pid).ppid() == template.pid
+        wait_for(lambda: s.stats()["workers_alive"] == 2)
+    assert gone(pid)

@@ -99,6 +99,7 @@ _REFUSED = 15  # its probe failed (error, hang, thread, process left): never aga
 _TAINTED = 16  # imported, but the template then had threads: it leaves, restart it
 _NAMED = frozenset((_IMPORT, _IMPORTED, _REFUSED, _TAINTED))
 
+_EXPERIMENT = os.environ.get("TW_TF") == "1"
 _MAX_FDS = 64  # descriptors taken per read (each record carries one at most)
 
 BASE_PRELOAD = ("taskwarden.pool._worker", "cloudpickle", "pickle", "traceback")
@@ -837,8 +838,8 @@ class Forker:
     from then on), or ``on_failed(wid)`` asks the pool to start it the plain way.
 
     The template starts on a thread of its own (it is a process start, like a
-    worker's) at the pool's first request (``start``), and that first worker starts
-    the plain way beside it: a template is up no sooner than a worker started the plain way
+    worker's) when the pool calls ``start``, right after starting its first worker
+    the plain way, beside it: a template is up no sooner than a worker started the plain way
     (it is one), and a forked worker comes a few milliseconds after that, so the
     first result would wait for both. The two interpreters start side by side, as
     loky's own executor starts its workers; the requests made meanwhile (the other
@@ -893,11 +894,15 @@ class Forker:
         if self.state == "starting":
             self._waiting.append(wid)
             return True
+        if self.state == "idle" and _EXPERIMENT:
+            self._start()
+            self._waiting.append(wid)
+            return True
         return False  # off, or idle: the pool's first worker (then the pool calls start)
 
     def start(self) -> None:
         """Start the template, unless it is started (or off). The pool calls it once it
-        has sent its first worker the plain way, whose start so goes out first."""
+        has started its first worker the plain way, whose start so goes out first."""
         if self.state == "idle":
             self._start()
 
