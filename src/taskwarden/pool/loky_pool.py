@@ -92,7 +92,9 @@ class LokyPool:
         self._spawned: deque[tuple[int, Any, Any]] = deque()  # from the spawner thread
         self._spawner: threading.Thread | None = None
         self._events: list[Event] = []  # the channels append to it: never rebound
-        self._scratch = memoryview(bytearray(1 << 20))  # reads land here: no buffer each
+        # Reads land here (no buffer each). Made at the first spawn(), not now: a fresh
+        # MiB costs ~0.6 ms of page faults, which the first worker's start need not wait for.
+        self._scratch: memoryview | None = None
         self._doomed: set[int] = set()  # killed while starting: killed once handed over
         self._killed: list[_Proc] = []
         self._first: tuple[Any, Any] | None = None  # started in bind(): the first spawn's
@@ -110,18 +112,18 @@ class LokyPool:
         self._forker.bind(reactor)
         # A cold start is mostly the first worker's interpreter starting: start it now,
         # in the Supervisor's constructor, rather than a thread hand-off after the loop's
-        # first round (the first spawn() adopts it). Then the template, beside it: its
-        # start goes out after this one's.
+        # first round (the first spawn() adopts it, and starts the template beside it).
         try:
             self._first = self._start_process(FIRST_WID)
         except Exception:
             self._first = None  # the first spawn() goes the usual way (and reports it)
-        self._forker.start()
 
     # ---------------------------------------------------------------- spawning
     def spawn(self, wid: int) -> None:
         reactor = self._reactor
         assert reactor is not None, "bind() the pool to the loop's reactor first"
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(1 << 20))
         chan = Channel(wid, reactor, self._events, self._scratch,
                        nudge=lambda: self._signal(wid, NUDGE_SIGNAL),
                        on_garbled=lambda: self._kill_garbled(wid))
@@ -131,6 +133,9 @@ class LokyPool:
             self._adopt(wid, *first)  # started in bind()
         elif not self._forker.request(wid):
             self._spawn_plain(wid)
+        # (The first spawn: the template starts now, on a thread of its own. Not in
+        # bind(): the constructor would wait for the GIL while that thread starts it.)
+        self._forker.start()
 
     def _spawn_plain(self, wid: int) -> None:
         """Start a worker through loky's context, on the spawner thread."""
