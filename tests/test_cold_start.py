@@ -43,6 +43,14 @@ def test_a_worker_boots_without_the_supervisor_side() -> None:
     }
 
 
+def test_the_template_boots_without_the_supervisor_side() -> None:
+    # (pool/base.py's event classes and pickletools are the supervisor's alone.)
+    loaded = _modules_after("import taskwarden.pool._template, taskwarden.pool._worker\n"
+                            "assert 'pickletools' not in sys.modules")
+    assert loaded == _modules_after("import taskwarden.pool._worker") | {
+        "taskwarden.pool._template"}
+
+
 def test_importing_the_package_imports_none_of_its_modules() -> None:
     assert _modules_after("import taskwarden") == {"taskwarden"}
 
