@@ -98,7 +98,6 @@ _REFUSED = 15  # its probe failed (error, hang, thread, process left): never aga
 _TAINTED = 16  # imported, but the template then had threads: it leaves, restart it
 _NAMED = frozenset((_IMPORT, _IMPORTED, _REFUSED, _TAINTED))
 
-_EXPERIMENT = os.environ.get("TW_TF") == "1"
 _MAX_FDS = 64  # descriptors taken per read (each record carries one at most)
 
 BASE_PRELOAD = ("taskwarden.pool._worker", "cloudpickle", "pickle", "traceback")
@@ -905,10 +904,6 @@ class Forker:
             self._ask(wid)
             return True
         if self.state == "starting":
-            self._waiting.append(wid)
-            return True
-        if self.state == "idle" and _EXPERIMENT:
-            self._start()
             self._waiting.append(wid)
             return True
         return False  # off, or idle: the pool's first worker (then the pool calls start)
