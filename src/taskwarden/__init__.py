@@ -12,25 +12,37 @@ schedule one-shot, periodic and cron work with watchdog timers.
 
 from typing import TYPE_CHECKING, Any
 
-from ._errors import (
-    RemoteError,
-    RemoteTraceback,
-    TaskCancelled,
-    TaskSuperseded,
-    TaskTimeout,
-    WorkerCrashed,
-)
-from ._states import JobState, TaskState
-from ._taskside import CurrentTask, current_task, heartbeat
-
 if TYPE_CHECKING:
+    from ._errors import (
+        RemoteError,
+        RemoteTraceback,
+        TaskCancelled,
+        TaskSuperseded,
+        TaskTimeout,
+        WorkerCrashed,
+    )
+    from ._states import JobState, TaskState
+    from ._taskside import CurrentTask, current_task, heartbeat
     from .driver.job import Job
     from .driver.supervisor import Supervisor
     from .driver.task import Task
 
-# The supervisor side is imported on first use: a worker process imports this
-# package (for heartbeat() and current_task()) and should boot without it.
+# Every public name is imported on first use. A worker process imports this package
+# (its worker module lives here, and a task calls ``taskwarden.heartbeat()``): it
+# boots without the supervisor side, the states' enums or anything else it does not
+# use, and each millisecond of that is a millisecond of every cold start.
 _LAZY = {
+    "CurrentTask": "._taskside",
+    "current_task": "._taskside",
+    "heartbeat": "._taskside",
+    "JobState": "._states",
+    "TaskState": "._states",
+    "RemoteError": "._errors",
+    "RemoteTraceback": "._errors",
+    "TaskCancelled": "._errors",
+    "TaskSuperseded": "._errors",
+    "TaskTimeout": "._errors",
+    "WorkerCrashed": "._errors",
     "Supervisor": ".driver.supervisor",
     "Task": ".driver.task",
     "Job": ".driver.job",
@@ -46,6 +58,10 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

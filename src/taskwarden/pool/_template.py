@@ -64,7 +64,6 @@ import importlib
 import logging
 import multiprocessing.process
 import os
-import pickletools
 import select
 import signal
 import socket
@@ -75,10 +74,10 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .base import Reactor
+if TYPE_CHECKING:
+    from .base import Reactor
 
 log = logging.getLogger("taskwarden")
 
@@ -145,6 +144,8 @@ def modules_of(payload: bytes | None) -> tuple[str, ...]:
     out: the worker loads those itself."""
     if payload is None:
         return ()
+    import pickletools  # (the supervisor's only: not imported by the template's boot)
+
     found: list[str] = []
     memo: dict[int, Any] = {}
     stack: list[Any] = []  # the last values pushed (strings, or None for anything else)
@@ -571,29 +572,39 @@ class TemplateUnavailable(Exception):
     """The template could not start (or cannot fork safely): use the plain path."""
 
 
-@dataclass(slots=True)
+# What the template said, as the supervisor reads it. (Plain classes, not dataclasses:
+# this module is the template process's too, and its boot need not build them.)
 class Spawned:
-    wid: int
-    pid: int
-    pidfd: int  # the supervisor's own: close it when done
+    __slots__ = ("pid", "pidfd", "wid")
+
+    def __init__(self, wid: int, pid: int, pidfd: int) -> None:
+        self.wid = wid
+        self.pid = pid
+        self.pidfd = pidfd  # the supervisor's own: close it when done
 
 
-@dataclass(slots=True)
 class ForkFailed:
-    wid: int
-    error: int
+    __slots__ = ("error", "wid")
+
+    def __init__(self, wid: int, error: int) -> None:
+        self.wid = wid
+        self.error = error
 
 
-@dataclass(slots=True)
 class Exited:
-    wid: int
-    status: int  # exit code, or -signal
+    __slots__ = ("status", "wid")
+
+    def __init__(self, wid: int, status: int) -> None:
+        self.wid = wid
+        self.status = status  # exit code, or -signal
 
 
-@dataclass(slots=True)
 class Preloaded:
-    name: str
-    ok: bool  # imported in the template; else refused (never offered again)
+    __slots__ = ("name", "ok")
+
+    def __init__(self, name: str, ok: bool) -> None:
+        self.name = name
+        self.ok = ok  # imported in the template; else refused (never offered again)
 
 
 TemplateEvent = Spawned | ForkFailed | Exited | Preloaded
@@ -821,10 +832,12 @@ class Template:
             self.pidfd = -1
 
 
-@dataclass(slots=True)
 class _Kid:
-    pid: int
-    template: Template  # the one that forked it: while it lives, it holds the exit status
+    __slots__ = ("pid", "template")
+
+    def __init__(self, pid: int, template: Template) -> None:
+        self.pid = pid
+        self.template = template  # its forker: while that lives, it holds the exit status
 
 
 class Forker:
@@ -837,8 +850,8 @@ class Forker:
     from then on), or ``on_failed(wid)`` asks the pool to start it the plain way.
 
     The template starts on a thread of its own (it is a process start, like a
-    worker's) at the pool's first request (``start``), and that first worker starts
-    the plain way beside it: a template is up no sooner than a worker started the plain way
+    worker's) when the pool calls ``start``, right after starting its first worker
+    the plain way, beside it: a template is up no sooner than a worker started the plain way
     (it is one), and a forked worker comes a few milliseconds after that, so the
     first result would wait for both. The two interpreters start side by side, as
     loky's own executor starts its workers; the requests made meanwhile (the other
@@ -897,7 +910,7 @@ class Forker:
 
     def start(self) -> None:
         """Start the template, unless it is started (or off). The pool calls it once it
-        has sent its first worker the plain way, whose start so goes out first."""
+        has started its first worker the plain way, whose start so goes out first."""
         if self.state == "idle":
             self._start()
 

@@ -5,10 +5,11 @@ chunks: one read may carry many messages, which is what lets a busy
 worker's results and a burst of dispatches travel without a system call
 each.
 
-Each message has a named type below (a NamedTuple: as cheap as the plain
-tuple it is on the wire), with its encoder (``.encode()``, a whole frame)
-beside its decoder (``decode``, from what ``split_frames`` took off the
-channel). On the wire a message is ``(KIND, *fields)``.
+Each message has a named type below (a tuple subclass with a property per
+field: as cheap as the plain tuple it is on the wire), with its encoder
+(``.encode()``, a whole frame) beside its decoder (``decode``, from what
+``split_frames`` took off the channel). On the wire a message is
+``(KIND, *fields)``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, ClassVar, TypeAlias, cast
 
 import cloudpickle
 
@@ -59,94 +60,213 @@ class ProtocolError(ValueError):
 RunItem: TypeAlias = tuple[int, bytes, dict[str, Any] | None]  # (seq, payload, options)
 
 
+_new = tuple.__new__  # (a global: one lookup fewer on every message made)
+
+
+class _Fields:
+    """What every message class shares: its field names (``_fields``, in wire order) and
+    a readable repr. Each message is a tuple of its fields, written out as a tuple
+    subclass with a property per field rather than a NamedTuple: creating the nine
+    NamedTuple classes cost every worker's boot about a millisecond."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]]
+
+    def __repr__(self) -> str:
+        values = zip(self._fields, cast("tuple[Any, ...]", self), strict=True)
+        inner = ", ".join(f"{name}={value!r}" for name, value in values)
+        return f"{type(self).__name__}({inner})"
+
+
 # ----------------------------------------------------- supervisor -> worker
-class Run(NamedTuple):
+class Run(_Fields, tuple[list[RunItem]]):
     """Runs to execute in this order."""
 
-    runs: list[RunItem]
+    __slots__ = ()
+    __match_args__ = ("runs",)
+    _fields = __match_args__
+
+    def __new__(cls, runs: list[RunItem]) -> Run:
+        return _new(cls, (runs,))
+
+    @property
+    def runs(self) -> list[RunItem]:
+        return self[0]
 
     def encode(self) -> bytes:
-        return frame((RUN, self.runs))
+        return frame((RUN, self[0]))
 
 
-class Skip(NamedTuple):
+class Skip(_Fields, tuple[int]):
     """Do not start run ``seq`` if it has not started (answered by ``Skipped``)."""
 
-    seq: int
+    __slots__ = ()
+    __match_args__ = ("seq",)
+    _fields = __match_args__
+
+    def __new__(cls, seq: int) -> Skip:
+        return _new(cls, (seq,))
+
+    @property
+    def seq(self) -> int:
+        return self[0]
 
     def encode(self) -> bytes:
-        return frame((SKIP, self.seq))
+        return frame((SKIP, self[0]))
 
 
-class Stop(NamedTuple):
+class Stop(_Fields, tuple[()]):
     """Exit once idle."""
+
+    __slots__ = ()
+    __match_args__ = ()
+    _fields = __match_args__
+
+    def __new__(cls) -> Stop:
+        return _new(cls, ())
 
     def encode(self) -> bytes:
         return frame((STOP,))
 
 
 # ----------------------------------------------------- worker -> supervisor
-class Ready(NamedTuple):
+class Ready(_Fields, tuple[int]):
     """Up (the initializer ran), signal handlers in place."""
 
-    pid: int
+    __slots__ = ()
+    __match_args__ = ("pid",)
+    _fields = __match_args__
+
+    def __new__(cls, pid: int) -> Ready:
+        return _new(cls, (pid,))
+
+    @property
+    def pid(self) -> int:
+        return self[0]
 
     def encode(self) -> bytes:
-        return frame((READY, self.pid))
+        return frame((READY, self[0]))
 
 
-class Done(NamedTuple):
+class Done(_Fields, tuple[int, bool, bytes, str | None, str | None, str | None, bytes]):
     """Run ``seq`` ended: ``data`` is its pickled result (``ok``) or exception (else,
     with ``tb`` and, should it not unpickle, ``type_name`` and ``message``);
     ``progress`` its last unsent progress value, pickled, or ``NO_PROGRESS``."""
 
-    seq: int
-    ok: bool
-    data: bytes
-    tb: str | None
-    type_name: str | None
-    message: str | None
-    progress: bytes
+    __slots__ = ()
+    __match_args__ = ("seq", "ok", "data", "tb", "type_name", "message", "progress")
+    _fields = __match_args__
+
+    def __new__(cls, seq: int, ok: bool, data: bytes, tb: str | None,
+                type_name: str | None, message: str | None, progress: bytes) -> Done:
+        return _new(cls, (seq, ok, data, tb, type_name, message, progress))
+
+    @property
+    def seq(self) -> int:
+        return self[0]
+
+    @property
+    def ok(self) -> bool:
+        return self[1]
+
+    @property
+    def data(self) -> bytes:
+        return self[2]
+
+    @property
+    def tb(self) -> str | None:
+        return self[3]
+
+    @property
+    def type_name(self) -> str | None:
+        return self[4]
+
+    @property
+    def message(self) -> str | None:
+        return self[5]
+
+    @property
+    def progress(self) -> bytes:
+        return self[6]
 
     def encode(self) -> bytes:
         return frame((DONE, *self))
 
 
-class Skipped(NamedTuple):
+class Skipped(_Fields, tuple[int]):
     """Run ``seq`` was taken out of the worker's inbox unstarted."""
 
-    seq: int
+    __slots__ = ()
+    __match_args__ = ("seq",)
+    _fields = __match_args__
+
+    def __new__(cls, seq: int) -> Skipped:
+        return _new(cls, (seq,))
+
+    @property
+    def seq(self) -> int:
+        return self[0]
 
     def encode(self) -> bytes:
-        return frame((SKIPPED, self.seq))
+        return frame((SKIPPED, self[0]))
 
 
-class Beating(NamedTuple):
+class Beating(_Fields, tuple[int, bytes | None]):
     """Run ``seq`` is alive; ``progress`` is a pickled progress value, or None."""
 
-    seq: int
-    progress: bytes | None
+    __slots__ = ()
+    __match_args__ = ("seq", "progress")
+    _fields = __match_args__
+
+    def __new__(cls, seq: int, progress: bytes | None) -> Beating:
+        return _new(cls, (seq, progress))
+
+    @property
+    def seq(self) -> int:
+        return self[0]
+
+    @property
+    def progress(self) -> bytes | None:
+        return self[1]
 
     def encode(self) -> bytes:
-        return frame((BEAT, self.seq, self.progress))
+        return frame((BEAT, self[0], self[1]))
 
 
-class InitFailed(NamedTuple):
+class InitFailed(_Fields, tuple[str]):
     """The initializer raised (its traceback); the worker exits."""
 
-    tb: str
+    __slots__ = ()
+    __match_args__ = ("tb",)
+    _fields = __match_args__
+
+    def __new__(cls, tb: str) -> InitFailed:
+        return _new(cls, (tb,))
+
+    @property
+    def tb(self) -> str:
+        return self[0]
 
     def encode(self) -> bytes:
-        return frame((INIT_FAILED, self.tb))
+        return frame((INIT_FAILED, self[0]))
 
 
-class Retiring(NamedTuple):
+class Retiring(_Fields, tuple[int]):
     """Over its memory limit (``rss`` bytes): the worker exits before its next run."""
 
-    rss: int
+    __slots__ = ()
+    __match_args__ = ("rss",)
+    _fields = __match_args__
+
+    def __new__(cls, rss: int) -> Retiring:
+        return _new(cls, (rss,))
+
+    @property
+    def rss(self) -> int:
+        return self[0]
 
     def encode(self) -> bytes:
-        return frame((RETIRING, self.rss))
+        return frame((RETIRING, self[0]))
 
 
 Message: TypeAlias = Run | Skip | Stop | Ready | Done | Skipped | Beating | InitFailed | Retiring
@@ -155,10 +275,9 @@ _TYPES: dict[int, type[Message]] = {
     RUN: Run, SKIP: Skip, STOP: Stop, READY: Ready, DONE: Done, SKIPPED: Skipped,
     BEAT: Beating, INIT_FAILED: InitFailed, RETIRING: Retiring,
 }
-# kind -> (type, length on the wire): decode builds the tuple without the NamedTuple's
+# kind -> (type, length on the wire): decode builds the tuple without the class's
 # Python-level __new__ (this is the hot path: one call per message).
 _DECODE = {kind: (cls, len(cls._fields) + 1) for kind, cls in _TYPES.items()}
-_new = tuple.__new__
 
 
 def decode(msg: Any) -> Message:

@@ -102,7 +102,8 @@ class Pool(Protocol):
     """
 
     def bind(self, reactor: Reactor) -> None:
-        """Give the pool the loop's reactor; called once, before the first ``spawn``."""
+        """Give the pool the loop's reactor; called once, before the first ``spawn``
+        (by the Supervisor's constructor: an engine may start its first worker here)."""
 
     def spawn(self, wid: int) -> None:
         """Start a worker; it reports ``WorkerReady`` (or ``InitFailed``) when up."""

@@ -7,11 +7,13 @@ process runs which task and can kill exactly that process tree. Where it can
 the worker is ready in a few milliseconds; the template's exit-status reports
 and the workers' pidfds come back to the loop through the reactor. The first
 worker starts the plain way, beside the template's own start (the first result
-waits for one interpreter's start, not for the template's and then a fork's).
-The plain way (also where there is no fork or pidfds, or the template cannot
-start): process starts (a fork, an exec and a fresh interpreter's imports each)
-happen on a small spawner thread so that the loop never waits for them: the
-spawner hands a started process over through a deque and wakes the loop. A worker's death
+waits for one interpreter's start, not for the template's and then a fork's),
+and its process starts as soon as the pool is bound, in the Supervisor's
+constructor: the loop's first round adopts it (a cold start is mostly that
+interpreter's start). Other plain starts (where there is no fork or pidfds, or
+the template cannot start: a fork and an exec each) happen on a small spawner
+thread so that the loop never waits for them: the spawner hands a started
+process over through a deque and wakes the loop. A worker's death
 is seen through a pidfd (Linux) or loky's sentinel, without polling. The
 pool waits on nothing itself: its sockets and pidfds are watched by the
 loop's reactor, and their callbacks gather events for ``take_events``.
@@ -42,6 +44,8 @@ from ._template import Forker, modules_of
 from ._wire import RunItem
 from ._worker import INTERRUPT_SIGNAL, NUDGE_SIGNAL, worker_process
 from .base import Event, Reactor, WorkerExited
+
+FIRST_WID = 1  # the core numbers its workers from 1: the first worker's name
 
 
 class _Forked:
@@ -88,9 +92,12 @@ class LokyPool:
         self._spawned: deque[tuple[int, Any, Any]] = deque()  # from the spawner thread
         self._spawner: threading.Thread | None = None
         self._events: list[Event] = []  # the channels append to it: never rebound
-        self._scratch = memoryview(bytearray(1 << 20))  # reads land here: no buffer each
+        # Reads land here (no buffer each). Made at the first spawn(), not now: a fresh
+        # MiB costs ~0.6 ms of page faults, which the first worker's start need not wait for.
+        self._scratch: memoryview | None = None
         self._doomed: set[int] = set()  # killed while starting: killed once handed over
         self._killed: list[_Proc] = []
+        self._first: tuple[Any, Any] | None = None  # started in bind(): the first spawn's
         # Where it can, the pool forks its workers from a template process (a few ms
         # each, not a process start); else, or if that fails, the spawner thread starts
         # them through loky's context.
@@ -103,18 +110,32 @@ class LokyPool:
     def bind(self, reactor: Reactor) -> None:
         self._reactor = reactor
         self._forker.bind(reactor)
+        # A cold start is mostly the first worker's interpreter starting: start it now,
+        # in the Supervisor's constructor, rather than a thread hand-off after the loop's
+        # first round (the first spawn() adopts it, and starts the template beside it).
+        try:
+            self._first = self._start_process(FIRST_WID)
+        except Exception:
+            self._first = None  # the first spawn() goes the usual way (and reports it)
 
     # ---------------------------------------------------------------- spawning
     def spawn(self, wid: int) -> None:
         reactor = self._reactor
         assert reactor is not None, "bind() the pool to the loop's reactor first"
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(1 << 20))
         chan = Channel(wid, reactor, self._events, self._scratch,
                        nudge=lambda: self._signal(wid, NUDGE_SIGNAL),
                        on_garbled=lambda: self._kill_garbled(wid))
         self._procs[wid] = _Proc(wid, chan)
-        if not self._forker.request(wid):
+        first, self._first = self._first, None
+        if first is not None:
+            self._adopt(wid, *first)  # started in bind()
+        elif not self._forker.request(wid):
             self._spawn_plain(wid)
-            self._forker.start()  # (the first worker only: the template starts beside it)
+        # (The first spawn: the template starts now, on a thread of its own. Not in
+        # bind(): the constructor would wait for the GIL while that thread starts it.)
+        self._forker.start()
 
     def _spawn_plain(self, wid: int) -> None:
         """Start a worker through loky's context, on the spawner thread."""
@@ -153,24 +174,34 @@ class LokyPool:
             if wid is None:
                 return
             try:
-                parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-                process = self._ctx.Process(
-                    target=worker_process,
-                    args=(child_conn, self._id_base, self._init_payload, self._max_memory),
-                    name=f"taskwarden-worker-{wid}",
-                )
-                process.start()
-                # Only this pool reaps its workers. multiprocessing's own bookkeeping
-                # would reap a dead one on the next Process.start() or
-                # active_children() anywhere in the program (its waitpid racing ours),
-                # and the exit status of a crash would be lost.
-                vars(multiprocessing.process)["_children"].discard(process)
-                child_conn.close()
+                process, parent_conn = self._start_process(wid)
             except Exception:
                 self._spawned.append((wid, None, None))
             else:
                 self._spawned.append((wid, process, parent_conn))
             reactor.wake()
+
+    def _start_process(self, wid: int) -> tuple[Any, Any]:
+        """Start a worker process through loky's context: (process, our end of its
+        channel). Blocks for the process start (a fork and an exec), not its boot."""
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        try:
+            process = self._ctx.Process(
+                target=worker_process,
+                args=(child_conn, self._id_base, self._init_payload, self._max_memory),
+                name=f"taskwarden-worker-{wid}",
+            )
+            process.start()
+        except BaseException:
+            parent_conn.close()
+            raise
+        finally:
+            child_conn.close()
+        # Only this pool reaps its workers. multiprocessing's own bookkeeping would reap
+        # a dead one on the next Process.start() or active_children() anywhere in the
+        # program (its waitpid racing ours), and the exit status of a crash would be lost.
+        vars(multiprocessing.process)["_children"].discard(process)
+        return process, parent_conn
 
     def _take_spawned(self) -> None:
         while self._spawned:
@@ -356,6 +387,12 @@ class LokyPool:
         return {wid: p.pid for wid, p in self._procs.items() if p.process is not None}
 
     def close(self) -> None:
+        first, self._first = self._first, None
+        if first is not None:  # started in bind(), never asked for
+            process, conn = first
+            kill_tree(process.pid)
+            process.join()
+            conn.close()
         self._spawn_q.put(None)
         if self._spawner is not None:
             self._spawner.join()
