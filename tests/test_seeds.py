@@ -9,11 +9,12 @@ import inspect
 import os
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import pytest
 
-from taskwarden import Supervisor, TaskCancelled, TaskState
+from taskwarden import Supervisor, Task, TaskCancelled, TaskState
 from taskwarden._policy import Policy
 from taskwarden.core import engine as E
 from taskwarden.driver._forkmark import _PidMark, fork_mark
@@ -268,3 +269,65 @@ def test_a_python_fork_is_told_even_where_the_mark_is_not_honoured() -> None:
             os.close(r)
             os.waitpid(pid, 0)
         assert seen == b"refused"
+
+
+def test_a_seed_queued_as_the_supervisor_closes_is_withdrawn_or_stands() -> None:
+    s = Supervisor(workers=1)
+    s.submit(T.square, 2).result(timeout=WAIT)
+    s.shutdown(wait=True)  # the loop is gone: nothing will take the queue
+    task = Task(s, 10**9, None, None, 60.0)
+    seed = (time.monotonic() + 60.0, 10**9, b"call")
+    s._adds.extend((seed, task))
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        s._withdraw(seed, task)  # still queued: taken back, and the call refused
+    assert not s._adds
+    s._withdraw(seed, task)  # taken already (by the loop, as it closed): the task stands
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        s.schedule(T.stamp, delay=60)
+
+
+def test_a_seed_queued_just_after_the_loop_ended_is_refused_not_lost() -> None:
+    # The worst moment: the call found the supervisor open, and the loop ends (and takes
+    # its queue for the last time) before the seed is queued.
+    s = Supervisor(workers=1)
+    s.submit(T.square, 2).result(timeout=WAIT)
+
+    class Late(deque[Any]):
+        def extend(self, items: Any) -> None:
+            s.shutdown(wait=True)
+            super().extend(items)
+
+    s._adds = Late()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        s.schedule(T.stamp, delay=60)
+    assert not s._adds
+
+
+def _race_schedule_with_shutdown() -> None:
+    s = Supervisor(workers=1)
+    s.submit(T.square, 2).result(timeout=WAIT)
+    got: list[Any] = []
+    refused = threading.Event()
+
+    def call() -> None:
+        while not refused.is_set():
+            try:
+                got.append(s.schedule(T.stamp, delay=60))
+            except RuntimeError:
+                refused.set()
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.02)  # (let them queue some)
+    s.shutdown(wait=True)
+    for t in threads:
+        t.join(WAIT)
+    assert refused.is_set() and got
+    for task in got:  # each one returned stands, and has ended (cancelled)
+        assert task.done() and task.state is TaskState.CANCELLED
+
+
+def test_schedule_racing_shutdown_leaves_no_task_unresolved() -> None:
+    for _ in range(5):
+        _race_schedule_with_shutdown()

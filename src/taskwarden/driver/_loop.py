@@ -104,17 +104,21 @@ class LoopSide:
         tasks = self._tasks
         batch: list[tuple[Task[Any], E.Run]] = []
         runs: list[E.Run | Seed] = []
-        while adds:
-            item = adds.popleft()
-            if isinstance(item, tuple):  # a seed, then its task
-                tasks[item[1]] = cast(Task[Any], adds.popleft())
-                runs.append(item)
-                continue
-            run = item._run
-            assert run is not None
-            tasks[item._seq] = item
-            batch.append((item, run))
-            runs.append(run)
+        pop, put = adds.popleft, runs.append
+        # Under the lock: a caller that found the supervisor closed takes its seed back
+        # under it (Supervisor._withdraw), never half of one from under this loop.
+        with self._close_lock:
+            while adds:
+                item = pop()
+                if isinstance(item, tuple):  # a seed, then its task
+                    tasks[item[1]] = pop()  # type: ignore[assignment]
+                    put(item)
+                    continue
+                run = item._run
+                assert run is not None
+                tasks[item._seq] = item
+                batch.append((item, run))
+                put(run)
         self._do(E.AddMany(runs))
         del runs
         for task, run in batch:
@@ -252,14 +256,14 @@ class LoopSide:
         finally:
             with self._close_lock:
                 self._closed = True  # no more submits: nothing would run them
+                while self._adds:  # (a seed's caller may withdraw it: see _take_adds)
+                    item = self._adds.popleft()
+                    if not isinstance(item, tuple):
+                        self._tasks[item._seq] = item
             pool.close()
             self._reactor.close()
             for wid in list(self._parked):
                 self._release(wid)
-            while self._adds:
-                item = self._adds.popleft()
-                if not isinstance(item, tuple):
-                    self._tasks[item._seq] = item
             # Anything still unresolved (the loop died) must not hang its callers, and
             # its state says what its future says.
             for task in list(self._tasks.values()):

@@ -100,6 +100,7 @@ _log = logging.getLogger("taskwarden")
 KEEP_FINISHED_BYTES = 128 * 2**20  # default bound on the outcomes kept for get()
 
 _supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+_CLOSED = "cannot schedule new tasks or jobs after shutdown"
 # How many os.fork()s led to this process: a Supervisor made before the last one belongs
 # to an ancestor. A fork through libc runs no Python hook: the fork mark tells that one
 # (driver/_forkmark.py); the count stays for a kernel or sandbox that takes the mark's
@@ -698,13 +699,31 @@ class Supervisor(Executor, LoopSide):
         task: Task[Any] = Task(self, seq, None, name, delay, SCHEDULED_VIEW, True)
         if _forks != self._forks or not self._here[0]:
             self._check_process()
-        with self._close_lock:
-            if self._closed:
-                raise RuntimeError("cannot schedule new tasks or jobs after shutdown")
-            # Its seed's parts, then its task (see LoopSide._adds).
-            self._adds.extend(((due, seq, payload), task))
+        if self._closed:
+            raise RuntimeError(_CLOSED)
+        # Its seed's parts, then its task (see LoopSide._adds), without the lock (a
+        # quarter of the call): the loop takes the queue under it, and a call that finds
+        # the supervisor closed once they are in takes them back under it (_withdraw).
+        seed = (due, seq, payload)
+        self._adds.extend((seed, task))
+        if self._closed:
+            self._withdraw(seed, task)
         self._reactor.wake()
         return task
+
+    def _withdraw(self, seed: tuple[float, int, bytes], task: Task[Any]) -> None:
+        """A seed queued as the supervisor closed. Still in the queue, it is taken back
+        and the call refused (the loop may have ended: nothing would take it). Taken by
+        the loop already, the task stands: it was there before the loop closed, and it
+        ends as the tasks scheduled then do (cancelled)."""
+        with self._close_lock:  # (the loop takes the queue under it)
+            adds = self._adds
+            try:
+                adds.remove(task)
+            except ValueError:
+                return
+            adds.remove(seed)
+        raise RuntimeError(_CLOSED)
 
     def _remember_plain_call(self, fn: Callable[..., Any], payload: bytes) -> None:
         """A call with no arguments of a plain function (not a method: its object may
