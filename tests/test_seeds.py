@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -225,23 +226,28 @@ def test_schedule_shows_and_checks_every_keyword_by_name(sup: Supervisor) -> Non
 
 
 # ---------------------------------------------------------------- fork mark
-@pytest.mark.parametrize("make", [fork_mark, _PidMark], ids=["page", "pid"])
-def test_a_fork_mark_reads_zero_in_a_forked_child_only(make: Any) -> None:
-    mark = make()
-    assert mark[0]
+def _in_a_fork(child: Callable[[], bytes]) -> bytes:
+    """What ``child()`` says in a child made by os.fork() (read back through a pipe)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            os.write(w, bytes([mark[0], make()[0]]))
+            os.write(w, child())
         finally:
             os._exit(0)
     os.close(w)
     try:
-        seen = os.read(r, 2)
+        return os.read(r, 64)
     finally:
         os.close(r)
         os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("make", [fork_mark, _PidMark], ids=["page", "pid"])
+def test_a_fork_mark_reads_zero_in_a_forked_child_only(make: Any) -> None:
+    mark = make()
+    assert mark[0]
+    seen = _in_a_fork(lambda: bytes([mark[0], make()[0]]))
     assert seen == b"\x00\x01"  # the parent's mark is zero there; a child's own is not
     assert mark[0]
 
@@ -251,24 +257,15 @@ def test_a_python_fork_is_told_even_where_the_mark_is_not_honoured() -> None:
     # still tells a child made by os.fork().
     with Supervisor(workers=1) as s:
         s._here = b"\x01"  # a mark that reads "here" everywhere
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
+
+        def child() -> bytes:
             try:
-                try:
-                    s.schedule(T.stamp, delay=60)
-                    os.write(w, b"accepted")
-                except RuntimeError:
-                    os.write(w, b"refused")
-            finally:
-                os._exit(0)
-        os.close(w)
-        try:
-            seen = os.read(r, 16)
-        finally:
-            os.close(r)
-            os.waitpid(pid, 0)
-        assert seen == b"refused"
+                s.schedule(T.stamp, delay=60)
+            except RuntimeError:
+                return b"refused"
+            return b"accepted"
+
+        assert _in_a_fork(child) == b"refused"
 
 
 def test_a_seed_queued_as_the_supervisor_closes_is_withdrawn_or_stands() -> None:
