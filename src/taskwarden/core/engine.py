@@ -626,6 +626,7 @@ class Core(Dispatcher):
                         continue
                     run = Run(seq, payload, self.default_policy, due)
                     self.made.append(run)
+                    self.touched.append(run)  # its Task shows SCHEDULED: publish its state
                 due, more = run.due, run.more
                 if (more is None and due > now and run.policy.key is None and self.broken is None
                         and run.state is pending):  # no RunMore: no worker either

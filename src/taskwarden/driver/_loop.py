@@ -164,14 +164,12 @@ class LoopSide:
 
     def _adopt(self) -> None:
         """Runs the core made from seeds: their Tasks get them (commands name the run
-        from now on), and show the state the core gave them."""
+        from now on). A state the core gave them is published with the others."""
         made, tasks = self._core.made, self._tasks
         for run in made:
             task = tasks.get(run.seq)
             if task is not None:
                 task._run = run
-                if task._view[0] is not run.state:  # made PENDING at once (see AddMany)
-                    task._view = _view(run)
         made.clear()
 
     def _answer_jobs(self, actions: list[E.Action]) -> list[E.Action]:
