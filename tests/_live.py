@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from taskwarden import Supervisor
+from taskwarden.pool import _template
 
 WAIT = 20.0  # generous bound for anything that should take milliseconds
 
@@ -124,3 +126,28 @@ def forked_workers_only(s: Supervisor, workers: int) -> int:
 
     wait_for(every_worker_forked)
     return template
+
+
+class LoopFatal(BaseException):
+    """What ``break_the_loop`` raises in the loop: no Exception, so nothing contains it."""
+
+
+def break_the_loop(s: Supervisor) -> None:
+    """Make the supervisor's loop die at its next round (its Tick raises, once)."""
+    real = s._core._advance  # what handle() calls for a Tick
+
+    def advance(now: float) -> None:
+        s._core._advance = real  # type: ignore[method-assign]
+        raise LoopFatal("the loop cannot go on")
+
+    s._core._advance = advance  # type: ignore[method-assign]
+    s._reactor.wake()
+
+
+def use_workers(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers of one kind for the test: "plain" (no template), or "forked" from the
+    template (skipped where there is none)."""
+    if kind == "plain":
+        monkeypatch.setattr(_template, "supported", lambda: False)
+    elif not _template.supported():
+        pytest.skip("no fork/pidfd here")

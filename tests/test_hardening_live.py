@@ -29,7 +29,7 @@ from taskwarden.driver._timer import make_timer
 from taskwarden.pool import loky_pool
 
 import _tasks as T
-from _live import WAIT, gone, read_pid, wait_for
+from _live import WAIT, break_the_loop, gone, read_pid, wait_for
 
 # --------------------------------------------------- 2. huge finite times
 
@@ -140,24 +140,13 @@ def test_an_error_in_the_loop_is_logged_and_the_loop_carries_on(
                for r in caplog.records)
 
 
-class _Fatal(BaseException):
-    pass
-
-
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_if_the_loop_dies_every_unfinished_task_says_cancelled() -> None:
     s = Supervisor(workers=1)
     try:
         running = s.submit(T.sleep, 30)
         wait_for(lambda: running.state is TaskState.RUNNING)
-        real = s._core._advance  # what handle() calls for a Tick
-
-        def advance(now: float) -> None:
-            s._core._advance = real  # type: ignore[method-assign]
-            raise _Fatal("the loop cannot go on")
-
-        s._core._advance = advance  # type: ignore[method-assign]
-        s._reactor.wake()
+        break_the_loop(s)
         with pytest.raises(TaskCancelled):
             running.result(timeout=WAIT)
         assert running.state is TaskState.CANCELLED  # the state says what the future says

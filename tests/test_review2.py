@@ -18,7 +18,7 @@ from taskwarden import Supervisor
 from taskwarden.pool import _template
 
 import _tasks as T
-from _live import WAIT, forked_workers_only, wait_for
+from _live import WAIT, forked_workers_only, use_workers, wait_for
 
 needs_template = pytest.mark.skipif(not _template.supported(), reason="no fork/pidfd here")
 
@@ -92,10 +92,7 @@ def test_a_worker_a_task_left_a_thread_in_still_runs_its_exit_hooks(
 ) -> None:
     # A thread a task left running must not keep the worker alive, and does not: but the
     # way out it took (os._exit at once) skipped the exit hooks that exit_process runs.
-    if kind == "plain":
-        monkeypatch.setattr(_template, "supported", lambda: False)
-    elif not _template.supported():
-        pytest.skip("no fork/pidfd here")
+    use_workers(kind, monkeypatch)
     path = tmp_path / "exits"
     with Supervisor(workers=1, initializer=T.note_pid_at_exit, initargs=(str(path),)) as s:
         s.submit(T.pid).result(timeout=WAIT)

@@ -11,7 +11,7 @@ import pytest
 from taskwarden import Supervisor, TaskCancelled, TaskState
 
 import _tasks as T
-from _live import WAIT, FakeClock, supervisor_on, wait_for
+from _live import WAIT, FakeClock, break_the_loop, supervisor_on, wait_for
 
 
 # ---------------------------------------------------------------- the call
@@ -72,10 +72,6 @@ def test_a_delay_counts_from_the_call_not_from_the_end_of_its_pickling(
 
 
 # ---------------------------------------------------------------- the loop's end
-class _Fatal(BaseException):
-    pass
-
-
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_after_the_loop_dies_a_cancelled_seed_stays_cancelled_and_cannot_be_moved() -> None:
     """The loop's end cancels every unfinished task, seeds too ("the state says what the
@@ -86,14 +82,7 @@ def test_after_the_loop_dies_a_cancelled_seed_stays_cancelled_and_cannot_be_move
     try:
         seed = s.schedule(T.square, args=(3,), delay=600)
         assert s.submit(T.square, 2).result(timeout=WAIT) == 4
-        real = s._core._advance  # what handle() calls for a Tick
-
-        def advance(now: float) -> None:
-            s._core._advance = real  # type: ignore[method-assign]
-            raise _Fatal("the loop cannot go on")
-
-        s._core._advance = advance  # type: ignore[method-assign]
-        s._reactor.wake()
+        break_the_loop(s)
         with pytest.raises(TaskCancelled):
             seed.result(timeout=WAIT)
         wait_for(lambda: not s._thread.is_alive())

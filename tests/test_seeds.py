@@ -11,8 +11,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import pytest
 
 from taskwarden import Supervisor, Task, TaskCancelled, TaskState
@@ -203,6 +205,19 @@ def test_a_seed_whose_time_passes_before_the_loop_takes_it_runs_at_once() -> Non
         wait_for(lambda: sup.stats()["by_state"]["COMPLETED"] == 2)
     finally:
         sup.shutdown(wait=True, cancel_futures=True)
+
+
+def test_seeds_due_before_the_loop_takes_them_run_at_once_on_the_real_clock(
+        sup: Supervisor) -> None:
+    # Delays too small to be waited for (5e-324 adds nothing to the time it was read at):
+    # each run is made as the loop takes its seed, and its state is published from there.
+    delays: list[Any] = [1e-9, 5e-324, 1e-6, np.float64(1e-7), Fraction(1, 10**9)] * 4
+    tasks = [sup.schedule(T.square, args=(i,), delay=d) for i, d in enumerate(delays)]
+    assert [t.result(timeout=WAIT) for t in tasks] == [i * i for i in range(len(delays))]
+    for t in tasks:
+        assert t.state is TaskState.COMPLETED and t.attempts == 1 and t._run is not None
+    wait_for(lambda: sup.stats()["by_state"]["COMPLETED"] == len(delays))
+    assert sup.stats()["scheduled"] == 0 and _seeds_of(sup) == {}
 
 
 # ---------------------------------------------------------------- the call

@@ -22,7 +22,7 @@ from taskwarden import Supervisor, TaskTimeout, WorkerCrashed
 from taskwarden.pool import _template
 
 import _tasks as T
-from _live import WAIT, busy_parent_script, forked_workers_only, gone, wait_for
+from _live import WAIT, busy_parent_script, forked_workers_only, gone, use_workers, wait_for
 
 pytestmark = pytest.mark.skipif(not _template.supported(), reason="no fork/pidfd here")
 
@@ -208,8 +208,7 @@ def test_a_worker_runs_its_exit_hooks_when_it_leaves(
     tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Both kinds leave at once (no interpreter teardown), but not before their hooks.
-    if kind == "plain":
-        monkeypatch.setattr(_template, "supported", lambda: False)
+    use_workers(kind, monkeypatch)
     path = tmp_path / "exits"
     with Supervisor(workers=1, initializer=T.note_pid_at_exit, initargs=(str(path),)) as s:
         s.submit(T.pid).result(timeout=WAIT)
