@@ -67,7 +67,7 @@ class Config:
 
     @property
     def cold_runs(self) -> int:
-        return 3 if self.quick else 5
+        return 5 if self.quick else 9
 
     @property
     def kill_repeats(self) -> int:
@@ -168,7 +168,11 @@ def latency(peer: str, cfg: Config, tmp: str) -> Figures:
 
 
 def cold_start(peer: str, cfg: Config, tmp: str) -> Figures:
-    """From constructing the pool to the first result (imports already done)."""
+    """From constructing the pool to the first result (imports already done). The
+    first run is the program's first process start through its library: loky's
+    context starts its two resource-tracker processes with it (both peers here use
+    that context); it is reported on its own, and the others' median as the cold
+    start."""
     if peer == "taskwarden":
         # (import cost is not part of the figure; the package imports its names on first
         # use, so name the Supervisor: that imports the supervisor side now)
@@ -194,7 +198,8 @@ def cold_start(peer: str, cfg: Config, tmp: str) -> Figures:
             stops.append(perf() - t1)
         time.sleep(0.05)
     return {
-        "cold_ms": median(starts) * 1e3,
+        "cold_ms": median(starts[1:]) * 1e3,
+        "first_ms": starts[0] * 1e3,
         "shutdown_ms": median(stops) * 1e3,
         "runs_ms": _ms(starts),
     }

@@ -68,6 +68,8 @@ ROWS: tuple[Row, ...] = (
     Row("round trip p50, us", "latency", "p50_us", "lower"),
     Row("round trip p99, us", "latency", "p99_us", "lower"),
     Row("cold start to first result, ms", "cold_start", "cold_ms", "lower"),
+    Row("a program's first cold start (with loky's resource trackers), ms", "cold_start",
+        "first_ms", "lower"),
     Row("shutdown after cold start, ms", "cold_start", "shutdown_ms", "lower"),
     Row("timeout 0.2 s: result late by, ms", "kill_timeout", "lateness_ms", "lower"),
     Row("timeout 0.2 s: process gone after deadline, ms", "kill_timeout", "gone_ms", "lower"),

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import psutil
@@ -17,7 +19,8 @@ import taskwarden
 from taskwarden import CurrentTask, Supervisor
 from taskwarden._taskside import CurrentTask as _CurrentTask
 from taskwarden.driver._reactor import Reactor
-from taskwarden.pool import _wire
+from taskwarden.pool import _template, _wire
+from taskwarden.pool.base import WorkerReady
 from taskwarden.pool.loky_pool import LokyPool
 
 import _tasks as T
@@ -153,3 +156,112 @@ def test_the_first_worker_starts_the_usual_way_if_its_early_start_fails(
         assert psutil.Process(pid).ppid() == os.getpid()
         wait_for(lambda: s.stats()["workers_alive"] == 2)
     assert gone(pid)
+
+
+# ------------------------------------- the template waits for the first worker's start
+def _ready_wids(events: list[Any]) -> list[int]:
+    return [e.wid for e in events if isinstance(e, WorkerReady)]
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_the_template_starts_beside_the_first_worker_or_once_it_is_ready(
+    monkeypatch: pytest.MonkeyPatch, beside: bool
+) -> None:
+    if not _template.supported():
+        pytest.skip("no template on this platform")
+    monkeypatch.setattr(LokyPool, "template_beside_first", beside)
+    pool = LokyPool(1 << 64, None)
+    reactor = Reactor()
+    events: list[Any] = []
+    try:
+        pool.bind(reactor)
+        pool.spawn(1)
+        pool.spawn(2)
+        forker = pool._forker
+        assert forker._waiting == [2]  # the second worker waits for the template
+        assert forker.state == ("starting" if beside else "held")
+        deadline = time.monotonic() + WAIT
+        while not {1, 2} <= set(_ready_wids(events)):
+            assert time.monotonic() < deadline, f"no READY from both workers: {events}"
+            reactor.wait(time.monotonic() + 0.05)
+            events += pool.take_events()
+            if not beside and 1 not in _ready_wids(events):
+                # Held, with no process of its own, until the first worker said READY.
+                assert forker.state == "held" and forker._thread is None
+        ready = _ready_wids(events)
+        # (Side by side, either may be READY first: a forked worker is sometimes.)
+        assert ready == [1, 2] if not beside else sorted(ready) == [1, 2], ready
+        assert forker.forked(2) and not forker.forked(1)
+    finally:
+        pool.close()
+        reactor.close()
+    assert pool.alive() == 0
+
+
+def test_the_template_waits_for_the_first_worker_where_the_starts_outnumber_the_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from taskwarden.pool import loky_pool
+
+    def beside(cpus: int, *, trackers: bool, init_payload: bytes | None = None) -> bool:
+        monkeypatch.setattr(loky_pool, "cpu_count", lambda: cpus)
+        pool = LokyPool(1 << 64, init_payload)
+        pool._trackers_start = trackers
+        return pool._beside_first()
+
+    # The first worker and the template: two starts.
+    assert not beside(1, trackers=False)
+    assert beside(2, trackers=False)
+    # A program's first worker brings loky's two resource trackers: four starts.
+    assert not beside(2, trackers=True)
+    assert not beside(3, trackers=True)
+    assert beside(4, trackers=True)
+    # With an initializer the first READY comes after it ran (it may take long).
+    assert beside(1, trackers=True, init_payload=pickle.dumps((print, ())))
+    monkeypatch.setattr(LokyPool, "template_beside_first", False)
+    assert not beside(64, trackers=False)
+
+
+def test_the_first_pool_of_a_program_knows_loky_starts_its_resource_trackers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from taskwarden.pool import loky_pool
+
+    monkeypatch.setattr(loky_pool, "_started_any", False)
+    pools = [LokyPool(1 << 64, None), LokyPool(1 << 64, None)]
+    reactors = [Reactor(), Reactor()]
+    try:
+        for pool, reactor in zip(pools, reactors, strict=True):
+            pool.bind(reactor)
+        assert [p._trackers_start for p in pools] == [True, False]
+    finally:
+        for pool, reactor in zip(pools, reactors, strict=True):
+            pool.close()
+            reactor.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+def test_a_first_worker_that_dies_before_ready_releases_the_template(
+    monkeypatch: pytest.MonkeyPatch, sig: int
+) -> None:
+    if not _template.supported():
+        pytest.skip("no template on this platform")
+    monkeypatch.setattr(LokyPool, "template_beside_first", False)
+    killed: list[int] = []
+    real = LokyPool._start_process
+
+    def dying_first(self: LokyPool, wid: int) -> tuple[Any, Any]:
+        started = real(self, wid)
+        if not killed:
+            killed.append(started[0].pid)
+            os.kill(started[0].pid, sig)  # long before its READY
+        return started
+
+    monkeypatch.setattr(LokyPool, "_start_process", dying_first)
+    with Supervisor(workers=2) as s:
+        assert s.submit(T.pid).result(timeout=WAIT) != killed[0]
+        # The second worker and the spare come: the template started all the same.
+        wait_for(lambda: s.stats()["workers_alive"] == 3)
+        assert s._pool._forker.state == "up"  # type: ignore[attr-defined]
+        assert s.stats()["workers_replaced"] >= 1
+    assert gone(killed[0])

@@ -851,10 +851,13 @@ class Forker:
 
     The template starts on a thread of its own (it is a process start, like a
     worker's) when the pool calls ``start``, right after starting its first worker
-    the plain way, beside it: a template is up no sooner than a worker started the plain way
+    the plain way: a template is up no sooner than a worker started the plain way
     (it is one), and a forked worker comes a few milliseconds after that, so the
-    first result would wait for both. The two interpreters start side by side, as
-    loky's own executor starts its workers; the requests made meanwhile (the other
+    first result would wait for both. With ``start(hold=True)`` it waits until the
+    pool calls ``release`` (once that first worker has started: on a machine with
+    few CPUs, two interpreters starting side by side slow each other, and the first
+    result waits for the slower start); otherwise the two start side by side, as
+    loky's own executor starts its workers. The requests made meanwhile (the other
     first workers, the spare) wait for the template, so no more than two ever start
     at once, however many workers the pool has. One that dies is restarted at once
     (after ``MAX_DEATHS`` deaths the pool keeps to the plain path).
@@ -881,7 +884,7 @@ class Forker:
         self._on_failed = on_failed
         self._on_status = on_status
         self._reactor: Reactor | None = None
-        self.state = "idle" if supported() else "off"  # idle, starting, up, off
+        self.state = "idle" if supported() else "off"  # idle, held, starting, up, off
         self.template: Template | None = None
         self.deaths = 0
         self._starting: Template | None = None
@@ -903,15 +906,25 @@ class Forker:
         if self.state == "up":
             self._ask(wid)
             return True
-        if self.state == "starting":
+        if self.state in ("starting", "held"):
             self._waiting.append(wid)
             return True
         return False  # off, or idle: the pool's first worker (then the pool calls start)
 
-    def start(self) -> None:
+    def start(self, *, hold: bool = False) -> None:
         """Start the template, unless it is started (or off). The pool calls it once it
-        has started its first worker the plain way, whose start so goes out first."""
+        has started its first worker the plain way, whose start so goes out first.
+        With ``hold``, requests wait from now on, but the template starts only at
+        ``release``."""
         if self.state == "idle":
+            if hold:
+                self.state = "held"
+            else:
+                self._start()
+
+    def release(self) -> None:
+        """Start a template held back by ``start(hold=True)``."""
+        if self.state == "held":
             self._start()
 
     def _ask(self, wid: int) -> None:

@@ -6,12 +6,13 @@ process runs which task and can kill exactly that process tree. Where it can
 (``pool/_template.py``): a fork request is one small write from the loop and
 the worker is ready in a few milliseconds; the template's exit-status reports
 and the workers' pidfds come back to the loop through the reactor. The first
-worker starts the plain way, beside the template's own start (the first result
-waits for one interpreter's start, not for the template's and then a fork's),
-and its process starts as soon as the pool is bound, in the Supervisor's
-constructor: the loop's first round adopts it (a cold start is mostly that
-interpreter's start). Other plain starts (where there is no fork or pidfds, or
-the template cannot start: a fork and an exec each) happen on a small spawner
+worker starts the plain way (the first result waits for one interpreter's
+start, not for the template's and then a fork's), and its process starts as
+soon as the pool is bound, in the Supervisor's constructor: the loop's first
+round adopts it (a cold start is mostly that interpreter's start). The
+template starts beside it where each start has a CPU, else once it is READY.
+Other plain starts (where there is no fork or pidfds, or the template cannot
+start: a fork and an exec each) happen on a small spawner
 thread so that the loop never waits for them: the spawner hands a started
 process over through a deque and wakes the loop. A worker's death
 is seen through a pidfd (Linux) or loky's sentinel, without polling. The
@@ -36,7 +37,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from loky.backend.context import get_context
+from loky.backend.context import cpu_count, get_context
 
 from .._proctree import kill_tree
 from ._channel import Channel
@@ -46,6 +47,10 @@ from ._worker import INTERRUPT_SIGNAL, NUDGE_SIGNAL, worker_process
 from .base import Event, Reactor, WorkerExited
 
 FIRST_WID = 1  # the core numbers its workers from 1: the first worker's name
+# loky's context starts two resource-tracker processes (interpreter starts, as a
+# worker's) with the first process it starts in a program: that start is this
+# module's first, unless another start through loky's context came before.
+_started_any = False
 
 
 class _Forked:
@@ -79,6 +84,11 @@ class _Proc:
 class LokyPool:
     """The process engine behind ``Supervisor``. Only the loop thread calls it."""
 
+    # Does the template start beside the first worker (True), or once that worker has
+    # started (False)? None: beside it where each process starting then has a CPU of
+    # its own (see ``_beside_first``). (A class attribute: tests set it.)
+    template_beside_first: bool | None = None
+
     def __init__(
         self, id_base: int, init_payload: bytes | None, max_memory: int | None = None
     ) -> None:
@@ -98,6 +108,8 @@ class LokyPool:
         self._doomed: set[int] = set()  # killed while starting: killed once handed over
         self._killed: list[_Proc] = []
         self._first: tuple[Any, Any] | None = None  # started in bind(): the first spawn's
+        self._held_for = 0  # the first worker's wid while the template waits for its start
+        self._trackers_start = False  # loky's resource trackers start with the first worker
         # Where it can, the pool forks its workers from a template process (a few ms
         # each, not a process start); else, or if that fails, the spawner thread starts
         # them through loky's context.
@@ -113,8 +125,11 @@ class LokyPool:
         # A cold start is mostly the first worker's interpreter starting: start it now,
         # in the Supervisor's constructor, rather than a thread hand-off after the loop's
         # first round (the first spawn() adopts it, and starts the template beside it).
+        global _started_any
+        self._trackers_start = not _started_any
         try:
             self._first = self._start_process(FIRST_WID)
+            _started_any = True
         except Exception:
             self._first = None  # the first spawn() goes the usual way (and reports it)
 
@@ -131,11 +146,32 @@ class LokyPool:
         first, self._first = self._first, None
         if first is not None:
             self._adopt(wid, *first)  # started in bind()
+            if not self._beside_first():
+                self._held_for = wid
+                self._forker.start(hold=True)
         elif not self._forker.request(wid):
             self._spawn_plain(wid)
         # (The first spawn: the template starts now, on a thread of its own. Not in
         # bind(): the constructor would wait for the GIL while that thread starts it.)
         self._forker.start()
+
+    def _beside_first(self) -> bool:
+        """Does the template start beside the first worker, or once it is READY? A
+        start is mostly CPU work (an interpreter's, and its imports): with fewer CPUs
+        than processes starting (the first worker, the template, and with a
+        program's first worker loky's two resource trackers), each start slows the
+        others, and the first result waits for the first worker's. With an
+        initializer, beside it: its READY comes once the initializer has returned,
+        which may take long."""
+        if self.template_beside_first is not None:
+            return self.template_beside_first
+        if self._init_payload is not None:
+            return True
+        starting = 4 if self._trackers_start else 2
+        try:
+            return int(cpu_count()) >= starting
+        except Exception:  # pragma: no cover - loky could not tell
+            return True
 
     def _spawn_plain(self, wid: int) -> None:
         """Start a worker through loky's context, on the spawner thread."""
@@ -326,6 +362,12 @@ class LokyPool:
             return []
         events = self._events[:]  # the channels hold this list: it is emptied, not replaced
         self._events.clear()
+        if self._held_for:
+            held = self._held_for
+            if any(e.wid == held for e in events):
+                # The first worker's start is over (READY, or its end): the template's now.
+                self._held_for = 0
+                self._forker.release()
         return events
 
     def _on_exit(self, p: _Proc) -> None:
