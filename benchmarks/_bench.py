@@ -819,7 +819,7 @@ BENCHMARKS: dict[str, Bench] = {
     "throughput_timeout": Bench(throughput_timeout, ("taskwarden", "pebble"), 150,
                                 notes=_NO_TIMEOUT, rounds=3),
     "latency": Bench(latency, POOLS, 90, rounds=3),
-    "cold_start": Bench(cold_start, POOLS, 90),
+    "cold_start": Bench(cold_start, POOLS, 90, rounds=3),
     "kill_timeout": Bench(kill_timeout, ("taskwarden", "pebble"), 120, notes=_NO_TIMEOUT),
     "cancel_running": Bench(cancel_running, ("taskwarden", "pebble", "ppe", "loky"), 120,
                             notes=(("mp", "no cancel()"),)),

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _bench import BENCHMARKS, Config  # noqa: E402
+from _bench import BENCHMARKS, POOLS, Config  # noqa: E402
 from _common import (  # noqa: E402
     CLEANUP_PROBLEMS,
     PEER_DESCRIPTIONS,
@@ -190,6 +190,47 @@ def kill_cell(pid: int) -> None:
         kill_all([*parent.children(recursive=True), parent])
 
 
+def cell_env(workdir: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    # Bytecode caching as on a normal install, even where the environment turns it
+    # off (PYTHONDONTWRITEBYTECODE): otherwise every spawned worker recompiles the
+    # modules it imports and cold starts measure the compiler. The cache lives in
+    # this run's scratch folder, never next to the sources (see ``warm_cache``).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = os.path.join(workdir, "pycache")
+    return env
+
+
+# Each pool once: what it and its processes import (loky's resource trackers' modules
+# among them) is compiled into the run's cache before any cell is timed, as an
+# installed package's modules are compiled at install. Without it, the first cell to
+# start a kind of process compiles what the others then find cached.
+_WARM = """
+from _common import make_pool
+from _tasks import identity
+for peer in {peers!r}:
+    pool = make_pool(peer)
+    try:
+        assert pool.result(pool.submit(identity, 1), 60) == 1
+    finally:
+        pool.close()
+"""
+
+
+def warm_cache(workdir: str, peers: list[str]) -> None:
+    pools = [p for p in peers if p in POOLS]
+    if not pools:
+        return
+    try:
+        subprocess.run([sys.executable, "-c", _WARM.format(peers=pools)], env=cell_env(workdir),
+                       cwd=workdir, capture_output=True, timeout=120, check=True,
+                       start_new_session=True)
+    except (subprocess.SubprocessError, OSError) as e:
+        print(f"  (warming the bytecode cache failed: {e}; cold starts may include compiling)")
+    reap_orphans(0.5)
+
+
 def run_cell(bench: str, peer: str, cfg: Config, workdir: str) -> dict[str, Any]:
     out = os.path.join(workdir, f"{bench}.{peer}.json")
     log = os.path.join(workdir, f"{bench}.{peer}.log")
@@ -199,14 +240,7 @@ def run_cell(bench: str, peer: str, cfg: Config, workdir: str) -> dict[str, Any]
     cmd = [sys.executable, "-c", boot, "--cell", f"{bench}:{peer}", "--cell-out", out]
     if cfg.quick:
         cmd.append("--quick")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
-    # Bytecode caching as on a normal install, even where the environment turns it
-    # off (PYTHONDONTWRITEBYTECODE): otherwise every spawned worker recompiles the
-    # modules it imports and cold starts measure the compiler. The cache lives in
-    # this run's scratch folder, never next to the sources.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = os.path.join(workdir, "pycache")
+    env = cell_env(workdir)
     budget = BENCHMARKS[bench].budget_s
     t0 = time.perf_counter()
     with open(log, "wb") as logf:
@@ -489,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="twbench-") as workdir:
+        warm_cache(workdir, want_peers or list(POOLS))
         for b in benches:
             spec = BENCHMARKS[b]
             results[b] = {}
