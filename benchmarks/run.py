@@ -307,6 +307,19 @@ def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------- table
 
 
+def _rounds_text() -> str:
+    """Which benchmarks run in interleaved rounds, for the legend."""
+    by: dict[int, list[str]] = {}
+    for name, spec in BENCHMARKS.items():
+        if spec.rounds > 1:
+            by.setdefault(spec.rounds, []).append(name.replace("_", " "))
+    parts = []
+    for n, names in sorted(by.items()):
+        listed = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+        parts.append(f"{listed} run in {n} interleaved rounds")
+    return "; ".join(parts).capitalize()
+
+
 def fmt(v: Any) -> str:
     if v is None:
         return ""
@@ -431,9 +444,8 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> tuple[str, str]:
         "Figures are medians over repeats; a noisy, shared 2-core machine: read ratios, "
         "not absolutes."
         + ("" if meta["config"]["quick"] else
-           " Throughput and round trip run in 3 interleaved rounds (peer order rotated):"
-           " their figures are medians over rounds, their ratios the medians of the"
-           " ratios within each round."),
+           f" {_rounds_text()} (peer order rotated): their figures are medians over"
+           " rounds, their ratios the medians of the ratios within each round."),
         "Peers: " + "; ".join(f"{PEERS[p]} = {d} [{START_METHODS[p]}]"
                               for p, d in PEER_DESCRIPTIONS.items()) + ".",
     ]
