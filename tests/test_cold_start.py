@@ -309,3 +309,36 @@ def test_a_run_skipped_before_the_first_ready_does_not_release_the_template(
         pool.close()
         reactor.close()
     assert pool.alive() == 0
+
+
+def test_a_pool_closed_while_its_template_is_held_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not _template.supported():
+        pytest.skip("no template on this platform")
+    from taskwarden.pool.base import WorkerExited
+
+    monkeypatch.setattr(LokyPool, "template_beside_first", False)
+    pool = LokyPool(1 << 64, None)
+    reactor = Reactor()
+    try:
+        pool.bind(reactor)
+        pool.spawn(1)
+        pool.spawn(2)
+        pool.spawn(3)
+        forker = pool._forker
+        first = pool.pids()[1]
+        assert forker.state == "held" and forker._waiting == [2, 3]
+        # A waiting worker given up: no process was made, and the template stays held
+        # (its end is not the first worker's).
+        assert pool.kill(3) is False
+        events = pool.take_events()
+        assert any(isinstance(e, WorkerExited) and e.wid == 3 for e in events), events
+        # (Nothing was read yet: the loop's wait reads the channels.)
+        assert forker.state == "held" and forker._waiting == [2]
+    finally:
+        pool.close()
+        reactor.close()
+    assert pool.alive() == 0 and forker.state == "off" and not forker._waiting
+    assert forker.template is None and forker._thread is None  # never started
+    assert gone(first)
