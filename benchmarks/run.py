@@ -462,8 +462,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> tuple[str, str]:
         "Figures are medians over repeats; a noisy, shared 2-core machine: read ratios, "
         "not absolutes."
         + ("" if meta["config"]["quick"] else
-           " Throughput, round trip, cold start and big results run in 3 interleaved"
-           " rounds (peer order rotated):"
+           " Throughput and round trip run in 3 interleaved rounds (peer order rotated):"
            " their figures are medians over rounds, their ratios the medians of the"
            " ratios within each round."),
         "Peers: " + "; ".join(f"{PEERS[p]} = {d} [{START_METHODS[p]}]"
