@@ -218,17 +218,48 @@ for peer in {peers!r}:
 """
 
 
-def warm_cache(workdir: str, peers: list[str]) -> None:
+WARM_BUDGET = 120.0  # seconds the warm-up may take
+
+
+def warm_cache(workdir: str, peers: list[str]) -> str | None:
+    """Run ``_WARM`` once (a fresh interpreter); why it failed, or None. Its output goes
+    to a file, not a pipe: a process it left behind would hold a pipe open, and the
+    runner would wait for that process's end. What it leaves is reaped here."""
     pools = [p for p in peers if p in POOLS]
     if not pools:
-        return
-    try:
-        subprocess.run([sys.executable, "-c", _WARM.format(peers=pools)], env=cell_env(workdir),
-                       cwd=workdir, capture_output=True, timeout=120, check=True,
-                       start_new_session=True)
-    except (subprocess.SubprocessError, OSError) as e:
-        print(f"  (warming the bytecode cache failed: {e}; cold starts may include compiling)")
+        return None
+    log = os.path.join(workdir, "warm-up.log")
+    cmd = [sys.executable, "-c", _WARM.format(peers=pools)]
+    error: str | None = None
+    with open(log, "wb") as logf:
+        try:
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                    env=cell_env(workdir), cwd=workdir, start_new_session=True)
+        except OSError as e:
+            error = f"{type(e).__name__}: {e}"
+        else:
+            try:
+                code = proc.wait(timeout=WARM_BUDGET)
+            except subprocess.TimeoutExpired:
+                kill_cell(proc.pid)
+                proc.wait()
+                error = f"it exceeded its {WARM_BUDGET:g} s budget (hung?)"
+            except BaseException:  # Ctrl-C: leave nothing behind
+                kill_cell(proc.pid)
+                proc.wait()
+                reap_orphans(0.5)
+                raise
+            else:
+                if code != 0:
+                    lines: list[str] = []
+                    with contextlib.suppress(OSError), open(log, errors="replace") as f:
+                        lines = [line for line in f.read().splitlines() if line.strip()]
+                    error = f"exit code {code}: " + (lines[-1] if lines else "no output")
     reap_orphans(0.5)
+    if error is not None:
+        print(f"  (warming the bytecode cache failed: {error}; cold starts may include "
+              "compiling)", flush=True)
+    return error
 
 
 def run_cell(bench: str, peer: str, cfg: Config, workdir: str) -> dict[str, Any]:
@@ -535,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="twbench-") as workdir:
-        warm_cache(workdir, want_peers or list(POOLS))
+        warm_error = warm_cache(workdir, want_peers or list(POOLS))
+        meta["environment"]["warm_cache"] = "ok" if warm_error is None else warm_error
         for b in benches:
             spec = BENCHMARKS[b]
             results[b] = {}

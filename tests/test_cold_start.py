@@ -266,3 +266,80 @@ def test_a_first_worker_that_dies_before_ready_releases_the_template(
         assert s._pool._forker.state == "up"  # type: ignore[attr-defined]
         assert s.stats()["workers_replaced"] >= 1
     assert gone(killed[0])
+
+
+def test_a_run_skipped_before_the_first_ready_does_not_release_the_template(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A skip taken back before the worker's READY is an event naming the first worker,
+    # but its start is not over: the template waits on for READY (or the worker's end).
+    if not _template.supported():
+        pytest.skip("no template on this platform")
+    from taskwarden.driver._validate import pickle_call
+    from taskwarden.pool.base import RunSkipped
+
+    monkeypatch.setattr(LokyPool, "template_beside_first", False)
+    pool = LokyPool(1 << 64, None)
+    reactor = Reactor()
+    events: list[Any] = []
+    try:
+        pool.bind(reactor)
+        pool.spawn(1)
+        pool.spawn(2)
+        forker = pool._forker
+        pool.send(1, [(7, pickle_call(T.pid, (), {}, "task"), None)])
+        pool.skip(1, 7)
+        events += pool.take_events()
+        if 1 in _ready_wids(events):  # pragma: no cover - a first READY in microseconds
+            pytest.skip("the first worker was READY before its skip")
+        assert any(isinstance(e, RunSkipped) and e.wid == 1 for e in events), events
+        assert forker.state == "held" and forker._thread is None
+        deadline = time.monotonic() + WAIT
+        while 1 not in _ready_wids(events):
+            assert time.monotonic() < deadline, f"no READY from the first worker: {events}"
+            assert forker.state == "held"
+            reactor.wait(time.monotonic() + 0.05)
+            events += pool.take_events()
+        assert forker.state in ("starting", "up")  # released by READY
+        while 2 not in _ready_wids(events):
+            assert time.monotonic() < deadline, f"no READY from the second worker: {events}"
+            reactor.wait(time.monotonic() + 0.05)
+            events += pool.take_events()
+        assert forker.forked(2)
+    finally:
+        pool.close()
+        reactor.close()
+    assert pool.alive() == 0
+
+
+def test_a_pool_closed_while_its_template_is_held_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not _template.supported():
+        pytest.skip("no template on this platform")
+    from taskwarden.pool.base import WorkerExited
+
+    monkeypatch.setattr(LokyPool, "template_beside_first", False)
+    pool = LokyPool(1 << 64, None)
+    reactor = Reactor()
+    try:
+        pool.bind(reactor)
+        pool.spawn(1)
+        pool.spawn(2)
+        pool.spawn(3)
+        forker = pool._forker
+        first = pool.pids()[1]
+        assert forker.state == "held" and forker._waiting == [2, 3]
+        # A waiting worker given up: no process was made, and the template stays held
+        # (its end is not the first worker's).
+        assert pool.kill(3) is False
+        events = pool.take_events()
+        assert any(isinstance(e, WorkerExited) and e.wid == 3 for e in events), events
+        # (Nothing was read yet: the loop's wait reads the channels.)
+        assert forker.state == "held" and forker._waiting == [2]
+    finally:
+        pool.close()
+        reactor.close()
+    assert pool.alive() == 0 and forker.state == "off" and not forker._waiting
+    assert forker.template is None and forker._thread is None  # never started
+    assert gone(first)

@@ -44,13 +44,15 @@ from ._channel import Channel
 from ._template import Forker, modules_of
 from ._wire import RunItem
 from ._worker import INTERRUPT_SIGNAL, NUDGE_SIGNAL, worker_process
-from .base import Event, Reactor, WorkerExited
+from .base import Event, InitFailed, Reactor, WorkerExited, WorkerReady
 
 FIRST_WID = 1  # the core numbers its workers from 1: the first worker's name
 # loky's context starts two resource-tracker processes (interpreter starts, as a
 # worker's) with the first process it starts in a program: that start is this
 # module's first, unless another start through loky's context came before.
 _started_any = False
+# The events that end a worker's start (its READY, or its end), for a held template.
+_START_OVER = (WorkerReady, WorkerExited, InitFailed)
 
 
 class _Forked:
@@ -364,8 +366,9 @@ class LokyPool:
         self._events.clear()
         if self._held_for:
             held = self._held_for
-            if any(e.wid == held for e in events):
+            if any(e.wid == held and isinstance(e, _START_OVER) for e in events):
                 # The first worker's start is over (READY, or its end): the template's now.
+                # (Not any event naming it: a run skipped before its READY is one.)
                 self._held_for = 0
                 self._forker.release()
         return events
