@@ -4,12 +4,14 @@ Supervisor's constructor."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -163,39 +165,61 @@ def _ready_wids(events: list[Any]) -> list[int]:
     return [e.wid for e in events if isinstance(e, WorkerReady)]
 
 
-@pytest.mark.parametrize("beside", [False, True])
-def test_the_template_starts_beside_the_first_worker_or_once_it_is_ready(
-    monkeypatch: pytest.MonkeyPatch, beside: bool
-) -> None:
+@contextlib.contextmanager
+def _bound_pool(monkeypatch: pytest.MonkeyPatch, *, beside: bool, workers: int
+                ) -> Iterator[LokyPool]:
+    """A pool bound to a reactor of its own, its template beside the first worker or held,
+    its first ``workers`` workers asked for; closed (every process gone) after."""
     if not _template.supported():
         pytest.skip("no template on this platform")
     monkeypatch.setattr(LokyPool, "template_beside_first", beside)
     pool = LokyPool(1 << 64, None)
     reactor = Reactor()
-    events: list[Any] = []
     try:
         pool.bind(reactor)
-        pool.spawn(1)
-        pool.spawn(2)
-        forker = pool._forker
-        assert forker._waiting == [2]  # the second worker waits for the template
-        assert forker.state == ("starting" if beside else "held")
-        deadline = time.monotonic() + WAIT
-        while not {1, 2} <= set(_ready_wids(events)):
-            assert time.monotonic() < deadline, f"no READY from both workers: {events}"
-            reactor.wait(time.monotonic() + 0.05)
-            events += pool.take_events()
-            if not beside and 1 not in _ready_wids(events):
-                # Held, with no process of its own, until the first worker said READY.
-                assert forker.state == "held" and forker._thread is None
-        ready = _ready_wids(events)
-        # (Side by side, either may be READY first: a forked worker is sometimes.)
-        assert ready == [1, 2] if not beside else sorted(ready) == [1, 2], ready
-        assert forker.forked(2) and not forker.forked(1)
+        for wid in range(1, workers + 1):
+            pool.spawn(wid)
+        yield pool
     finally:
         pool.close()
         reactor.close()
     assert pool.alive() == 0
+
+
+def _until_ready(pool: LokyPool, events: list[Any], wids: set[int],
+                 check: Callable[[], None] = lambda: None) -> None:
+    """Run the pool's side of the loop (its reactor's waits, its events into ``events``)
+    until every worker in ``wids`` said READY; ``check`` after each round."""
+    reactor = pool._reactor
+    assert reactor is not None
+    deadline = time.monotonic() + WAIT
+    while not wids <= set(_ready_wids(events)):
+        assert time.monotonic() < deadline, f"no READY from {wids}: {events}"
+        reactor.wait(time.monotonic() + 0.05)
+        events += pool.take_events()
+        check()
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_the_template_starts_beside_the_first_worker_or_once_it_is_ready(
+    monkeypatch: pytest.MonkeyPatch, beside: bool
+) -> None:
+    events: list[Any] = []
+    with _bound_pool(monkeypatch, beside=beside, workers=2) as pool:
+        forker = pool._forker
+        assert forker._waiting == [2]  # the second worker waits for the template
+        assert forker.state == ("starting" if beside else "held")
+
+        def held_until_the_first_ready() -> None:
+            if not beside and 1 not in _ready_wids(events):
+                # Held, with no process of its own, until the first worker said READY.
+                assert forker.state == "held" and forker._thread is None
+
+        _until_ready(pool, events, {1, 2}, held_until_the_first_ready)
+        ready = _ready_wids(events)
+        # (Side by side, either may be READY first: a forked worker is sometimes.)
+        assert ready == [1, 2] if not beside else sorted(ready) == [1, 2], ready
+        assert forker.forked(2) and not forker.forked(1)
 
 
 def test_the_template_waits_for_the_first_worker_where_the_starts_outnumber_the_cpus(
@@ -273,19 +297,11 @@ def test_a_run_skipped_before_the_first_ready_does_not_release_the_template(
 ) -> None:
     # A skip taken back before the worker's READY is an event naming the first worker,
     # but its start is not over: the template waits on for READY (or the worker's end).
-    if not _template.supported():
-        pytest.skip("no template on this platform")
     from taskwarden.driver._validate import pickle_call
     from taskwarden.pool.base import RunSkipped
 
-    monkeypatch.setattr(LokyPool, "template_beside_first", False)
-    pool = LokyPool(1 << 64, None)
-    reactor = Reactor()
     events: list[Any] = []
-    try:
-        pool.bind(reactor)
-        pool.spawn(1)
-        pool.spawn(2)
+    with _bound_pool(monkeypatch, beside=False, workers=2) as pool:
         forker = pool._forker
         pool.send(1, [(7, pickle_call(T.pid, (), {}, "task"), None)])
         pool.skip(1, 7)
@@ -294,39 +310,23 @@ def test_a_run_skipped_before_the_first_ready_does_not_release_the_template(
             pytest.skip("the first worker was READY before its skip")
         assert any(isinstance(e, RunSkipped) and e.wid == 1 for e in events), events
         assert forker.state == "held" and forker._thread is None
-        deadline = time.monotonic() + WAIT
-        while 1 not in _ready_wids(events):
-            assert time.monotonic() < deadline, f"no READY from the first worker: {events}"
-            assert forker.state == "held"
-            reactor.wait(time.monotonic() + 0.05)
-            events += pool.take_events()
+
+        def still_held() -> None:
+            if 1 not in _ready_wids(events):
+                assert forker.state == "held"
+
+        _until_ready(pool, events, {1}, still_held)
         assert forker.state in ("starting", "up")  # released by READY
-        while 2 not in _ready_wids(events):
-            assert time.monotonic() < deadline, f"no READY from the second worker: {events}"
-            reactor.wait(time.monotonic() + 0.05)
-            events += pool.take_events()
+        _until_ready(pool, events, {2})
         assert forker.forked(2)
-    finally:
-        pool.close()
-        reactor.close()
-    assert pool.alive() == 0
 
 
 def test_a_pool_closed_while_its_template_is_held_leaves_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if not _template.supported():
-        pytest.skip("no template on this platform")
     from taskwarden.pool.base import WorkerExited
 
-    monkeypatch.setattr(LokyPool, "template_beside_first", False)
-    pool = LokyPool(1 << 64, None)
-    reactor = Reactor()
-    try:
-        pool.bind(reactor)
-        pool.spawn(1)
-        pool.spawn(2)
-        pool.spawn(3)
+    with _bound_pool(monkeypatch, beside=False, workers=3) as pool:
         forker = pool._forker
         first = pool.pids()[1]
         assert forker.state == "held" and forker._waiting == [2, 3]
@@ -337,9 +337,6 @@ def test_a_pool_closed_while_its_template_is_held_leaves_nothing(
         assert any(isinstance(e, WorkerExited) and e.wid == 3 for e in events), events
         # (Nothing was read yet: the loop's wait reads the channels.)
         assert forker.state == "held" and forker._waiting == [2]
-    finally:
-        pool.close()
-        reactor.close()
-    assert pool.alive() == 0 and forker.state == "off" and not forker._waiting
+    assert forker.state == "off" and not forker._waiting
     assert forker.template is None and forker._thread is None  # never started
     assert gone(first)
