@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-from typing import Any, ClassVar, TypeAlias, cast
+from operator import itemgetter
+from typing import Any, ClassVar, TypeAlias
 
 import cloudpickle
 
@@ -63,17 +64,28 @@ RunItem: TypeAlias = tuple[int, bytes, dict[str, Any] | None]  # (seq, payload, 
 _new = tuple.__new__  # (a global: one lookup fewer on every message made)
 
 
-class _Fields:
-    """What every message class shares: its field names (``_fields``, in wire order) and
-    a readable repr. Each message is a tuple of its fields, written out as a tuple
-    subclass with a property per field rather than a NamedTuple: creating the nine
-    NamedTuple classes cost every worker's boot about a millisecond."""
+def _field(index: int) -> Any:
+    """A message's read-only field: item ``index`` of its tuple (a C-level getter)."""
+    return property(itemgetter(index))
+
+
+class _Fields(tuple[Any, ...]):
+    """What every message class shares: its kind on the wire (``_kind``), its field
+    names (``_fields``, in wire order), its encoder and a readable repr. Each message is
+    a tuple of its fields, written out as a tuple subclass with a getter per field
+    rather than a NamedTuple: creating the nine NamedTuple classes cost every worker's
+    boot about a millisecond."""
 
     __slots__ = ()
+    _kind: ClassVar[int]
     _fields: ClassVar[tuple[str, ...]]
 
+    def encode(self) -> bytes:
+        """The whole frame: ``(KIND, *fields)``."""
+        return frame((self._kind, *self))
+
     def __repr__(self) -> str:
-        values = zip(self._fields, cast("tuple[Any, ...]", self), strict=True)
+        values = zip(self._fields, self, strict=True)
         inner = ", ".join(f"{name}={value!r}" for name, value in values)
         return f"{type(self).__name__}({inner})"
 
@@ -83,50 +95,35 @@ class Run(_Fields, tuple[list[RunItem]]):
     """Runs to execute in this order."""
 
     __slots__ = ()
-    __match_args__ = ("runs",)
-    _fields = __match_args__
+    __match_args__ = _fields = ("runs",)
+    _kind = RUN
+    runs: list[RunItem] = _field(0)
 
     def __new__(cls, runs: list[RunItem]) -> Run:
         return _new(cls, (runs,))
-
-    @property
-    def runs(self) -> list[RunItem]:
-        return self[0]
-
-    def encode(self) -> bytes:
-        return frame((RUN, self[0]))
 
 
 class Skip(_Fields, tuple[int]):
     """Do not start run ``seq`` if it has not started (answered by ``Skipped``)."""
 
     __slots__ = ()
-    __match_args__ = ("seq",)
-    _fields = __match_args__
+    __match_args__ = _fields = ("seq",)
+    _kind = SKIP
+    seq: int = _field(0)
 
     def __new__(cls, seq: int) -> Skip:
         return _new(cls, (seq,))
-
-    @property
-    def seq(self) -> int:
-        return self[0]
-
-    def encode(self) -> bytes:
-        return frame((SKIP, self[0]))
 
 
 class Stop(_Fields, tuple[()]):
     """Exit once idle."""
 
     __slots__ = ()
-    __match_args__ = ()
-    _fields = __match_args__
+    __match_args__ = _fields = ()
+    _kind = STOP
 
     def __new__(cls) -> Stop:
         return _new(cls, ())
-
-    def encode(self) -> bytes:
-        return frame((STOP,))
 
 
 # ----------------------------------------------------- worker -> supervisor
@@ -134,18 +131,12 @@ class Ready(_Fields, tuple[int]):
     """Up (the initializer ran), signal handlers in place."""
 
     __slots__ = ()
-    __match_args__ = ("pid",)
-    _fields = __match_args__
+    __match_args__ = _fields = ("pid",)
+    _kind = READY
+    pid: int = _field(0)
 
     def __new__(cls, pid: int) -> Ready:
         return _new(cls, (pid,))
-
-    @property
-    def pid(self) -> int:
-        return self[0]
-
-    def encode(self) -> bytes:
-        return frame((READY, self[0]))
 
 
 class Done(_Fields, tuple[int, bool, bytes, str | None, str | None, str | None, bytes]):
@@ -154,119 +145,68 @@ class Done(_Fields, tuple[int, bool, bytes, str | None, str | None, str | None, 
     ``progress`` its last unsent progress value, pickled, or ``NO_PROGRESS``."""
 
     __slots__ = ()
-    __match_args__ = ("seq", "ok", "data", "tb", "type_name", "message", "progress")
-    _fields = __match_args__
+    __match_args__ = _fields = ("seq", "ok", "data", "tb", "type_name", "message", "progress")
+    _kind = DONE
+    seq: int = _field(0)
+    ok: bool = _field(1)
+    data: bytes = _field(2)
+    tb: str | None = _field(3)
+    type_name: str | None = _field(4)
+    message: str | None = _field(5)
+    progress: bytes = _field(6)
 
     def __new__(cls, seq: int, ok: bool, data: bytes, tb: str | None,
                 type_name: str | None, message: str | None, progress: bytes) -> Done:
         return _new(cls, (seq, ok, data, tb, type_name, message, progress))
-
-    @property
-    def seq(self) -> int:
-        return self[0]
-
-    @property
-    def ok(self) -> bool:
-        return self[1]
-
-    @property
-    def data(self) -> bytes:
-        return self[2]
-
-    @property
-    def tb(self) -> str | None:
-        return self[3]
-
-    @property
-    def type_name(self) -> str | None:
-        return self[4]
-
-    @property
-    def message(self) -> str | None:
-        return self[5]
-
-    @property
-    def progress(self) -> bytes:
-        return self[6]
-
-    def encode(self) -> bytes:
-        return frame((DONE, *self))
 
 
 class Skipped(_Fields, tuple[int]):
     """Run ``seq`` was taken out of the worker's inbox unstarted."""
 
     __slots__ = ()
-    __match_args__ = ("seq",)
-    _fields = __match_args__
+    __match_args__ = _fields = ("seq",)
+    _kind = SKIPPED
+    seq: int = _field(0)
 
     def __new__(cls, seq: int) -> Skipped:
         return _new(cls, (seq,))
-
-    @property
-    def seq(self) -> int:
-        return self[0]
-
-    def encode(self) -> bytes:
-        return frame((SKIPPED, self[0]))
 
 
 class Beating(_Fields, tuple[int, bytes | None]):
     """Run ``seq`` is alive; ``progress`` is a pickled progress value, or None."""
 
     __slots__ = ()
-    __match_args__ = ("seq", "progress")
-    _fields = __match_args__
+    __match_args__ = _fields = ("seq", "progress")
+    _kind = BEAT
+    seq: int = _field(0)
+    progress: bytes | None = _field(1)
 
     def __new__(cls, seq: int, progress: bytes | None) -> Beating:
         return _new(cls, (seq, progress))
-
-    @property
-    def seq(self) -> int:
-        return self[0]
-
-    @property
-    def progress(self) -> bytes | None:
-        return self[1]
-
-    def encode(self) -> bytes:
-        return frame((BEAT, self[0], self[1]))
 
 
 class InitFailed(_Fields, tuple[str]):
     """The initializer raised (its traceback); the worker exits."""
 
     __slots__ = ()
-    __match_args__ = ("tb",)
-    _fields = __match_args__
+    __match_args__ = _fields = ("tb",)
+    _kind = INIT_FAILED
+    tb: str = _field(0)
 
     def __new__(cls, tb: str) -> InitFailed:
         return _new(cls, (tb,))
-
-    @property
-    def tb(self) -> str:
-        return self[0]
-
-    def encode(self) -> bytes:
-        return frame((INIT_FAILED, self[0]))
 
 
 class Retiring(_Fields, tuple[int]):
     """Over its memory limit (``rss`` bytes): the worker exits before its next run."""
 
     __slots__ = ()
-    __match_args__ = ("rss",)
-    _fields = __match_args__
+    __match_args__ = _fields = ("rss",)
+    _kind = RETIRING
+    rss: int = _field(0)
 
     def __new__(cls, rss: int) -> Retiring:
         return _new(cls, (rss,))
-
-    @property
-    def rss(self) -> int:
-        return self[0]
-
-    def encode(self) -> bytes:
-        return frame((RETIRING, self[0]))
 
 
 Message: TypeAlias = Run | Skip | Stop | Ready | Done | Skipped | Beating | InitFailed | Retiring
