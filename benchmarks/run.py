@@ -221,40 +221,49 @@ for peer in {peers!r}:
 WARM_BUDGET = 120.0  # seconds the warm-up may take
 
 
+def run_logged(cmd: list[str], log: str, env: dict[str, str], budget: float,
+               cwd: str | None = None) -> int | None:
+    """Run ``cmd`` in a session of its own, its output into the file ``log`` (not a pipe:
+    a process it left behind would hold a pipe open, and the wait would be for that
+    process's end); its exit code, or None if it ran past ``budget`` seconds (then it
+    is killed with all it started, as on Ctrl-C)."""
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                cwd=cwd, start_new_session=True)
+        try:
+            return proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            kill_cell(proc.pid)
+            proc.wait()
+            return None
+        except BaseException:  # Ctrl-C: leave nothing behind
+            kill_cell(proc.pid)
+            proc.wait()
+            reap_orphans(0.5)
+            raise
+
+
 def warm_cache(workdir: str, peers: list[str]) -> str | None:
-    """Run ``_WARM`` once (a fresh interpreter); why it failed, or None. Its output goes
-    to a file, not a pipe: a process it left behind would hold a pipe open, and the
-    runner would wait for that process's end. What it leaves is reaped here."""
+    """Run ``_WARM`` once (a fresh interpreter, see ``run_logged``); why it failed, or
+    None. What it leaves is reaped here."""
     pools = [p for p in peers if p in POOLS]
     if not pools:
         return None
     log = os.path.join(workdir, "warm-up.log")
     cmd = [sys.executable, "-c", _WARM.format(peers=pools)]
     error: str | None = None
-    with open(log, "wb") as logf:
-        try:
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                                    env=cell_env(workdir), cwd=workdir, start_new_session=True)
-        except OSError as e:
-            error = f"{type(e).__name__}: {e}"
-        else:
-            try:
-                code = proc.wait(timeout=WARM_BUDGET)
-            except subprocess.TimeoutExpired:
-                kill_cell(proc.pid)
-                proc.wait()
-                error = f"it exceeded its {WARM_BUDGET:g} s budget (hung?)"
-            except BaseException:  # Ctrl-C: leave nothing behind
-                kill_cell(proc.pid)
-                proc.wait()
-                reap_orphans(0.5)
-                raise
-            else:
-                if code != 0:
-                    lines: list[str] = []
-                    with contextlib.suppress(OSError), open(log, errors="replace") as f:
-                        lines = [line for line in f.read().splitlines() if line.strip()]
-                    error = f"exit code {code}: " + (lines[-1] if lines else "no output")
+    try:
+        code = run_logged(cmd, log, cell_env(workdir), WARM_BUDGET, cwd=workdir)
+    except OSError as e:
+        error = f"{type(e).__name__}: {e}"
+    else:
+        if code is None:
+            error = f"it exceeded its {WARM_BUDGET:g} s budget (hung?)"
+        elif code != 0:
+            lines: list[str] = []
+            with contextlib.suppress(OSError), open(log, errors="replace") as f:
+                lines = [line for line in f.read().splitlines() if line.strip()]
+            error = f"exit code {code}: " + (lines[-1] if lines else "no output")
     reap_orphans(0.5)
     if error is not None:
         print(f"  (warming the bytecode cache failed: {error}; cold starts may include "
@@ -271,33 +280,18 @@ def run_cell(bench: str, peer: str, cfg: Config, workdir: str) -> dict[str, Any]
     cmd = [sys.executable, "-c", boot, "--cell", f"{bench}:{peer}", "--cell-out", out]
     if cfg.quick:
         cmd.append("--quick")
-    env = cell_env(workdir)
     budget = BENCHMARKS[bench].budget_s
     t0 = time.perf_counter()
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        try:
-            proc.wait(timeout=budget)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            kill_cell(proc.pid)
-            proc.wait()
-        except BaseException:  # Ctrl-C: leave nothing behind
-            kill_cell(proc.pid)
-            proc.wait()
-            reap_orphans(0.5)
-            raise
+    code = run_logged(cmd, log, cell_env(workdir), budget)
     res: dict[str, Any]
-    if timed_out:
+    if code is None:
         res = {"status": "error", "message": f"cell exceeded its {budget:g} s budget (hung?)"}
     else:
         try:
             with open(out) as f:
                 res = json.load(f)
         except (OSError, ValueError):
-            res = {"status": "error", "message": f"cell died (exit code {proc.returncode})"}
+            res = {"status": "error", "message": f"cell died (exit code {code})"}
     res["wall_s"] = round(time.perf_counter() - t0, 2)
     orphans = reap_orphans()
     if orphans:
